@@ -1,0 +1,297 @@
+"""What every planner shares: options, the result type, and the pieces of the planning loop.
+
+Planners optimise actions in a *unit* action space ``u in [-1, 1]^A`` that maps affinely onto the
+model's bounds (``a = mid + half_range * u``), so that learning rates, noise scales and sample
+standard deviations mean the same on every model. Results are always given in model units.
+
+Batch semantics: ``B`` planning problems are solved at once; each problem's loss enters the total
+as a sum (never a mean over problems) and no operation mixes problems, so a problem's plan does
+not depend on which other problems share its batch, and a problem whose model output turns NaN or
+inf is marked failed without touching the others.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from wmplan.platform.options import require
+from wmplan.platform.world_model import WorldModel, check_world_model
+
+__all__ = ["PlannerOptions", "PlanTrace", "PlanResult", "Planner", "Problem", "rollout", "terminal_cost"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlannerOptions:
+    """Options every planner takes."""
+
+    horizon: int = 10
+    """Planning horizon H, in model steps (one model step may pack several environment steps)."""
+    iterations: int = 100
+    """Number of optimisation iterations (a fixed budget: no early stopping)."""
+
+    def __post_init__(self) -> None:
+        require(self.horizon >= 1, f"horizon must be >= 1, got {self.horizon}")
+        require(self.iterations >= 1, f"iterations must be >= 1, got {self.iterations}")
+
+
+@dataclass(frozen=True)
+class PlanTrace:
+    """Per-iteration diagnostics of one :meth:`Planner.plan` call, on the CPU.
+
+    Attributes:
+        loss: ``[I, B]`` the planner's own objective per problem after each iteration.
+        goal_distance: ``[I, B]`` Euclidean distance to the goal of the planner's current estimate
+            of the final state (a model rollout for shooting planners, the last one-step
+            prediction for lifted ones).
+        residual: ``[I, B, H]`` for lifted planners (GRASP, LatCo): the norm of
+            ``F(s_t, a_t) - s_{t+1}`` for every step (with ``s_H`` the goal for GRASP); else None.
+        synced: ``[I]`` for GRASP: True after the iterations that ran a sync phase; else None.
+    """
+
+    loss: Tensor
+    goal_distance: Tensor
+    residual: Tensor | None = None
+    synced: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    """The outcome of :meth:`Planner.plan` for a batch of ``B`` problems.
+
+    Attributes:
+        actions: ``[B, H, A]`` the plan, in model units, inside the model's action bounds.
+        states: ``[B, H+1, D]`` the model's rollout of ``actions`` from the start states.
+        final_distance: ``[B]`` Euclidean distance between ``states[:, -1]`` and the goal
+            (``inf`` for failed problems).
+        failed: ``[B]`` True where the model produced NaN or inf for that problem.
+        iterations: optimisation iterations run.
+        wall_time_s: wall-clock seconds of the whole call, device synchronised.
+        seed: the seed of the planner's random generator (drawn when none was given).
+        trace: per-iteration diagnostics.
+    """
+
+    actions: Tensor
+    states: Tensor
+    final_distance: Tensor
+    failed: Tensor
+    iterations: int
+    wall_time_s: float
+    seed: int
+    trace: PlanTrace
+
+
+def rollout(model: WorldModel, start: Tensor, actions: Tensor) -> Tensor:
+    """Roll ``actions [..., H, A]`` out from ``start [..., D]``; returns ``[..., H+1, D]``."""
+    states = [start]
+    s = start
+    for t in range(actions.shape[-2]):
+        s = model.step(s, actions[..., t, :])
+        states.append(s)
+    return torch.stack(states, dim=-2)
+
+
+def terminal_cost(final_state: Tensor, goal: Tensor) -> Tensor:
+    """Mean over state dimensions of ``(s_T - g)^2``; ``[..., D] -> [...]``."""
+    return (final_state - goal).pow(2).mean(-1)
+
+
+class Problem:
+    """A batch of planning problems on one model, in the unit action space.
+
+    Args:
+        model: the world model.
+        start: ``[B, D]`` start states.
+        goal: ``[B, D]`` goal states.
+        horizon: ``H`` model steps.
+    """
+
+    def __init__(self, model: WorldModel, start: Tensor, goal: Tensor, horizon: int) -> None:
+        self.model = model
+        self.start = start
+        self.goal = goal
+        self.horizon = horizon
+        self.batch, self.state_dim = start.shape
+        self.action_dim = model.action_dim
+        low = model.action_low.to(device=start.device, dtype=start.dtype)
+        high = model.action_high.to(device=start.device, dtype=start.dtype)
+        self.mid = (high + low) / 2
+        self.half = (high - low) / 2
+        self.failed = torch.zeros(self.batch, dtype=torch.bool, device=start.device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.start.device
+
+    def to_action(self, u: Tensor) -> Tensor:
+        """Unit actions ``[..., A]`` to model actions."""
+        return self.mid + self.half * u
+
+    def to_unit(self, a: Tensor) -> Tensor:
+        """Model actions ``[..., A]`` to unit actions."""
+        return (a - self.mid) / self.half
+
+    def zeros(self, *leading: int) -> Tensor:
+        """Unit actions of zeros, ``[B, *leading, H, A]``."""
+        return torch.zeros(self.batch, *leading, self.horizon, self.action_dim, device=self.device, dtype=self.start.dtype)
+
+    def straight_line(self) -> Tensor:
+        """``[B, H-1, D]`` states evenly spaced on the segment from start to goal (excluding both)."""
+        frac = torch.arange(1, self.horizon, device=self.device, dtype=self.start.dtype) / self.horizon
+        return self.start[:, None] + frac[None, :, None] * (self.goal - self.start)[:, None]
+
+    def shooting_cost(self, u: Tensor) -> Tensor:
+        """Terminal cost of rolling out unit actions ``u [B, ..., H, A]``; returns ``[B, ...]``."""
+        extra = u.ndim - 3
+        start = self.start.view(self.batch, *([1] * extra), self.state_dim).expand(*u.shape[:-2], self.state_dim)
+        goal = self.goal.view(self.batch, *([1] * extra), self.state_dim)
+        final = rollout(self.model, start, self.to_action(u))[..., -1, :]
+        return terminal_cost(final, goal)
+
+    def record_failures(self, loss: Tensor) -> None:
+        """Mark the problems whose per-problem ``loss [B]`` is not finite as failed (no host sync)."""
+        self.failed |= ~torch.isfinite(loss)
+
+    def set_grads(self, loss: Tensor, params: list[Tensor]) -> None:
+        """Backpropagate ``loss [B]`` into ``params`` (each ``[B, ...]``), zeroing failed problems' gradients.
+
+        Uses ``torch.autograd.grad`` so that nothing accumulates in the model's own parameters.
+        """
+        self.record_failures(loss.detach())
+        ok = ~self.failed
+        grads = torch.autograd.grad(torch.where(ok, loss, 0.0).sum(), params, allow_unused=True)
+        for p, g in zip(params, grads):
+            if g is None:
+                g = torch.zeros_like(p)
+            mask = ok.view(-1, *([1] * (p.ndim - 1)))
+            p.grad = torch.where(mask, g, 0.0)
+
+
+@dataclass
+class Optimized:
+    """What a planner's inner loop hands back to :meth:`Planner.plan`."""
+
+    u: Tensor
+    """``[B, H, A]`` unit actions."""
+    loss: Tensor
+    """``[I, B]``."""
+    goal_distance: Tensor
+    """``[I, B]``."""
+    residual: Tensor | None = None
+    synced: Tensor | None = None
+
+
+class Planner(abc.ABC):
+    """A planner: searches a world model for actions that reach a goal.
+
+    Subclasses set ``name`` and ``Options`` and implement :meth:`_optimize`; everything else
+    (validation, timing, the final rollout, failure handling) lives here.
+    """
+
+    name: ClassVar[str]
+    Options: ClassVar[type[PlannerOptions]]
+    lifted: ClassVar[bool] = False
+    """True for planners that optimise states as well as actions (their trace has residuals)."""
+    stochastic_by_default: ClassVar[bool] = False
+
+    def __init__(self, options: PlannerOptions | None = None) -> None:
+        options = options if options is not None else self.Options()
+        if not isinstance(options, self.Options):
+            raise TypeError(f"{type(self).__name__} needs {self.Options.__name__}, got {type(options).__name__}")
+        self.options = options
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.options})"
+
+    def replace(self, **changes: Any) -> Planner:
+        """A new planner of the same kind with some options changed (options are immutable)."""
+        return type(self)(dataclasses.replace(self.options, **changes))
+
+    def plan(
+        self,
+        model: WorldModel,
+        start: Tensor,
+        goal: Tensor,
+        *,
+        seed: int | None = None,
+        init_actions: Tensor | None = None,
+    ) -> PlanResult:
+        """Plan ``B`` problems at once.
+
+        Args:
+            model: the world model to search; planning never sees anything else.
+            start: ``[B, D]`` start states, on the device to plan on.
+            goal: ``[B, D]`` goal states.
+            seed: seed of the planner's random generator; None draws one (see ``result.seed``).
+            init_actions: optional ``[B, H, A]`` initial guess in model units (e.g. a shifted
+                warm start in MPC); clipped to the bounds.
+        """
+        model = check_world_model(model)
+        start, goal = self._check_inputs(model, start, goal, init_actions)
+        h = self.options.horizon
+        seed = secrets.randbits(63) if seed is None else int(seed)
+        generator = torch.Generator(device=start.device)
+        generator.manual_seed(seed)
+
+        t0 = time.perf_counter()
+        problem = Problem(model, start, goal, h)
+        init_u = None if init_actions is None else problem.to_unit(init_actions.to(start)).clamp(-1.0, 1.0)
+        with torch.enable_grad():
+            out = self._optimize(problem, generator, init_u)
+        with torch.no_grad():
+            u = torch.nan_to_num(out.u.detach(), nan=0.0).clamp(-1.0, 1.0)
+            actions = problem.to_action(u)
+            states = rollout(model, start, actions)
+            dist = (states[:, -1] - goal).norm(dim=-1)
+            failed = problem.failed | ~torch.isfinite(states).all(dim=-1).all(dim=-1)
+            dist = torch.where(failed, torch.inf, dist)
+        if start.device.type == "cuda":
+            torch.cuda.synchronize(start.device)
+        wall = time.perf_counter() - t0
+
+        def cpu(x: Tensor | None) -> Tensor | None:
+            return None if x is None else x.detach().cpu()
+
+        trace = PlanTrace(cpu(out.loss), cpu(out.goal_distance), cpu(out.residual), cpu(out.synced))  # type: ignore[arg-type]
+        return PlanResult(
+            actions=actions,
+            states=states,
+            final_distance=dist,
+            failed=failed,
+            iterations=int(out.loss.shape[0]),
+            wall_time_s=wall,
+            seed=seed,
+            trace=trace,
+        )
+
+    def _check_inputs(self, model: WorldModel, start: Tensor, goal: Tensor, init_actions: Tensor | None) -> tuple[Tensor, Tensor]:
+        d, a, h = model.state_dim, model.action_dim, self.options.horizon
+        if start.ndim != 2 or start.shape[1] != d:
+            raise ValueError(f"start must have shape [B, {d}], got {tuple(start.shape)}")
+        if goal.shape != start.shape:
+            raise ValueError(f"goal must have the shape of start {tuple(start.shape)}, got {tuple(goal.shape)}")
+        if goal.device != start.device:
+            raise ValueError(f"start is on {start.device} but goal is on {goal.device}")
+        if model.action_low.device != start.device:
+            raise ValueError(f"the model is on {model.action_low.device} but start is on {start.device}")
+        if init_actions is not None and tuple(init_actions.shape) != (start.shape[0], h, a):
+            raise ValueError(f"init_actions must have shape [{start.shape[0]}, {h}, {a}], got {tuple(init_actions.shape)}")
+        if not start.is_floating_point():
+            start, goal = start.float(), goal.float()
+        return start.detach(), goal.detach().to(start.dtype)
+
+    @abc.abstractmethod
+    def _optimize(self, problem: Problem, generator: torch.Generator, init_u: Tensor | None) -> Optimized:
+        """Run the optimisation; return unit actions and the per-iteration trace."""
+
+
+def randn(shape: tuple[int, ...], problem: Problem, generator: torch.Generator) -> Tensor:
+    """Standard normal noise of ``shape`` on the problem's device, from the planner's generator."""
+    return torch.randn(shape, generator=generator, device=problem.device, dtype=problem.start.dtype)

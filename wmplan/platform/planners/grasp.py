@@ -1,0 +1,170 @@
+"""GRASP: gradient-relaxed stochastic planning with virtual states.
+
+Psenka, Rabbat, Krishnapriyan, LeCun, Bar. "Parallel Stochastic Gradient-Based Planning for World
+Models", 2026 (arXiv:2602.00475). Defaults follow the first author's evaluation config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from wmplan.platform.options import require
+from wmplan.platform.planners.base import Optimized, Planner, PlannerOptions, Problem, randn
+from wmplan.platform.planners.sampling import SamplingSchedule, refine_by_sampling
+from wmplan.platform.world_model import WorldModel
+
+
+@dataclass(frozen=True, kw_only=True)
+class GRASPOptions(PlannerOptions):
+    """GRASP options; defaults are the author's evaluation config (grasp.yaml)."""
+
+    iterations: int = 750
+    """Main optimisation iterations."""
+    state_lr: float = 0.1
+    """Adam learning rate of the virtual states (state units)."""
+    action_lr: float = 0.005
+    """Adam learning rate of the actions (unit action space)."""
+    goal_weight: float = 1.0
+    """gamma: weight of the goal term sum_t mean_d (F(sg(s_t), a_t) - g)^2."""
+    noise_scale: float = 0.005
+    """sigma: standard deviation of the Gaussian noise added to the virtual states after each step."""
+    noise_decay: bool = False
+    """Decay the state noise linearly to zero within each sync phase (whole run if sync is off)."""
+    sync_interval: int = 50
+    """Run a sync phase after every this many iterations; 0 disables sync."""
+    sync_steps: int = 10
+    """Steps of each sync phase."""
+    sync_lr: float = 0.05
+    """Learning rate of the sync phase's fresh Adam (sync_mode 'gd')."""
+    sync_mode: Literal["gd", "cem"] = "gd"
+    """'gd': gradient steps on the full-rollout terminal loss; 'cem': CEM iterations around the actions."""
+    sync_samples: int = 64
+    """Samples per CEM sync step (sync_mode 'cem')."""
+    sync_elites: int = 8
+    """Elites per CEM sync step (sync_mode 'cem')."""
+    sync_std: float = 0.1
+    """Sampling standard deviation of CEM sync, unit action space (sync_mode 'cem')."""
+    stop_state_grad: bool = True
+    """Stop gradients through the world model's state input (the paper's sg); off for the ablation."""
+    init_state_noise: float = 0.0
+    """Standard deviation of Gaussian noise added to the straight-line state initialisation."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("state_lr", "action_lr", "sync_lr"):
+            require(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("goal_weight", "noise_scale", "init_state_noise", "sync_std"):
+            require(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        require(self.sync_interval >= 0, f"sync_interval must be >= 0 (0 disables), got {self.sync_interval}")
+        require(self.sync_steps >= 1, f"sync_steps must be >= 1, got {self.sync_steps}")
+        require(1 <= self.sync_elites <= self.sync_samples, f"sync_elites must be in [1, sync_samples], got {self.sync_elites}")
+
+
+def lifted_loss(
+    model: WorldModel,
+    start: Tensor,
+    goal: Tensor,
+    states: Tensor,
+    actions: Tensor,
+    *,
+    goal_weight: float,
+    stop_state_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """GRASP's objective for ``B`` problems, with one batched model call over all ``B x H`` steps.
+
+    Args:
+        start: ``[B, D]`` fixed ``s_0``.
+        goal: ``[B, D]`` goal ``g``, which also serves as ``s_H``.
+        states: ``[B, H-1, D]`` virtual states ``s_1 .. s_{H-1}``.
+        actions: ``[B, H, A]`` actions in model units.
+        goal_weight: gamma.
+        stop_state_grad: detach the states fed to the model (``sg(s_t)``).
+
+    Returns:
+        ``(loss [B], residual [B, H], prediction [B, H, D])`` where ``loss = sum_t mean_d
+        (F(s_t, a_t) - s_{t+1})^2 + gamma * sum_t mean_d (F(s_t, a_t) - g)^2`` and ``residual`` is
+        the Euclidean norm of ``F(s_t, a_t) - s_{t+1}`` (detached).
+    """
+    inputs = torch.cat([start[:, None], states], dim=1)
+    if stop_state_grad:
+        inputs = inputs.detach()
+    pred = model.step(inputs, actions)
+    diff = pred - torch.cat([states, goal[:, None]], dim=1)
+    to_goal = pred - goal[:, None]
+    loss = diff.pow(2).mean(-1).sum(-1) + goal_weight * to_goal.pow(2).mean(-1).sum(-1)
+    return loss, diff.detach().norm(dim=-1), pred.detach()
+
+
+class GRASP(Planner):
+    """GRASP: optimise virtual states and actions jointly on the lifted loss.
+
+    Each iteration evaluates every transition in one batched model call, takes an Adam step (one
+    parameter group for states, one for actions), clips the actions to the bounds and adds
+    Gaussian noise to the states. After every ``sync_interval``-th iteration, a sync phase
+    improves the actions on the full-rollout terminal loss and the main optimizer is rebuilt.
+    """
+
+    name = "grasp"
+    Options = GRASPOptions
+    lifted = True
+    stochastic_by_default = True
+
+    def _optimize(self, problem: Problem, generator: torch.Generator, init_u: Tensor | None) -> Optimized:
+        o: GRASPOptions = self.options  # type: ignore[assignment]
+        b, h, dev = problem.batch, problem.horizon, problem.device
+        states = problem.straight_line()
+        if o.init_state_noise > 0:
+            states = states + o.init_state_noise * randn(tuple(states.shape), problem, generator)
+        states.requires_grad_(True)
+        u = (problem.zeros() if init_u is None else init_u.clone()).requires_grad_(True)
+
+        def main_optimizer() -> torch.optim.Adam:
+            return torch.optim.Adam([{"params": [states], "lr": o.state_lr}, {"params": [u], "lr": o.action_lr}])
+
+        opt = main_optimizer()
+        iters = o.iterations
+        loss_trace = torch.empty(iters, b, device=dev)
+        dist_trace = torch.empty(iters, b, device=dev)
+        residual_trace = torch.empty(iters, b, h, device=dev)
+        synced = torch.zeros(iters, dtype=torch.bool)
+        phase = o.sync_interval if o.sync_interval > 0 else iters
+        for i in range(iters):
+            loss, residual, pred = lifted_loss(
+                problem.model, problem.start, problem.goal, states, problem.to_action(u),
+                goal_weight=o.goal_weight, stop_state_grad=o.stop_state_grad,
+            )
+            problem.set_grads(loss, [states, u])
+            opt.step()
+            with torch.no_grad():
+                u.clamp_(-1.0, 1.0)
+                sigma = o.noise_scale * (1.0 - (i % phase) / phase if o.noise_decay else 1.0)
+                if sigma > 0:
+                    states.add_(sigma * randn(tuple(states.shape), problem, generator))
+            loss_trace[i] = loss.detach()
+            dist_trace[i] = (pred[:, -1] - problem.goal).norm(dim=-1)
+            residual_trace[i] = residual
+            if o.sync_interval > 0 and (i + 1) % o.sync_interval == 0:
+                self._sync(problem, u, generator)
+                opt = main_optimizer()
+                synced[i] = True
+        return Optimized(u=u.detach(), loss=loss_trace, goal_distance=dist_trace, residual=residual_trace, synced=synced)
+
+    def _sync(self, problem: Problem, u: Tensor, generator: torch.Generator) -> None:
+        """Improve the actions ``u`` in place on the full-rollout terminal loss."""
+        o: GRASPOptions = self.options  # type: ignore[assignment]
+        if o.sync_mode == "cem":
+            schedule = SamplingSchedule(samples=o.sync_samples, elites=o.sync_elites, iterations=o.sync_steps)
+            mean, _, _, _ = refine_by_sampling(problem, u.detach(), torch.full_like(u, o.sync_std), schedule, generator)
+            with torch.no_grad():
+                u.copy_(mean)
+            return
+        sync_opt = torch.optim.Adam([u], lr=o.sync_lr)
+        for _ in range(o.sync_steps):
+            problem.set_grads(problem.shooting_cost(u), [u])
+            sync_opt.step()
+            with torch.no_grad():
+                u.clamp_(-1.0, 1.0)

@@ -1,0 +1,98 @@
+"""The sampling loop shared by CEM, MPPI and GRASP's CEM sync.
+
+Each iteration draws ``N`` action sequences around a per-problem mean, clips them to the bounds,
+scores them by the terminal cost of their rollout (NaN and inf become +inf, so they never win),
+keeps the ``K`` elites and refits mean and standard deviation from them, with uniform weights
+(CEM) or softmax weights on their normalised costs (MPPI). Sample 0 is always the current mean.
+"""
+
+from __future__ import annotations
+
+import abc
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from wmplan.platform.planners.base import Optimized, Planner, Problem, randn
+
+
+@dataclass(frozen=True)
+class SamplingSchedule:
+    samples: int
+    elites: int
+    iterations: int
+    temperature: float | None = None
+    """None: uniform elite weights (CEM); else softmax of ``-normalised cost / temperature`` (MPPI)."""
+    min_std: float = 0.0
+    max_std: float = float("inf")
+
+
+def refine_by_sampling(
+    problem: Problem,
+    mean: Tensor,
+    std: Tensor,
+    schedule: SamplingSchedule,
+    generator: torch.Generator,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Refine unit-action means by sampling.
+
+    Args:
+        problem: the batch of problems.
+        mean: ``[B, H, A]`` initial means (unit actions).
+        std: ``[B, H, A]`` initial standard deviations (unit actions).
+        schedule: sample counts and weighting.
+        generator: the planner's random generator.
+
+    Returns:
+        ``(mean, std, best_cost [I, B], mean_elite_cost [I, B])``.
+    """
+    b, h, a = mean.shape
+    n, k, iters = schedule.samples, schedule.elites, schedule.iterations
+    best = torch.empty(iters, b, device=problem.device, dtype=mean.dtype)
+    elite_mean = torch.empty_like(best)
+    for i in range(iters):
+        samples = (mean[:, None] + std[:, None] * randn((b, n, h, a), problem, generator)).clamp(-1.0, 1.0)
+        samples[:, 0] = mean
+        with torch.no_grad():
+            cost = problem.shooting_cost(samples)  # [B, N]
+        cost = torch.where(torch.isfinite(cost), cost, torch.inf)
+        elite_cost, idx = torch.topk(cost, k, dim=1, largest=False)  # [B, K], ascending
+        elites = torch.gather(samples, 1, idx[:, :, None, None].expand(b, k, h, a))
+        finite = torch.isfinite(elite_cost)
+        if schedule.temperature is None:
+            logits = torch.zeros_like(elite_cost)
+        else:
+            lo = elite_cost[:, :1]
+            spread = torch.where(finite, elite_cost, lo).amax(1, keepdim=True) - lo
+            logits = -(elite_cost - lo) / (schedule.temperature * spread.clamp_min(1e-12))
+        weights = torch.softmax(torch.where(finite, logits, -torch.inf), dim=1)
+        weights = torch.nan_to_num(weights, nan=0.0)[:, :, None, None]  # all-inf rows get 0 weight
+        new_mean = (weights * elites).sum(1)
+        new_std = (weights * (elites - new_mean[:, None]).pow(2)).sum(1).sqrt()
+        new_std = new_std.clamp(schedule.min_std, schedule.max_std)
+        any_ok = finite[:, 0].view(b, 1, 1)  # problems with no finite sample keep their distribution
+        mean = torch.where(any_ok, new_mean, mean)
+        std = torch.where(any_ok, new_std, std)
+        best[i] = elite_cost[:, 0]
+        elite_mean[i] = torch.where(finite, elite_cost, 0.0).sum(1) / finite.sum(1).clamp_min(1)
+        elite_mean[i] = torch.where(finite[:, 0], elite_mean[i], torch.inf)
+    return mean, std, best, elite_mean
+
+
+class SamplingPlanner(Planner):
+    """A planner that refines a Gaussian over action sequences by sampling; subclasses give the schedule."""
+
+    stochastic_by_default = True
+
+    @abc.abstractmethod
+    def schedule(self) -> SamplingSchedule:
+        """Sample counts, iterations and weighting, from the planner's options."""
+
+    def _optimize(self, problem: Problem, generator: torch.Generator, init_u: Tensor | None) -> Optimized:
+        mean = problem.zeros() if init_u is None else init_u
+        std = torch.full_like(mean, self.options.init_std)  # type: ignore[attr-defined]
+        mean, _, best, elite_mean = refine_by_sampling(problem, mean, std, self.schedule(), generator)
+        problem.record_failures(best[-1])
+        return Optimized(u=mean, loss=elite_mean, goal_distance=(best * problem.state_dim).sqrt())

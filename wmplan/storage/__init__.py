@@ -1,0 +1,1 @@
+"""Storage: versioned Parquet schemas and files, and experiment tracking (depends on platform only)."""

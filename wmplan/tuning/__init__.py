@@ -1,0 +1,1 @@
+"""Tuning: hyperparameter studies over planner options (depends on jobs, storage, platform)."""
