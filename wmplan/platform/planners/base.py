@@ -76,6 +76,8 @@ class PlanResult:
         wall_time_s: wall-clock seconds of the whole call, device synchronised.
         seed: the seed of the planner's random generator (drawn when none was given).
         trace: per-iteration diagnostics.
+        virtual_states: ``[B, H+1, D]`` for lifted planners, the optimised state trajectory
+            (``s_0`` the start; for GRASP ``s_H`` is the goal); else None.
     """
 
     actions: Tensor
@@ -86,6 +88,7 @@ class PlanResult:
     wall_time_s: float
     seed: int
     trace: PlanTrace
+    virtual_states: Tensor | None = None
 
 
 def rollout(model: WorldModel, start: Tensor, actions: Tensor) -> Tensor:
@@ -147,6 +150,17 @@ class Problem:
         frac = torch.arange(1, self.horizon, device=self.device, dtype=self.start.dtype) / self.horizon
         return self.start[:, None] + frac[None, :, None] * (self.goal - self.start)[:, None]
 
+    def initial_states(self, init_u: Tensor | None) -> Tensor:
+        """``[B, H, D]`` initial guess of ``s_1 .. s_H`` for lifted planners.
+
+        The model's rollout of the initial actions when there are some (a warm start keeps its
+        trajectory), else the straight line from start to goal (ending at the goal).
+        """
+        if init_u is None:
+            return torch.cat([self.straight_line(), self.goal[:, None]], dim=1)
+        with torch.no_grad():
+            return rollout(self.model, self.start, self.to_action(init_u))[:, 1:]
+
     def shooting_cost(self, u: Tensor) -> Tensor:
         """Terminal cost of rolling out unit actions ``u [B, ..., H, A]``; returns ``[B, ...]``."""
         extra = u.ndim - 3
@@ -186,6 +200,8 @@ class Optimized:
     """``[I, B]``."""
     residual: Tensor | None = None
     synced: Tensor | None = None
+    virtual_states: Tensor | None = None
+    """``[B, H+1, D]`` for lifted planners."""
 
 
 class Planner(abc.ABC):
@@ -269,6 +285,7 @@ class Planner(abc.ABC):
             wall_time_s=wall,
             seed=seed,
             trace=trace,
+            virtual_states=None if out.virtual_states is None else out.virtual_states.detach(),
         )
 
     def _check_inputs(self, model: WorldModel, start: Tensor, goal: Tensor, init_actions: Tensor | None) -> tuple[Tensor, Tensor]:

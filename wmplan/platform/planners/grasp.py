@@ -116,7 +116,7 @@ class GRASP(Planner):
     def _optimize(self, problem: Problem, generator: torch.Generator, init_u: Tensor | None) -> Optimized:
         o: GRASPOptions = self.options  # type: ignore[assignment]
         b, h, dev = problem.batch, problem.horizon, problem.device
-        states = problem.straight_line()
+        states = problem.initial_states(init_u)[:, :-1]
         if o.init_state_noise > 0:
             states = states + o.init_state_noise * randn(tuple(states.shape), problem, generator)
         states.requires_grad_(True)
@@ -151,7 +151,11 @@ class GRASP(Planner):
                 self._sync(problem, u, generator)
                 opt = main_optimizer()
                 synced[i] = True
-        return Optimized(u=u.detach(), loss=loss_trace, goal_distance=dist_trace, residual=residual_trace, synced=synced)
+        virtual = torch.cat([problem.start[:, None], states.detach(), problem.goal[:, None]], dim=1)
+        return Optimized(
+            u=u.detach(), loss=loss_trace, goal_distance=dist_trace, residual=residual_trace, synced=synced,
+            virtual_states=virtual,
+        )
 
     def _sync(self, problem: Problem, u: Tensor, generator: torch.Generator) -> None:
         """Improve the actions ``u`` in place on the full-rollout terminal loss."""

@@ -47,7 +47,7 @@ class LatCo(Planner):
     with gradients flowing through the model's state input (no stop-gradient), and the
     multipliers ``lam`` (dynamics) and ``mu`` (action bounds) updated after every step by the rule
     ``lam <- lam + 0.1 lam log10((viol + 0.1 thr) / thr)``. States start on the straight line from
-    start to goal, actions at zero.
+    start to goal and actions at zero, or on the rollout of the initial actions when given.
     """
 
     name = "latco"
@@ -57,7 +57,7 @@ class LatCo(Planner):
     def _optimize(self, problem: Problem, generator: torch.Generator, init_u: Tensor | None) -> Optimized:
         o: LatCoOptions = self.options  # type: ignore[assignment]
         b, h, dev = problem.batch, problem.horizon, problem.device
-        states = torch.cat([problem.straight_line(), problem.goal[:, None]], dim=1).requires_grad_(True)
+        states = problem.initial_states(init_u).requires_grad_(True)
         u = (problem.zeros() if init_u is None else init_u.clone()).requires_grad_(True)
         lam_dyn = torch.full((b, h), o.multiplier_init, device=dev)
         lam_act = torch.full((b, h), o.multiplier_init, device=dev)
@@ -82,4 +82,5 @@ class LatCo(Planner):
             loss_trace[i] = loss.detach()
             dist_trace[i] = goal_term.detach().mul(problem.state_dim).sqrt()
             residual_trace[i] = diff.detach().norm(dim=-1)
-        return Optimized(u=u.detach(), loss=loss_trace, goal_distance=dist_trace, residual=residual_trace)
+        virtual = torch.cat([problem.start[:, None], states.detach()], dim=1)
+        return Optimized(u=u.detach(), loss=loss_trace, goal_distance=dist_trace, residual=residual_trace, virtual_states=virtual)

@@ -1,0 +1,181 @@
+"""One contract suite that every planner passes (shapes, bounds, determinism, batch independence,
+NaN isolation, option errors, and reaching a reachable goal)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from wmplan.platform.errors import ConfigError
+from wmplan.platform.planners import PLANNERS, make_planner, rollout
+from wmplan.platform.world_model import LinearModel
+
+from tests.platform.helpers import PoisonModel, reachable_problems
+
+# Small budgets so the suite stays fast; the last test uses each planner's defaults.
+FAST = {
+    "grasp": dict(iterations=60, sync_interval=20, sync_steps=3),
+    "gd": dict(iterations=60),
+    "cem": dict(iterations=4, samples=64, elites=8),
+    "latco": dict(iterations=60),
+    "mppi": dict(iterations=4, samples=64, elites=8),
+}
+# Options that remove every source of randomness, where a planner has them.
+NO_RANDOMNESS = {
+    "grasp": dict(noise_scale=0.0),
+    "gd": dict(action_noise=0.0, init_std=0.0),
+    "latco": {},
+}
+ALL = sorted(PLANNERS)
+LIFTED = [n for n in ALL if PLANNERS[n].lifted]
+
+
+def test_every_planner_is_covered():
+    assert set(FAST) == set(PLANNERS)
+
+
+@pytest.fixture
+def skewed_model():
+    """A model with asymmetric, non-unit action bounds, so bounds are really exercised."""
+    m = LinearModel(torch.tensor([[1.0, 0.1], [0.0, 1.0]]), torch.tensor([[1.0, 0.0], [0.5, 2.0]]))
+    m.action_low.copy_(torch.tensor([-0.2, -3.0]))
+    m.action_high.copy_(torch.tensor([0.5, 1.0]))
+    return m
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("batch", [1, 5])
+def test_shapes_bounds_and_rollout(name, batch, skewed_model):
+    h = 7
+    start, goal = torch.randn(batch, 2), 5 * torch.randn(batch, 2)  # far goals push actions to the bounds
+    start0, goal0 = start.clone(), goal.clone()
+    r = make_planner(name, horizon=h, **FAST[name]).plan(skewed_model, start, goal, seed=0)
+    assert r.actions.shape == (batch, h, 2)
+    assert r.states.shape == (batch, h + 1, 2)
+    assert r.final_distance.shape == (batch,) and r.failed.shape == (batch,)
+    assert not r.failed.any()
+    assert (r.actions >= skewed_model.action_low - 1e-6).all() and (r.actions <= skewed_model.action_high + 1e-6).all()
+    torch.testing.assert_close(r.states, rollout(skewed_model, start, r.actions))
+    torch.testing.assert_close(r.final_distance, (r.states[:, -1] - goal).norm(dim=-1))
+    assert r.iterations == FAST[name]["iterations"]
+    assert r.trace.loss.shape == (r.iterations, batch) and r.trace.goal_distance.shape == (r.iterations, batch)
+    assert r.wall_time_s > 0
+    if PLANNERS[name].lifted:
+        assert r.trace.residual.shape == (r.iterations, batch, h)
+        assert r.virtual_states.shape == (batch, h + 1, 2)
+    else:
+        assert r.trace.residual is None
+    torch.testing.assert_close(start, start0)  # inputs left untouched
+    torch.testing.assert_close(goal, goal0)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_same_seed_same_plan(name, linear_model):
+    start, goal = reachable_problems(linear_model, 4, 6)
+    planner = make_planner(name, horizon=6, **FAST[name])
+    a = planner.plan(linear_model, start, goal, seed=3)
+    b = planner.plan(linear_model, start, goal, seed=3)
+    assert torch.equal(a.actions, b.actions) and a.seed == b.seed == 3
+    if PLANNERS[name].stochastic_by_default:
+        c = planner.plan(linear_model, start, goal, seed=4)
+        assert not torch.equal(a.actions, c.actions)
+
+
+@pytest.mark.parametrize("name", sorted(NO_RANDOMNESS))
+def test_batch_independence(name, linear_model):
+    start, goal = reachable_problems(linear_model, 6, 8, seed=1)
+    planner = make_planner(name, horizon=8, **FAST[name], **NO_RANDOMNESS[name])
+    whole = planner.plan(linear_model, start, goal, seed=0)
+    for subset in ([2], [4, 0], [5, 1, 3]):
+        part = planner.plan(linear_model, start[subset], goal[subset], seed=123)
+        torch.testing.assert_close(part.actions, whole.actions[subset], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(part.trace.loss, whole.trace.loss[:, subset], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_nan_in_one_problem_fails_only_that_problem(name, linear_model):
+    model = PoisonModel(linear_model)
+    start, goal = reachable_problems(linear_model, 4, 6, seed=2)
+    healthy = make_planner(name, horizon=6, **FAST[name]).plan(model, start, goal, seed=9)
+    poisoned_start, poisoned_goal = start.clone(), goal.clone()
+    poisoned_start[1, 0] = poisoned_goal[1, 0] = 1e4  # the model returns NaN for problem 1 only
+    r = make_planner(name, horizon=6, **FAST[name]).plan(model, poisoned_start, poisoned_goal, seed=9)
+    assert r.failed.tolist() == [False, True, False, False]
+    assert not healthy.failed.any()
+    assert torch.isinf(r.final_distance[1])
+    assert torch.isfinite(r.actions).all()
+    assert (r.actions.abs() <= 1 + 1e-6).all()
+    keep = [0, 2, 3]
+    # Same seed, same noise shapes: the other problems' plans are exactly what they were.
+    torch.testing.assert_close(r.actions[keep], healthy.actions[keep], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(r.final_distance[keep], healthy.final_distance[keep], atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_option_errors_name_the_problem(name):
+    with pytest.raises(ConfigError, match=r"horizn.*did you mean 'horizon'.*iterations"):
+        make_planner(name, horizn=5)
+    with pytest.raises(ConfigError, match="horizon must be >= 1"):
+        make_planner(name, horizon=0)
+    with pytest.raises(ConfigError, match="'iterations' must be an int"):
+        make_planner(name, iterations="many")
+    planner = make_planner(name, horizon=4)
+    assert planner.options.horizon == 4
+    with pytest.raises(Exception):
+        planner.options.horizon = 5  # options are frozen
+
+
+def test_unknown_planner_lists_valid_ones():
+    with pytest.raises(ConfigError, match=r"unknown planner 'gras' \(did you mean 'grasp'\?\); valid: cem, gd, grasp, latco, mppi"):
+        make_planner("gras")
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_bad_inputs_are_rejected(name, linear_model):
+    planner = make_planner(name, horizon=4, **FAST[name])
+    with pytest.raises(ValueError, match=r"start must have shape \[B, 2\]"):
+        planner.plan(linear_model, torch.zeros(3, 5), torch.zeros(3, 5))
+    with pytest.raises(ValueError, match="init_actions must have shape"):
+        planner.plan(linear_model, torch.zeros(3, 2), torch.zeros(3, 2), init_actions=torch.zeros(3, 5, 2))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_reaches_reachable_goal_with_default_options(name, linear_model):
+    """With its default options, every planner gets far closer to a reachable goal than doing nothing."""
+    start, goal = reachable_problems(linear_model, 8, 10, seed=5)
+    r = make_planner(name, horizon=10).plan(linear_model, start, goal, seed=0)
+    with torch.no_grad():
+        idle = (rollout(linear_model, start, torch.zeros(8, 10, 2))[:, -1] - goal).norm(dim=-1)
+    assert r.final_distance.median() < 0.25 * idle.median(), (r.final_distance, idle)
+
+
+# One small step from the initial guess: the plan must stay next to it.
+SMALL_STEP = {
+    "grasp": dict(iterations=1),
+    "gd": dict(iterations=1, lr=1e-3, action_noise=0.0),
+    "cem": dict(iterations=1, samples=32, elites=4, init_std=1e-3),
+    "latco": dict(iterations=1, lr=1e-3),
+    "mppi": dict(iterations=1, samples=32, elites=4, init_std=1e-3, min_std=0.0),
+}
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_init_actions_are_the_starting_point(name, linear_model):
+    start = torch.zeros(6, 2)
+    g = torch.Generator().manual_seed(0)
+    actions = torch.rand(6, 8, 2, generator=g) * 2 - 1
+    goal = rollout(linear_model, start, actions)[:, -1]
+    planner = make_planner(name, horizon=8, **SMALL_STEP[name])
+    warm = planner.plan(linear_model, start, goal, seed=0, init_actions=actions)
+    cold = planner.plan(linear_model, start, goal, seed=0)
+    assert (warm.actions - actions).abs().max() < 0.02
+    assert warm.final_distance.max() < 0.05 < cold.final_distance.mean()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ALL)
+def test_plans_on_cuda(name, linear_model):
+    model = linear_model.to("cuda")
+    start, goal = reachable_problems(linear_model.cpu(), 4, 6)
+    r = make_planner(name, horizon=6, **FAST[name]).plan(model, start.cuda(), goal.cuda(), seed=0)
+    assert r.actions.device.type == "cuda" and not r.failed.any()
