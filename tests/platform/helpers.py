@@ -1,10 +1,8 @@
-"""Test world models and problem generators shared by the planner tests."""
+"""Wrapper world models shared by the planner tests."""
 
 from __future__ import annotations
 
 import torch
-
-from wmplan.platform.planners import rollout
 
 
 class PoisonModel(torch.nn.Module):
@@ -38,14 +36,3 @@ class CountingModel(torch.nn.Module):
         self.calls += 1
         self.shapes.append(tuple(state.shape))
         return self.inner.step(state, action)
-
-
-def reachable_problems(model, batch: int, horizon: int, seed: int = 0):
-    """Start states and goals reached by rolling out random in-bound actions from them."""
-    g = torch.Generator().manual_seed(seed)
-    start = torch.randn(batch, model.state_dim, generator=g)
-    u = torch.rand(batch, horizon, model.action_dim, generator=g) * 2 - 1
-    actions = model.action_low + (u + 1) / 2 * (model.action_high - model.action_low)
-    with torch.no_grad():
-        goal = rollout(model, start, actions)[:, -1]
-    return start, goal

@@ -9,7 +9,8 @@ from wmplan.platform.planners import make_planner
 from wmplan.platform.planners.grasp import lifted_loss
 from wmplan.platform.world_model import LinearModel
 
-from tests.platform.helpers import CountingModel, reachable_problems
+from tests.platform.helpers import CountingModel
+from wmplan.platform.problems import reachable_problems
 
 
 @pytest.mark.parametrize("stop", [True, False])

@@ -10,7 +10,8 @@ from wmplan.platform.errors import ConfigError
 from wmplan.platform.planners import PLANNERS, make_planner, rollout
 from wmplan.platform.world_model import LinearModel
 
-from tests.platform.helpers import PoisonModel, reachable_problems
+from tests.platform.helpers import PoisonModel
+from wmplan.platform.problems import reachable_problems
 
 # Small budgets so the suite stays fast; the last test uses each planner's defaults.
 FAST = {

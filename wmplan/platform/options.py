@@ -112,8 +112,11 @@ def build_options(cls: type[T], values: Mapping[str, Any], *, owner: str) -> T:
     converted: dict[str, Any] = {}
     for key, value in values.items():
         if key not in fields:
-            raise unknown_name_error(f"option for {owner}", key, fields)
-        converted[key] = _check_type(key, value, hints[key])
+            raise unknown_name_error("option", key, fields, where=f"for {owner}")
+        try:
+            converted[key] = _check_type(key, value, hints[key])
+        except ConfigError as exc:
+            raise ConfigError(f"{owner}: {exc}") from None
     try:
         return cls(**converted)
     except ConfigError as exc:
@@ -124,7 +127,7 @@ def parse_value(cls: type, key: str, text: str, *, owner: str) -> Any:
     """Convert the command-line string ``text`` to the type of option ``key`` of ``cls``."""
     hints = _resolved_types(cls)
     if key not in hints:
-        raise unknown_name_error(f"option for {owner}", key, [f.name for f in dataclasses.fields(cls)])
+        raise unknown_name_error("option", key, [f.name for f in dataclasses.fields(cls)], where=f"for {owner}")
     annotation = hints[key]
     candidates = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,)
     lowered = text.strip().lower()
@@ -145,7 +148,8 @@ def parse_value(cls: type, key: str, text: str, *, owner: str) -> Any:
                 pass
         if arg is str or typing.get_origin(arg) is Literal:
             return text
-    raise ConfigError(f"{owner}: option {key!r} cannot be read from {text!r} (expected {annotation})")
+    expected = getattr(annotation, "__name__", None) or str(annotation)
+    raise ConfigError(f"{owner}: option {key!r} cannot be read from {text!r} (expected {expected})")
 
 
 def require(condition: bool, message: str) -> None:

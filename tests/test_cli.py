@@ -1,0 +1,74 @@
+"""The ``wmplan`` command as a user meets it: help, the demo, and errors that name the problem."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from wmplan.cli import main
+
+WMPLAN = [sys.executable, "-m", "wmplan"]
+FAST = ["--set", "grasp.iterations=30", "--set", "gd.iterations=30", "--set", "latco.iterations=30",
+        "--set", "cem.iterations=3", "--set", "mppi.iterations=3"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*WMPLAN, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_help_lists_the_commands():
+    out = run("--help")
+    assert out.returncode == 0
+    assert "demo" in out.stdout and "planners" in out.stdout
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).parent / "wmplan"
+    out = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.startswith("wmplan ")
+
+
+def test_demo_prints_one_row_per_planner_and_horizon(capsys):
+    assert main(["demo", "--problems", "6", "--horizons", "4,6", *FAST]) == 0
+    table = capsys.readouterr().out
+    rows = [line for line in table.splitlines() if re.match(r"\| (grasp|gd|cem|latco|mppi) \|", line)]
+    assert len(rows) == 10
+    for row in rows:
+        rate = float(re.search(r"\| (\d+\.\d)% \[", row).group(1))
+        assert 0.0 <= rate <= 100.0
+    # CEM reaches these short-horizon reachable goals.
+    cem = [r for r in rows if r.startswith("| cem | 4 |")][0]
+    assert float(re.search(r"\| (\d+\.\d)% \[", cem).group(1)) >= 50.0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--set", "grasp.noise_scal=0.1"], "unknown option 'noise_scal' for planner 'grasp' (did you mean 'noise_scale'?)"),
+        (["--planners", "grasp,cme"], "unknown planner 'cme' (did you mean 'cem'?)"),
+        (["--set", "grasp.iterations=ten"], "option 'iterations' cannot be read from 'ten' (expected int)"),
+        (["--set", "gd.lr=-1", "--planners", "gd"], "lr must be > 0"),
+        (["--set", "grasp.sync_mode=cme"], "option 'sync_mode' must be one of ['gd', 'cem']"),
+        (["--set", "noise_scale=0.1"], "--set expects PLANNER.OPTION=VALUE"),
+        (["--horizons", "ten"], "--horizons must be comma-separated integers"),
+    ],
+)
+def test_bad_demo_input_is_one_clear_line_and_exit_2(args, message):
+    out = run("demo", *args)
+    assert out.returncode == 2
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr
+    assert out.stdout == ""  # nothing was planned
+
+
+def test_planners_lists_options_with_docs():
+    out = run("planners", "grasp")
+    assert out.returncode == 0
+    assert "noise_scale = 0.005" in out.stdout
+    assert "sync_interval = 50" in out.stdout
+    assert "virtual states" in out.stdout  # the field docs are shown
+    assert run("planners", "nope").returncode == 2

@@ -1,0 +1,234 @@
+"""WallSingle: DINO-WM's ``DotWall``, a dot in a 65x65 room split by a wall with one door.
+
+Geometry (pixel units of DINO-WM's 65x65 image; ``x`` is the column, ``y`` the row):
+
+- border walls on rows/columns 4 and 60; the dot is kept in ``[4.5, 59.5]^2``;
+- a vertical wall centred at ``wall_x`` (default 32) covering ``|x - wall_x| <= 3``, except for a
+  door ``|y - door_y| <= 4`` (default ``door_y`` 30). A position is *valid* when it is inside the
+  borders and not in the wall's interior ``|x - wall_x| < 3, |y - door_y| > 4`` (faces and the
+  door, edges included, are free; a blocked dot never rests on a face anyway, see below).
+
+Dynamics (:func:`wall_step`, vectorised and pure): the dot moves by ``2 * action`` along a straight
+segment. A segment that would enter the wall stops at the first contact and is set back *along its
+own path* to where it is 0.5 px off the face it hit (a side face, or the door's top or bottom edge
+when it hits that from inside the door), or to its start if that was already closer. DINO-WM's
+``check_wall_intersect`` instead shifts the contact point by a fixed 0.5 px off the face; keeping
+the result on the path makes every step a straight move through free space (a perpendicular
+shift could make the straight line from the start cut a corner of the door). The border is
+handled by clamping the target into the border box *before* the wall test, so the whole path stays
+in the (convex) box. The contact test is an exact segment-versus-rectangle test, so the wall cannot
+be crossed at any speed, from anywhere, including segments that start inside the door or pass
+over the whole wall in one step.
+
+Env actions are clipped to ``[-1.8, 1.8]`` per coordinate: DINO-WM's data draw step lengths from a
+normal truncated to ``[0.2, 1.8]`` in a random heading, so every data action lies in that box (and
+one env step moves at most ``2 * 1.8 * sqrt(2)`` px).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from wmplan.platform.envs.base import Env, _as_batch, _result, downsample, supersample_grid
+
+__all__ = ["WallEnv", "wall_step", "wall_valid", "IMG_SIZE", "SUCCESS_THRESHOLD"]
+
+IMG_SIZE = 65
+"""Side of DINO-WM's wall image, in pixels; positions are in this image's pixel units."""
+BORDER_LO, BORDER_HI = 4.0, 60.0
+"""Rows/columns of the border walls."""
+NUDGE = 0.5
+"""How far a blocked dot is set back off the face it hit (and off the borders)."""
+POS_LO, POS_HI = BORDER_LO + NUDGE, BORDER_HI - NUDGE
+"""The box the dot is kept in."""
+WALL_HALF_WIDTH = 3.0
+"""The wall covers ``|x - wall_x| <= 3`` (DINO-WM: ``wall_width // 2`` with width 6)."""
+DOOR_HALF_HEIGHT = 4.0
+"""The door covers ``|y - door_y| <= 4`` (DINO-WM: ``door_space``)."""
+STEP_SCALE = 2.0
+"""``p' = p + 2 * action``."""
+ACTION_BOUND = 1.8
+"""Env actions are clipped to ``[-1.8, 1.8]^2`` (the largest step length in DINO-WM's data)."""
+DOT_STD = 1.7
+"""Standard deviation of the rendered dot, in pixels."""
+PADDING = 2 * DOT_STD
+"""Margin DINO-WM keeps between sampled states and the walls."""
+SUCCESS_THRESHOLD = 4.5
+"""Success: ``||goal - pos|| < 4.5`` (pixels)."""
+
+_BIG = 1e9  # the wall blocks extend to +-_BIG in y; the path never leaves the border box
+
+
+def wall_valid(pos: np.ndarray, wall_x: Any = 32.0, door_y: Any = 30.0) -> np.ndarray:
+    """Whether positions ``[..., 2]`` are valid: inside ``[4.5, 59.5]^2`` and not in the wall."""
+    pos = np.asarray(pos, dtype=np.float64)
+    x, y = pos[..., 0], pos[..., 1]
+    wall_x = np.asarray(wall_x, dtype=np.float64)
+    door_y = np.asarray(door_y, dtype=np.float64)
+    in_box = (x >= POS_LO) & (x <= POS_HI) & (y >= POS_LO) & (y <= POS_HI)
+    in_wall = (np.abs(x - wall_x) < WALL_HALF_WIDTH) & (np.abs(y - door_y) > DOOR_HALF_HEIGHT)
+    return in_box & ~in_wall
+
+
+def _push_out(p: np.ndarray, wl: np.ndarray, wr: np.ndarray, db: np.ndarray, dt: np.ndarray) -> np.ndarray:
+    """Move positions that lie in the wall's interior to the nearest point 0.5 px off a face."""
+    x, y = p[:, 0], p[:, 1]
+    inside = (x > wl) & (x < wr) & ((y < db) | (y > dt))
+    if not inside.any():
+        return p
+    below = y < db
+    cand_x = np.stack([wl - NUDGE, wr + NUDGE], axis=-1)  # [N, 2] candidates along x
+    dist_x = np.abs(cand_x - x[:, None])
+    cand_y = np.where(below, db + NUDGE, dt - NUDGE)  # into the door along y
+    dist_y = np.abs(cand_y - y)
+    best_x = np.take_along_axis(cand_x, dist_x.argmin(axis=1)[:, None], axis=1)[:, 0]
+    use_y = dist_y < dist_x.min(axis=1)
+    out = p.copy()
+    out[:, 0] = np.where(inside & ~use_y, best_x, x)
+    out[:, 1] = np.where(inside & use_y, cand_y, y)
+    return out
+
+
+def _slab(p: np.ndarray, d: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Parameter interval ``(t_in, t_out)`` where ``p + t d`` is within ``[lo, hi]`` on one axis.
+
+    A coordinate that does not move counts as inside only if strictly inside, so a path that
+    slides exactly along a face (or sits still on one) is not a contact.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t1 = (lo - p) / d
+        t2 = (hi - p) / d
+    moving = d != 0
+    strictly_in = (p > lo) & (p < hi)
+    t_in = np.where(moving, np.minimum(t1, t2), np.where(strictly_in, -np.inf, np.inf))
+    t_out = np.where(moving, np.maximum(t1, t2), np.where(strictly_in, np.inf, -np.inf))
+    return t_in, t_out
+
+
+def wall_step(pos: np.ndarray, action: np.ndarray, wall_x: Any = 32.0, door_y: Any = 30.0) -> np.ndarray:
+    """One DotWall step for a batch: positions ``[N, 2]`` and actions ``[N, 2]`` to positions ``[N, 2]``.
+
+    Pure and vectorised; ``wall_x`` and ``door_y`` are scalars or ``[N]`` arrays. Actions are used
+    as given (any size): clipping to the env's bounds is :class:`WallEnv`'s job. A start inside the
+    wall is first moved to the nearest free point.
+    """
+    pos = np.asarray(pos, dtype=np.float64)
+    action = np.asarray(action, dtype=np.float64)
+    single = pos.ndim == 1
+    p = np.atleast_2d(pos)
+    a = np.atleast_2d(action)
+    p, a = np.broadcast_arrays(p, a)
+    n = p.shape[0]
+    wx = np.broadcast_to(np.asarray(wall_x, dtype=np.float64), (n,))
+    dy = np.broadcast_to(np.asarray(door_y, dtype=np.float64), (n,))
+    wl, wr = wx - WALL_HALF_WIDTH, wx + WALL_HALF_WIDTH
+    db, dt = dy - DOOR_HALF_HEIGHT, dy + DOOR_HALF_HEIGHT
+
+    p = _push_out(np.clip(p, POS_LO, POS_HI), wl, wr, db, dt)
+    q = np.clip(p + STEP_SCALE * a, POS_LO, POS_HI)
+    d = q - p
+
+    # First contact with either wall block (closed boxes [wl, wr] x [-BIG, db] and [wl, wr] x [dt, BIG]).
+    tx_in, tx_out = _slab(p[:, 0], d[:, 0], wl, wr)
+    t_hit = np.full(n, np.inf)
+    hit_x_face = np.zeros(n, dtype=bool)
+    for ylo, yhi in ((np.full(n, -_BIG), db), (dt, np.full(n, _BIG))):
+        ty_in, ty_out = _slab(p[:, 1], d[:, 1], ylo, yhi)
+        t_in = np.maximum(tx_in, ty_in)
+        t_out = np.minimum(tx_out, ty_out)
+        hit = (t_in < t_out) & (t_out > 0) & (t_in <= 1)
+        t = np.maximum(t_in, 0.0)
+        first = hit & (t < t_hit)
+        t_hit = np.where(first, t, t_hit)
+        hit_x_face = np.where(first, tx_in >= ty_in, hit_x_face)
+
+    # Set back along the path to where it is NUDGE px off the face it hit (or to the start, if that
+    # was closer): the result stays on the path, so every step is a straight move in free space.
+    blocked = np.isfinite(t_hit)
+    d_perp = np.abs(np.where(hit_x_face, d[:, 0], d[:, 1]))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t_back = np.maximum(t_hit - NUDGE / d_perp, 0.0)
+    t = np.where(blocked, t_back, 1.0)
+    out = p + t[:, None] * d
+    out = np.clip(out, POS_LO, POS_HI)
+    return out[0] if single else out
+
+
+class WallEnv(Env):
+    """DINO-WM's WallSingle task: state = dot position ``(x, y)`` in pixels, action = 2-D displacement."""
+
+    name: ClassVar[str] = "wall"
+    state_dim: ClassVar[int] = 2
+
+    def __init__(self, wall_x: float = 32.0, door_y: float = 30.0, seed: int | None = None) -> None:
+        super().__init__(seed)
+        if not (POS_LO + WALL_HALF_WIDTH + 2 * PADDING <= wall_x <= POS_HI - WALL_HALF_WIDTH - 2 * PADDING):
+            raise ValueError(f"wall: wall_x={wall_x} leaves no room on one side of the wall")
+        if not (POS_LO + DOOR_HALF_HEIGHT <= door_y <= POS_HI - DOOR_HALF_HEIGHT):
+            raise ValueError(f"wall: door_y={door_y} puts the door outside the room")
+        self.wall_x = float(wall_x)
+        self.door_y = float(door_y)
+        self.action_low = np.full(2, -ACTION_BOUND)
+        self.action_high = np.full(2, ACTION_BOUND)
+        self._background: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, int]] = {}
+
+    def _sample_state(self, rng: np.random.Generator) -> np.ndarray:
+        return self.sample_start_goal(rng)[0]
+
+    def _set_state(self, state: np.ndarray) -> np.ndarray:
+        if not wall_valid(state, self.wall_x, self.door_y):
+            raise ValueError(f"wall: state {state} is outside the room or inside the wall")
+        return state.copy()
+
+    def _step(self, action: np.ndarray) -> np.ndarray:
+        assert self._state is not None
+        return wall_step(self._state, action, self.wall_x, self.door_y)
+
+    def sample_start_goal(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Start and goal on opposite sides of the wall (DINO-WM's ``generate_random_state``).
+
+        ``x`` uniform in ``[7.4, wall_x - 6.4]`` on the left and its mirror on the right, ``y`` in
+        ``[7.4, 56.6]``; the left/right order is swapped half of the time.
+        """
+        lo = BORDER_LO + PADDING  # DINO-WM: border_wall_loc - 1 + padding = 7.4
+        hi = IMG_SIZE - 1 - lo  # 56.6
+        left_x = rng.uniform(lo, self.wall_x - WALL_HALF_WIDTH - PADDING)
+        right_x = rng.uniform(self.wall_x + WALL_HALF_WIDTH + PADDING, hi)
+        start_y, goal_y = rng.uniform(lo, hi, size=2)
+        if rng.uniform() < 0.5:
+            left_x, right_x = right_x, left_x
+        return np.array([left_x, start_y]), np.array([right_x, goal_y])
+
+    def is_success(self, state: np.ndarray, goal: np.ndarray) -> Any:
+        """``||goal - pos|| < 4.5`` on the position (the first two values)."""
+        s, g, single = _as_batch(state, goal)
+        ok = np.linalg.norm(s[:, :2] - g[:, :2], axis=-1) < SUCCESS_THRESHOLD
+        return _result(ok, single)
+
+    def render(self, size: int = 64) -> np.ndarray:
+        """DINO-WM's picture: white room, black walls, the dot a red Gaussian (std 1.7 px).
+
+        Drawn on the 65x65 pixel grid's continuous extent and area-averaged to ``size`` pixels;
+        row = ``y``, column = ``x``. At ``size=65`` each pixel is DINO-WM's pixel.
+        """
+        assert self._state is not None, "call reset() before render()"
+        if size not in self._background:
+            f = max(1, -(-3 * IMG_SIZE // size)) if size != IMG_SIZE else 1
+            u = supersample_grid(size, -0.5, IMG_SIZE - 0.5, f)
+            ux, uy = np.meshgrid(u, u, indexing="xy")  # [H, W]: column = x, row = y
+            wall = (np.abs(ux - self.wall_x) <= WALL_HALF_WIDTH + 0.5) & (
+                np.abs(uy - self.door_y) > DOOR_HALF_HEIGHT + 0.5
+            )
+            for c in (BORDER_LO, BORDER_HI):
+                wall |= (np.abs(ux - c) <= 0.5) | (np.abs(uy - c) <= 0.5)
+            self._background[size] = (ux, uy, wall, f)
+        ux, uy, wall, f = self._background[size]
+        x, y = self._state
+        dot = np.exp(-((ux - x) ** 2 + (uy - y) ** 2) / (2 * DOT_STD**2))
+        img = np.empty(wall.shape + (3,))
+        img[..., 0] = 255.0
+        img[..., 1] = img[..., 2] = 255.0 * (1.0 - dot)
+        img[wall] = 0.0
+        return downsample(img, f)

@@ -1,0 +1,45 @@
+"""A residual MLP world model over state vectors."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class ResidualMLP(nn.Module):
+    """``F(s, a) = s + MLP([s, a])``, a state-space world model.
+
+    Args:
+        state_dim: ``D``.
+        action_dim: ``A`` (frameskip-packed actions count as one wider action).
+        hidden: width of the hidden layers.
+        depth: number of hidden layers (>= 1).
+        action_bound: actions lie in ``[-action_bound, action_bound]``.
+        seed: seed of the weight initialisation (None: torch's global generator).
+    """
+
+    def __init__(self, state_dim: int, action_dim: int, *, hidden: int = 256, depth: int = 3, action_bound: float = 1.0, seed: int | None = None) -> None:
+        super().__init__()
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        self.state_dim, self.action_dim = int(state_dim), int(action_dim)
+        self.register_buffer("action_low", torch.full((action_dim,), -float(action_bound)))
+        self.register_buffer("action_high", torch.full((action_dim,), float(action_bound)))
+        layers: list[nn.Module] = []
+        width = state_dim + action_dim
+        for _ in range(depth):
+            layers += [nn.Linear(width, hidden), nn.SiLU()]
+            width = hidden
+        layers.append(nn.Linear(width, state_dim))
+        self.net = nn.Sequential(*layers)
+        if seed is not None:
+            g = torch.Generator().manual_seed(seed)
+            with torch.no_grad():
+                for p in self.parameters():
+                    p.copy_(torch.empty_like(p).uniform_(-1, 1, generator=g) / max(1, p.shape[-1]) ** 0.5)
+
+    def step(self, state: Tensor, action: Tensor) -> Tensor:
+        return state + self.net(torch.cat([state, action], dim=-1))
+
+    def forward(self, state: Tensor, action: Tensor) -> Tensor:
+        return self.step(state, action)
