@@ -1,0 +1,348 @@
+"""Trajectory data sets: generated in the real simulators, stored as Parquet.
+
+A data set is one Parquet file with one row per environment step of every trajectory:
+
+=========  ==================================  ===========================================
+column     type                                meaning
+=========  ==================================  ===========================================
+episode    int32                               trajectory index, 0..episodes-1
+step       int32                               step index t within the trajectory, 0..T
+split      string                              ``train`` or ``val`` (whole trajectories)
+state      fixed_size_list<float64>[D]         the state at step t
+action     fixed_size_list<float64>[2]         the env action taken at step t (NaN at t = T)
+frame      binary, optional                    ``size x size x 3`` uint8 RGB render of the state
+=========  ==================================  ===========================================
+
+The generating configuration, the schema version and the data-set shape are stored as JSON in the
+file's key-value metadata under ``wmplan.dataset``. Generation is parallel over processes and
+deterministic: every trajectory draws from its own seed derived from ``(seed, episode)``, rows are
+written in trajectory order, and nothing time-dependent enters the file, so the same
+configuration gives the same bytes. Trajectories are written in chunks as they are generated, so
+memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from wmplan.platform.envs import ENV_NAMES, Env, make_env
+from wmplan.platform.errors import ConfigError, unknown_name_error
+from wmplan.platform.options import require
+
+__all__ = ["DataConfig", "DataError", "Trajectory", "Dataset", "generate_dataset", "read_dataset", "SCHEMA_VERSION"]
+
+SCHEMA_VERSION = 1
+METADATA_KEY = b"wmplan.dataset"
+CHUNK_EPISODES = 16
+"""Trajectories per task handed to a worker and per Parquet row group."""
+DEFAULT_STEPS = {"wall": 100, "pointmaze": 100, "pusht": 100}
+
+
+class DataError(RuntimeError):
+    """A data set file is missing, unreadable, or not a wmplan data set."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """How to generate a data set."""
+
+    env: str
+    """Task name: wall, pointmaze or pusht."""
+    episodes: int = 200
+    """Number of trajectories."""
+    steps: int = 0
+    """Env steps per trajectory (0: the task's default, 100)."""
+    seed: int = 0
+    """Seed of every random choice (states, policy noise, the split)."""
+    val_fraction: float = 0.1
+    """Fraction of trajectories held out as the validation split (at least one when > 0)."""
+    frames: bool = False
+    """Store a rendered RGB frame with every step."""
+    frame_size: int = 64
+    """Side of the stored frames in pixels."""
+
+    def __post_init__(self) -> None:
+        if self.env not in ENV_NAMES:
+            raise unknown_name_error("task", self.env, ENV_NAMES)
+        require(self.episodes >= 1, f"episodes must be >= 1, got {self.episodes}")
+        require(self.steps >= 0, f"steps must be >= 0 (0: default), got {self.steps}")
+        require(0.0 <= self.val_fraction < 1.0, f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        require(8 <= self.frame_size <= 512, f"frame_size must be in [8, 512], got {self.frame_size}")
+
+    @property
+    def steps_per_episode(self) -> int:
+        return self.steps or DEFAULT_STEPS[self.env]
+
+
+# -- data-collection policies ---------------------------------------------------------------------
+
+
+def _wall_policy(env: Env, rng: np.random.Generator, steps: int) -> Callable[[np.ndarray, int], np.ndarray]:
+    """DINO-WM's wall data: heading a von Mises random walk (kappa 5), step length a truncated normal."""
+    heading = [rng.uniform(-math.pi, math.pi)]
+
+    def act(state: np.ndarray, t: int) -> np.ndarray:
+        heading[0] = rng.vonmises(heading[0], 5.0)
+        length = 0.0
+        while not 0.2 <= length <= 1.8:
+            length = rng.normal(1.0, 0.4)
+        return length * np.array([math.cos(heading[0]), math.sin(heading[0])])
+
+    return act
+
+
+def _maze_policy(env: Env, rng: np.random.Generator, steps: int) -> Callable[[np.ndarray, int], np.ndarray]:
+    """Uniformly random actions within the bounds."""
+    return lambda state, t: rng.uniform(env.action_low, env.action_high)
+
+
+def _pusht_policy(env: Env, rng: np.random.Generator, steps: int) -> Callable[[np.ndarray, int], np.ndarray]:
+    """A scripted pusher: head for a point near the block, chosen anew every few steps, plus noise.
+
+    Random actions barely move the block; aiming at points around (and through) the block pushes it
+    in varied directions.
+    """
+    target = np.zeros(2)
+    next_switch = [0]
+
+    def act(state: np.ndarray, t: int) -> np.ndarray:
+        if t >= next_switch[0]:
+            angle = rng.uniform(-math.pi, math.pi)
+            radius = rng.uniform(0.0, 70.0)
+            target[:] = state[2:4] + radius * np.array([math.cos(angle), math.sin(angle)])
+            next_switch[0] = t + int(rng.integers(4, 16))
+        action = (target - state[:2]) / 100.0 + rng.normal(0.0, 0.1, size=2)
+        return np.clip(action, env.action_low, env.action_high)
+
+    return act
+
+
+POLICIES = {"wall": _wall_policy, "pointmaze": _maze_policy, "pusht": _pusht_policy}
+
+
+def _trajectory(config: DataConfig, episode: int) -> tuple[np.ndarray, np.ndarray, list[bytes] | None]:
+    rng = np.random.default_rng(np.random.SeedSequence([config.seed, episode]))
+    env = make_env(config.env)
+    steps = config.steps_per_episode
+    state = env.reset(seed=int(rng.integers(2**63)))
+    policy = POLICIES[config.env](env, rng, steps)
+    states, actions = [state], []
+    frames = [env.render(config.frame_size).tobytes()] if config.frames else None
+    for t in range(steps):
+        action = np.clip(policy(state, t), env.action_low, env.action_high)
+        state = env.step(action)
+        states.append(state)
+        actions.append(action)
+        if frames is not None:
+            frames.append(env.render(config.frame_size).tobytes())
+    return np.stack(states), np.stack(actions), frames
+
+
+def _chunk(config: DataConfig, episodes: list[int], val: frozenset[int]) -> pa.RecordBatch:
+    cols: dict[str, list] = {"episode": [], "step": [], "split": [], "state": [], "action": []}
+    frames: list[bytes] = []
+    for ep in episodes:
+        states, actions, ep_frames = _trajectory(config, ep)
+        n = len(states)
+        cols["episode"] += [ep] * n
+        cols["step"] += list(range(n))
+        cols["split"] += ["val" if ep in val else "train"] * n
+        cols["state"] += list(states)
+        cols["action"] += list(actions) + [np.full(2, np.nan)]
+        if ep_frames is not None:
+            frames += ep_frames
+    arrays = {k: cols[k] for k in ("episode", "step", "split")}
+    arrays["state"] = cols["state"]
+    arrays["action"] = cols["action"]
+    if config.frames:
+        arrays["frame"] = frames
+    d = len(cols["state"][0])
+    schema = _schema(d, config.frames)
+    return pa.RecordBatch.from_pydict(arrays, schema=schema)
+
+
+def _schema(state_dim: int, frames: bool) -> pa.Schema:
+    fields = [
+        pa.field("episode", pa.int32(), nullable=False),
+        pa.field("step", pa.int32(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("state", pa.list_(pa.float64(), state_dim), nullable=False),
+        pa.field("action", pa.list_(pa.float64(), 2), nullable=False),
+    ]
+    if frames:
+        fields.append(pa.field("frame", pa.binary()))
+    return pa.schema(fields)
+
+
+def validation_episodes(config: DataConfig) -> frozenset[int]:
+    """The trajectories held out for validation: a seeded choice of whole episodes."""
+    if config.val_fraction <= 0:
+        return frozenset()
+    n_val = max(1, round(config.episodes * config.val_fraction))
+    if n_val >= config.episodes:
+        raise ConfigError(f"val_fraction {config.val_fraction} leaves no training trajectory out of {config.episodes}")
+    rng = np.random.default_rng(np.random.SeedSequence([config.seed, 2**31]))
+    return frozenset(int(e) for e in rng.choice(config.episodes, size=n_val, replace=False))
+
+
+def _chunks(n: int, size: int) -> Iterator[list[int]]:
+    for lo in range(0, n, size):
+        yield list(range(lo, min(n, lo + size)))
+
+
+def generate_dataset(
+    config: DataConfig,
+    path: str | os.PathLike[str],
+    *,
+    workers: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Generate trajectories in parallel and write them to the Parquet file ``path``.
+
+    Args:
+        config: what to generate.
+        path: output file; written to a temporary name first and renamed when complete.
+        workers: processes (0: one per CPU core; 1: this process).
+        progress: called with (trajectories done, total) after each chunk.
+
+    Returns:
+        The path of the finished file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    val = validation_episodes(config)
+    workers = workers or os.cpu_count() or 1
+    chunk = CHUNK_EPISODES  # fixed, so that row groups (and bytes) do not depend on the worker count
+    meta = {
+        "schema_version": SCHEMA_VERSION,
+        "config": dataclasses.asdict(config),
+        "state_dim": make_env(config.env).state_dim,
+        "action_dim": 2,
+        "frameskip": make_env(config.env).frameskip,
+        "steps_per_episode": config.steps_per_episode,
+        "val_episodes": sorted(val),
+    }
+    schema = _schema(meta["state_dim"], config.frames).with_metadata({METADATA_KEY: json.dumps(meta, sort_keys=True).encode()})
+    tmp = path.with_name(path.name + ".partial")
+    done = 0
+    with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        if workers == 1:
+            batches = (_chunk(config, eps, val) for eps in _chunks(config.episodes, chunk))
+            for batch in batches:
+                writer.write_batch(batch.replace_schema_metadata(schema.metadata))
+                done += batch.num_rows // (config.steps_per_episode + 1)
+                if progress:
+                    progress(done, config.episodes)
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+                futures = [pool.submit(_chunk, config, eps, val) for eps in _chunks(config.episodes, chunk)]
+                for fut in futures:  # in order: the file's bytes do not depend on timing
+                    batch = fut.result()
+                    writer.write_batch(batch.replace_schema_metadata(schema.metadata))
+                    done += batch.num_rows // (config.steps_per_episode + 1)
+                    if progress:
+                        progress(done, config.episodes)
+    tmp.replace(path)
+    return path
+
+
+# -- reading -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """One trajectory of a data set."""
+
+    episode: int
+    split: str
+    states: np.ndarray
+    """``[T+1, D]`` float64."""
+    actions: np.ndarray
+    """``[T, 2]`` float64 env actions; ``actions[t]`` led from ``states[t]`` to ``states[t+1]``."""
+    frames: np.ndarray | None = None
+    """``[T+1, S, S, 3]`` uint8, when the data set has frames."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A data set read from Parquet: its metadata and its trajectories by split."""
+
+    path: Path
+    meta: dict
+    trajectories: tuple[Trajectory, ...]
+
+    @property
+    def env(self) -> str:
+        return self.meta["config"]["env"]
+
+    @property
+    def frameskip(self) -> int:
+        return int(self.meta["frameskip"])
+
+    def split(self, name: str) -> list[Trajectory]:
+        """The trajectories of split ``name`` (``train`` or ``val``)."""
+        if name not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {name!r}")
+        return [t for t in self.trajectories if t.split == name]
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict:
+    """The ``wmplan.dataset`` metadata of a data set file, with clear errors for anything else."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"data set {str(path)!r} does not exist (generate one with 'wmplan data --env NAME')")
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"data set {str(path)!r} is not a readable Parquet file ({exc})") from None
+    raw = (schema.metadata or {}).get(METADATA_KEY)
+    if raw is None:
+        raise DataError(f"{str(path)!r} is a Parquet file but not a wmplan data set (no {METADATA_KEY.decode()} metadata)")
+    meta = json.loads(raw)
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        raise DataError(f"data set {str(path)!r} has schema version {meta.get('schema_version')}, this wmplan reads {SCHEMA_VERSION}")
+    return meta
+
+
+def read_dataset(path: str | os.PathLike[str]) -> Dataset:
+    """Load a data set written by :func:`generate_dataset`."""
+    meta = read_metadata(path)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"data set {str(path)!r} is corrupt ({exc})") from None
+    episode = table["episode"].to_numpy()
+    d = int(meta["state_dim"])
+    states = table["state"].combine_chunks().flatten().to_numpy().reshape(-1, d)
+    actions = table["action"].combine_chunks().flatten().to_numpy().reshape(-1, 2)
+    splits = table["split"].to_pylist()
+    frames = None
+    if "frame" in table.column_names:
+        size = int(meta["config"]["frame_size"])
+        frames = np.frombuffer(b"".join(table["frame"].to_pylist()), dtype=np.uint8).reshape(-1, size, size, 3)
+    boundaries = np.flatnonzero(np.diff(episode)) + 1
+    starts = np.concatenate([[0], boundaries])
+    ends = np.concatenate([boundaries, [len(episode)]])
+    trajectories = []
+    for lo, hi in zip(starts, ends):
+        trajectories.append(Trajectory(
+            episode=int(episode[lo]),
+            split=splits[lo],
+            states=states[lo:hi],
+            actions=actions[lo : hi - 1],
+            frames=None if frames is None else frames[lo:hi],
+        ))
+    return Dataset(path=Path(path), meta=meta, trajectories=tuple(trajectories))
