@@ -1,0 +1,577 @@
+"""Planning episodes: start/goal pairs, running a planner on them, and judging the result in the simulator.
+
+This module is the evaluation protocol of GRASP and DINO-WM (see ``GRASP.md``, "Evaluation
+protocol") in one place:
+
+- :func:`make_episode_specs` draws a seeded, reproducible set of start/goal pairs for one task and
+  horizon (random valid pairs for Wall and PointMaze; for Push-T goals reached by replaying
+  held-out data segments in the simulator, as DINO-WM does);
+- :func:`run_episodes` plans every episode in *one* batched planner call, in the world model's
+  own state space (:func:`to_model_space`), then executes the plan in the real simulator and
+  judges success there, open loop or with a fixed budget of MPC replans;
+- :class:`EpisodeRecord` is the single definition of an episode's result;
+- :func:`summarize` turns records into the reported numbers (success rate with a Wald 95%
+  interval, median planning time of the successful episodes).
+
+Planning sees only the world model: the simulator is never queried while planning and never used
+to stop early; every budget (planner iterations, replans) is fixed and recorded.
+
+A world model may define ``encode(env_state [..., D_env]) -> model_state [..., D]`` and
+``decode(model_state) -> env_state`` (a learned state model normalises, a visual model encodes);
+without them model states are env states. One model action is ``env.frameskip`` env actions
+packed together (:func:`wmplan.platform.envs.pack_actions`), so ``model.action_dim`` must be
+``env.frameskip * env.action_dim``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from wmplan.platform.envs.base import Env, unpack_actions
+from wmplan.platform.planners.base import Planner, PlanResult
+from wmplan.platform.stats import wald_interval
+from wmplan.platform.world_model import WorldModel
+
+__all__ = [
+    "MODES",
+    "EpisodeSpec",
+    "EpisodeRecord",
+    "make_episode_specs",
+    "run_episodes",
+    "summarize",
+    "to_model_space",
+    "from_model_space",
+    "success_coordinates",
+    "check_action_packing",
+]
+
+Mode = Literal["open_loop", "mpc"]
+MODES: tuple[str, ...] = ("open_loop", "mpc")
+"""The valid execution modes of :func:`run_episodes`."""
+
+NONFINITE_ERROR = "model produced NaN or inf"
+"""The error recorded for an episode whose planning problem the planner marked failed."""
+
+_SUCCESS_COORDINATES: dict[str, slice] = {
+    "wall": slice(0, 2),
+    "pointmaze": slice(0, 2),
+    "pusht": slice(0, 4),
+}
+
+
+def _frozen_array(x: Any, *, dtype: Any = np.float64) -> np.ndarray:
+    """A read-only copy of ``x`` as a numpy array of ``dtype``."""
+    arr = np.array(x, dtype=dtype, copy=True)
+    arr.setflags(write=False)
+    return arr
+
+
+def _derive_seed(*entropy: int) -> int:
+    """A 63-bit seed derived from non-negative integers (stable across platforms and runs)."""
+    words = np.random.SeedSequence([int(e) for e in entropy]).generate_state(2, dtype=np.uint32)
+    return int((int(words[0]) << 31) ^ int(words[1])) & ((1 << 63) - 1)
+
+
+def _task_key(task: str) -> int:
+    return zlib.crc32(task.encode("utf-8"))
+
+
+# -- episode specifications ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class EpisodeSpec:
+    """One planning trial: reach ``goal`` from ``start`` in ``horizon`` model steps.
+
+    Attributes:
+        task: the task's name (``env.name``).
+        horizon: ``H``, in model steps (each is ``env.frameskip`` env steps).
+        episode_id: the trial's index in its set (0 .. count-1).
+        seed: the trial's own seed; ``numpy.random.default_rng(seed)`` drew its start and goal.
+        start: ``[D_env]`` start state (read-only).
+        goal: ``[D_env]`` goal state (read-only).
+        source: for goals replayed from data, ``(segment index, offset)`` of the replayed
+            segment in the ``segments`` given to :func:`make_episode_specs`; else None.
+    """
+
+    task: str
+    horizon: int
+    episode_id: int
+    seed: int
+    start: np.ndarray
+    goal: np.ndarray
+    source: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        start, goal = _frozen_array(self.start), _frozen_array(self.goal)
+        if start.ndim != 1 or start.shape != goal.shape:
+            raise ValueError(f"start and goal must be 1-D states of one size; got {start.shape} and {goal.shape}")
+        if self.horizon < 1:
+            raise ValueError(f"horizon must be >= 1, got {self.horizon}")
+        object.__setattr__(self, "start", start)
+        object.__setattr__(self, "goal", goal)
+
+
+def _check_segments(env: Env, segments: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    out = []
+    for i, seg in enumerate(segments):
+        if len(seg) != 2:
+            raise ValueError(f"segment {i} must be a pair (states [T+1, {env.state_dim}], env_actions [T, {env.action_dim}])")
+        states = np.asarray(seg[0], dtype=np.float64)
+        actions = np.asarray(seg[1], dtype=np.float64)
+        if states.ndim != 2 or states.shape[1] != env.state_dim:
+            raise ValueError(f"segment {i}: states must have shape [T+1, {env.state_dim}], got {states.shape}")
+        if actions.ndim != 2 or actions.shape[1] != env.action_dim or actions.shape[0] != states.shape[0] - 1:
+            raise ValueError(
+                f"segment {i}: env_actions must have shape [T, {env.action_dim}] with T = {states.shape[0] - 1} "
+                f"(one fewer than its states), got {actions.shape}"
+            )
+        out.append((states, actions))
+    return out
+
+
+def make_episode_specs(
+    env: Env,
+    *,
+    horizon: int,
+    count: int,
+    seed: int,
+    segments: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
+) -> list[EpisodeSpec]:
+    """A reproducible set of ``count`` start/goal pairs for ``env``'s task at ``horizon``.
+
+    Episode ``i`` gets its own seed, derived from ``(seed, task, horizon, i)``, and its pair is
+    drawn from ``numpy.random.default_rng`` of that seed only, so the same arguments always give
+    the same specs and one episode can be regenerated alone.
+
+    Without ``segments`` the pair is ``env.sample_start_goal(rng)`` (Wall: opposite sides of the
+    wall; PointMaze: random valid states). With ``segments`` (needed for Push-T) the goal comes
+    from replaying held-out data, as DINO-WM does: among the segments with at least
+    ``frameskip * horizon`` actions one is picked uniformly, then an offset uniformly; the
+    simulator is reset to the state at that offset (the start) and replays the next
+    ``frameskip * horizon`` env actions; the goal is where the replay ends (not the stored state,
+    which a replay need not reproduce exactly). ``segments`` are used whenever given, whatever the
+    task. Note: the env's current state is changed by a replay.
+
+    Args:
+        env: the task simulator.
+        horizon: ``H`` in model steps.
+        count: number of episodes (ids ``0 .. count-1``).
+        seed: the set's seed.
+        segments: held-out episodes, each ``(states [T+1, D_env], env_actions [T, 2])``.
+
+    Raises:
+        ValueError: for a non-positive horizon, a negative count, malformed segments, Push-T
+            without segments, or segments that are all shorter than ``frameskip * horizon`` actions.
+    """
+    if horizon < 1:
+        raise ValueError(f"horizon must be >= 1, got {horizon}")
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    task = env.name
+    steps = env.frameskip * horizon
+    eligible: list[tuple[np.ndarray, np.ndarray]] = []
+    eligible_index: list[int] = []
+    if segments is not None:
+        checked = _check_segments(env, segments)
+        eligible_index = [i for i, (_, a) in enumerate(checked) if a.shape[0] >= steps]
+        eligible = [checked[i] for i in eligible_index]
+        if not eligible:
+            longest = max((a.shape[0] for _, a in checked), default=0)
+            raise ValueError(
+                f"{task}: no segment is long enough for horizon {horizon}: a goal replays "
+                f"frameskip * horizon = {steps} env actions ({steps + 1} states), but the longest of "
+                f"the {len(checked)} segments has {longest} actions"
+            )
+    elif task == "pusht":
+        raise ValueError(
+            "pusht: goals come from replaying held-out trajectory segments (DINO-WM's protocol); "
+            "pass segments=[(states [T+1, 7], env_actions [T, 2]), ...] with T >= "
+            f"frameskip * horizon = {steps}"
+        )
+
+    specs = []
+    for i in range(count):
+        ep_seed = _derive_seed(seed & ((1 << 63) - 1), _task_key(task), horizon, i)
+        rng = np.random.default_rng(ep_seed)
+        source: tuple[int, int] | None = None
+        if eligible:
+            k = int(rng.integers(len(eligible)))
+            states, actions = eligible[k]
+            offset = int(rng.integers(actions.shape[0] - steps + 1))
+            start = env.reset(state=states[offset])
+            goal = env.rollout(actions[offset : offset + steps])[-1]
+            source = (eligible_index[k], offset)
+        else:
+            start, goal = env.sample_start_goal(rng)
+        specs.append(EpisodeSpec(task, horizon, i, ep_seed, start, goal, source))
+    return specs
+
+
+# -- the world-model side --------------------------------------------------------------------------
+
+
+def to_model_space(model: object, states: Tensor) -> Tensor:
+    """Env states ``[..., D_env]`` to model states ``[..., D]`` with ``model.encode`` (identity without one)."""
+    encode = getattr(model, "encode", None)
+    return encode(states) if callable(encode) else states
+
+
+def from_model_space(model: object, states: Tensor) -> Tensor:
+    """Model states ``[..., D]`` to env states ``[..., D_env]`` with ``model.decode`` (identity without one)."""
+    decode = getattr(model, "decode", None)
+    return decode(states) if callable(decode) else states
+
+
+def check_action_packing(env: Env, model: WorldModel) -> None:
+    """Raise ValueError unless one model action is ``env.frameskip`` packed env actions."""
+    want = env.frameskip * env.action_dim
+    if model.action_dim != want:
+        raise ValueError(
+            f"{env.name}: the model's action_dim is {model.action_dim}, but one model action packs "
+            f"frameskip * action_dim = {env.frameskip} * {env.action_dim} = {want} env actions"
+        )
+
+
+def success_coordinates(env: Env) -> slice:
+    """The state coordinates that success is judged on, for the distances of :class:`EpisodeRecord`.
+
+    Wall and PointMaze: the 2-D position; Push-T: ``state[:4]`` (agent and block positions).
+    Any other task: the whole state.
+    """
+    return _SUCCESS_COORDINATES.get(env.name, slice(None))
+
+
+# -- results -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class EpisodeRecord:
+    """The result of one episode: THE definition that storage, tracking and tuning use.
+
+    Attributes:
+        task: the task's name.
+        planner: the planner's name as given to :func:`run_episodes`.
+        horizon: ``H``, model steps planned (and executed).
+        episode_id: the spec's episode id.
+        seed: the spec's seed.
+        mode: ``'open_loop'`` or ``'mpc'``.
+        plan_seed: the seed of the episode's first planner call (later MPC calls derive theirs
+            from it; see :func:`run_episodes`).
+        success: ``env.is_success(final executed state, goal)`` in the real simulator.
+        model_success: ``env.is_success`` of the model's predicted final state, decoded to env
+            space, against the goal (open loop: the final state of the plan's model rollout; MPC:
+            the last plan's prediction after the steps executed from it).
+        final_distance: Euclidean distance between the final executed state and the goal over
+            :func:`success_coordinates` (for a failed episode: from the last state reached).
+        model_final_distance: the same distance for the model's prediction (inf when the model
+            failed or its prediction is not finite).
+        planning_time_s: sum over this episode's planner calls of their wall time. All episodes
+            are planned in one batched call, so each gets the whole batch's wall time (not a
+            1/B share): it is the time the batch needed to produce this episode's plan.
+        iterations: planner iterations, summed over the planner calls.
+        replans: number of planner calls (1 open loop; ``ceil(H / replan_every)`` in MPC).
+        failed: the planner marked the problem failed (NaN or inf), or executing it raised.
+        error: why it failed (e.g. ``"model produced NaN or inf"``); None otherwise.
+        executed_states: ``[T_env + 1, D_env]`` real states, from the start (read-only).
+        actions: ``[T_env, 2]`` env actions executed (read-only); ``T_env = H * frameskip``
+            unless the episode failed part way.
+        residual: ``[I, H]`` float32 for lifted planners: this episode's rows of
+            ``trace.residual``, concatenated over the planner calls; else None.
+    """
+
+    task: str
+    planner: str
+    horizon: int
+    episode_id: int
+    seed: int
+    mode: str
+    plan_seed: int
+    success: bool
+    model_success: bool
+    final_distance: float
+    model_final_distance: float
+    planning_time_s: float
+    iterations: int
+    replans: int
+    failed: bool
+    error: str | None
+    executed_states: np.ndarray = field(repr=False)
+    actions: np.ndarray = field(repr=False)
+    residual: np.ndarray | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        object.__setattr__(self, "executed_states", _frozen_array(self.executed_states))
+        object.__setattr__(self, "actions", _frozen_array(self.actions))
+        if self.residual is not None:
+            object.__setattr__(self, "residual", _frozen_array(self.residual, dtype=np.float32))
+
+    def to_row(self) -> dict[str, Any]:
+        """The scalar fields as a flat dict (for tables), plus ``executed_steps``; no arrays."""
+        row = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _ARRAY_FIELDS}
+        row["executed_steps"] = int(self.actions.shape[0])
+        return row
+
+
+_ARRAY_FIELDS = frozenset({"executed_states", "actions", "residual"})
+
+
+# -- running episodes -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Episode:
+    """Mutable bookkeeping of one episode while :func:`run_episodes` runs."""
+
+    sim: Env
+    states: list[np.ndarray]
+    actions: list[np.ndarray]
+    error: str | None = None
+    model_final: np.ndarray | None = None
+    residuals: list[np.ndarray] = field(default_factory=list)
+
+    @property
+    def active(self) -> bool:
+        return self.error is None
+
+    @property
+    def current(self) -> np.ndarray:
+        return self.states[-1]
+
+
+def _validate(env: Env, model: WorldModel, planner: Planner, specs: Sequence[EpisodeSpec], mode: str, replan_every: int) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if replan_every < 1:
+        raise ValueError(f"replan_every must be >= 1, got {replan_every}")
+    check_action_packing(env, model)
+    h = planner.options.horizon
+    for s in specs:
+        if s.task != env.name:
+            raise ValueError(f"episode {s.episode_id} is for task {s.task!r}, but the env is {env.name!r}")
+        if s.horizon != h:
+            raise ValueError(f"episode {s.episode_id} has horizon {s.horizon}, but the planner plans {h} steps")
+        if s.start.shape != (env.state_dim,):
+            raise ValueError(f"episode {s.episode_id}: states must have {env.state_dim} values, got {s.start.shape}")
+
+
+def _plan_seeds(specs: Sequence[EpisodeSpec], plan_seed: int | None, calls: int) -> list[int]:
+    """Seed of each planner call: ``plan_seed`` first (derived from the specs' seeds when None)."""
+    first = _derive_seed(*(s.seed for s in specs)) if plan_seed is None else int(plan_seed)
+    return [first] + [_derive_seed(first & ((1 << 63) - 1), k) for k in range(1, calls)]
+
+
+def _execute(ep: _Episode, model_actions: np.ndarray, frameskip: int) -> None:
+    """Execute model actions ``[n, A]`` in the episode's simulator; record an exception as its error."""
+    env_actions = unpack_actions(np.asarray(model_actions, dtype=np.float64), frameskip)
+    try:
+        states = ep.sim.rollout(env_actions)
+    except Exception as exc:  # noqa: BLE001 - one episode's failure must not stop the others
+        ep.error = f"execution failed: {type(exc).__name__}: {exc}"
+        return
+    ep.states.extend(states[1:])
+    ep.actions.extend(env_actions)
+
+
+def run_episodes(
+    env: Env,
+    model: WorldModel,
+    planner: Planner,
+    specs: Sequence[EpisodeSpec],
+    *,
+    planner_name: str,
+    mode: Mode = "open_loop",
+    replan_every: int = 1,
+    device: str | torch.device = "cpu",
+    plan_seed: int | None = None,
+) -> list[EpisodeRecord]:
+    """Plan every episode in one batched planner call, execute the plans in the simulator, judge them.
+
+    All ``specs`` must be for ``env``'s task with ``horizon == planner.options.horizon``. Starts
+    and goals are encoded into model space (:func:`to_model_space`) and planned together as one
+    batch of ``B = len(specs)`` problems on ``device`` (where ``model`` must already live).
+
+    - ``'open_loop'``: one plan of ``H`` model steps; its actions are unpacked into ``H * frameskip``
+      env actions and executed from the episode's exact start (``env.reset(state=start)``).
+    - ``'mpc'``: a fixed replan budget with a shrinking horizon. Execute the first
+      ``replan_every`` model steps of the plan, re-encode the real states reached, replan the
+      remaining ``H - executed`` steps (warm-started with the previous plan minus its executed
+      steps), and so on until ``H`` model steps have been executed in total:
+      ``ceil(H / replan_every)`` planner calls. The goal stays due at step ``H``, so an exact
+      model reaches it as open loop does. Residual rows of shorter replans are NaN-padded to ``H``.
+      Each episode runs in its own copy of ``env``, stepped continuously between replans.
+
+    Planning sees only the model: the simulator is used only to execute plans, and every episode
+    executes its full budget whether or not it reaches the goal early.
+
+    A problem the planner marks failed (the model produced NaN or inf) gets ``failed=True``,
+    ``success=False`` and an error, and is not executed further; an exception while executing
+    one episode is recorded in its record likewise. Neither stops the other episodes.
+
+    Args:
+        env: the task simulator (not stepped in MPC mode, where copies are).
+        model: the world model; ``model.action_dim == env.frameskip * env.action_dim``.
+        planner: the planner (its options set horizon and budget).
+        specs: the episodes, e.g. from :func:`make_episode_specs`.
+        planner_name: the planner's name for the records (e.g. ``"grasp"``).
+        mode: ``'open_loop'`` or ``'mpc'``.
+        replan_every: model steps executed between MPC replans (ignored open loop).
+        device: where to plan.
+        plan_seed: seed of the first planner call; call ``k >= 1`` of MPC uses a seed derived from
+            ``(plan_seed, k)``. None derives ``plan_seed`` from the specs' seeds, so results are
+            deterministic either way (for a deterministic model and planner).
+
+    Returns:
+        One :class:`EpisodeRecord` per spec, in the order of ``specs``.
+
+    Raises:
+        ValueError: for an invalid mode or ``replan_every``, a model whose action is not
+            ``frameskip`` packed env actions, or specs that do not match the env or planner.
+    """
+    _validate(env, model, planner, specs, mode, replan_every)
+    if not specs:
+        return []
+    h = planner.options.horizon
+    fs = env.frameskip
+    dtype = model.action_low.dtype if model.action_low.is_floating_point() else torch.float32
+    calls = 1 if mode == "open_loop" else -(-h // replan_every)
+    seeds = _plan_seeds(specs, plan_seed, calls)
+
+    def encode(states: Sequence[np.ndarray]) -> Tensor:
+        x = torch.as_tensor(np.stack(states), dtype=dtype, device=device)
+        with torch.no_grad():
+            return to_model_space(model, x).detach()
+
+    episodes: list[_Episode] = []
+    for spec in specs:
+        sim = env if mode == "open_loop" else copy.deepcopy(env)
+        episodes.append(_Episode(sim=sim, states=[spec.start.copy()], actions=[]))
+    goal_m = encode([s.goal for s in specs])
+
+    wall_time = 0.0
+    iterations = 0
+    executed = 0
+    init_actions: Tensor | None = None
+    for k in range(calls):
+        start_m = encode([ep.current for ep in episodes])
+        remaining = h - executed
+        step_planner = planner if remaining == h else planner.replace(horizon=remaining)
+        result: PlanResult = step_planner.plan(model, start_m, goal_m, seed=seeds[k], init_actions=init_actions)
+        wall_time += result.wall_time_s
+        iterations += result.iterations
+        n = h if mode == "open_loop" else min(replan_every, remaining)
+        failed = result.failed.cpu().numpy()
+        plan = result.actions.detach().cpu().double().numpy()
+        with torch.no_grad():
+            predicted = from_model_space(model, result.states[:, n]).detach().cpu().double().numpy()
+        residual = None
+        if result.trace.residual is not None:
+            residual = np.full((*result.trace.residual.shape[:2], h), np.nan, dtype=np.float32)
+            residual[:, :, :remaining] = result.trace.residual.float().numpy()
+        for b, (spec, ep) in enumerate(zip(specs, episodes)):
+            if not ep.active:
+                continue
+            if residual is not None:
+                ep.residuals.append(residual[:, b, :])
+            if failed[b]:
+                ep.error = NONFINITE_ERROR if calls == 1 else f"{NONFINITE_ERROR} (planner call {k + 1} of {calls})"
+                continue
+            if k == 0:
+                try:
+                    ep.states[0] = ep.sim.reset(state=spec.start)
+                except Exception as exc:  # noqa: BLE001 - recorded, the other episodes go on
+                    ep.error = f"execution failed: {type(exc).__name__}: {exc}"
+                    continue
+            _execute(ep, plan[b, :n], fs)
+            ep.model_final = predicted[b]
+        executed += n
+        if k + 1 < calls:
+            init_actions = result.actions[:, n:].detach()
+
+    return [
+        _record(env, spec, ep, planner_name=planner_name, mode=mode, plan_seed=seeds[0], planning_time_s=wall_time, iterations=iterations, replans=calls)
+        for spec, ep in zip(specs, episodes)
+    ]
+
+
+def _record(
+    env: Env,
+    spec: EpisodeSpec,
+    ep: _Episode,
+    *,
+    planner_name: str,
+    mode: str,
+    plan_seed: int,
+    planning_time_s: float,
+    iterations: int,
+    replans: int,
+) -> EpisodeRecord:
+    coords = success_coordinates(env)
+    final = ep.current
+    final_distance = float(np.linalg.norm(final[coords] - spec.goal[coords]))
+    success = ep.active and bool(env.is_success(final, spec.goal))
+    if ep.active and ep.model_final is not None and np.all(np.isfinite(ep.model_final)):
+        model_final_distance = float(np.linalg.norm(ep.model_final[coords] - spec.goal[coords]))
+        model_success = bool(env.is_success(ep.model_final, spec.goal))
+    else:
+        model_final_distance, model_success = math.inf, False
+    return EpisodeRecord(
+        task=spec.task,
+        planner=planner_name,
+        horizon=spec.horizon,
+        episode_id=spec.episode_id,
+        seed=spec.seed,
+        mode=mode,
+        plan_seed=plan_seed,
+        success=success,
+        model_success=model_success,
+        final_distance=final_distance,
+        model_final_distance=model_final_distance,
+        planning_time_s=planning_time_s,
+        iterations=iterations,
+        replans=replans,
+        failed=not ep.active,
+        error=ep.error,
+        executed_states=np.stack(ep.states),
+        actions=np.stack(ep.actions) if ep.actions else np.zeros((0, env.action_dim)),
+        residual=np.concatenate(ep.residuals, axis=0) if ep.residuals else None,
+    )
+
+
+# -- summaries ---------------------------------------------------------------------------------------
+
+
+def summarize(records: Sequence[EpisodeRecord]) -> dict[str, float | int]:
+    """The reported numbers of a set of episodes (group them by task, planner, horizon and mode first).
+
+    Returns:
+        ``count``; ``successes``; ``success_rate`` with its Wald 95% interval ``success_low`` and
+        ``success_high``; ``model_success_rate``; ``median_planning_time_s`` over the successful
+        episodes (NaN if none); ``failures`` (episodes marked failed). Rates are NaN for no records.
+    """
+    n = len(records)
+    successes = sum(1 for r in records if r.success)
+    rate, low, high = wald_interval(successes, n)
+    model_rate = sum(1 for r in records if r.model_success) / n if n else math.nan
+    times = [r.planning_time_s for r in records if r.success]
+    return {
+        "count": n,
+        "successes": successes,
+        "success_rate": rate,
+        "success_low": low,
+        "success_high": high,
+        "model_success_rate": model_rate,
+        "median_planning_time_s": float(np.median(times)) if times else math.nan,
+        "failures": sum(1 for r in records if r.failed),
+    }
