@@ -11,6 +11,7 @@ import dataclasses
 import sys
 import textwrap
 from collections.abc import Sequence
+from pathlib import Path
 
 from wmplan.platform.errors import ConfigError
 
@@ -74,6 +75,129 @@ def _run_data(args: argparse.Namespace) -> int:
     print(file=sys.stderr)
     steps = config.episodes * config.steps_per_episode
     print(f"wrote {path}: {config.episodes} trajectories, {steps} steps in {seconds:.1f} s ({steps / seconds:.0f} steps/s)")
+    return 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a state-space world model on a data set (safetensors + JSON)")
+    p.add_argument("--env", required=True, help="task: wall, pointmaze or pusht")
+    p.add_argument("--data", default=None, help="data set (default: data/ENV.parquet)")
+    p.add_argument("--out", default=None, help="checkpoint directory (default: checkpoints/ENV)")
+    p.add_argument("--steps", type=int, default=3000, help="gradient steps (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=256, help="windows per step (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: %(default)s)")
+    p.add_argument("--rollout-steps", type=int, default=3, help="model steps unrolled in the loss (default: %(default)s)")
+    p.add_argument("--hidden", type=int, default=256, help="hidden width (default: %(default)s)")
+    p.add_argument("--depth", type=int, default=3, help="hidden layers (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from wmplan.platform.data import read_dataset
+    from wmplan.platform.models import TrainConfig, evaluate_model, save_checkpoint, train_state_model
+    from wmplan.platform.workflow import default_checkpoint, default_data_path
+
+    data = Path(args.data) if args.data else default_data_path(args.env)
+    out = Path(args.out) if args.out else default_checkpoint(args.env)
+    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, rollout_steps=args.rollout_steps,
+                         hidden=args.hidden, depth=args.depth, seed=args.seed, device=args.device)
+    dataset = read_dataset(data)
+    if dataset.env != args.env:
+        raise ConfigError(f"data set {str(data)!r} is for task {dataset.env!r}, not {args.env!r}")
+    every = max(1, config.steps // 20)
+    model, metrics = train_state_model(dataset, config, progress=lambda step, total, loss: (
+        print(f"\rstep {step}/{total} loss {loss:.4g}", end="", file=sys.stderr, flush=True) if step % every == 0 or step == total else None))
+    print(file=sys.stderr)
+    evaluation = evaluate_model(model, dataset, k=10)
+    save_checkpoint(model, out, metrics={**metrics, "evaluation": evaluation})
+    print(f"saved {out}: trained in {metrics['train_seconds']:.1f} s; validation one-step MSE (normalised) "
+          f"{metrics['val_mse_before']:.4g} -> {metrics['val_mse_after']:.4g}; one-step error {evaluation['one_step_error']:.4g}, "
+          f"10-step error {evaluation['k_step_error']:.4g} (env units)")
+    return 0
+
+
+def _add_eval_model(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval-model", help="one-step and k-step error of a world model on a data set's validation split")
+    p.add_argument("--model", required=True, help="checkpoint directory")
+    p.add_argument("--data", required=True, help="data set")
+    p.add_argument("--k", type=int, default=10, help="model steps of the open-loop rollouts (default: %(default)s)")
+    p.add_argument("--split", choices=["val", "train"], default="val")
+    p.set_defaults(func=_run_eval_model)
+
+
+def _run_eval_model(args: argparse.Namespace) -> int:
+    from wmplan.platform.data import read_dataset
+    from wmplan.platform.models import evaluate_model, load_world_model
+
+    model = load_world_model(args.model)
+    result = evaluate_model(model, read_dataset(args.data), k=args.k, split=args.split)
+    print(f"| metric | value |\n|---|---|")
+    for key in ("one_step_error", "k_step_error", "one_step_mse", "k_step_mse", "wall_crossing_rate", "transitions", "windows"):
+        value = result.get(key)
+        print(f"| {key.replace('k_step', f'{args.k}_step')} | {'-' if value is None else f'{value:.4g}' if isinstance(value, float) else value} |")
+    return 0
+
+
+def _add_plan(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "plan",
+        help="plan episodes of a real task with a world model and judge them in the simulator",
+        description="Plan seeded start/goal episodes with each planner in a trained world model, execute the plans "
+        "in the real simulator and report success with a 95%% Wald interval. Without --model, the task's default "
+        "checkpoint is used, and created (data generated, model trained) when it does not exist.",
+    )
+    p.add_argument("--env", required=True, help="task: wall, pointmaze or pusht")
+    p.add_argument("--model", default=None, help="checkpoint directory (default: checkpoints/ENV, trained if missing)")
+    p.add_argument("--data", default=None, help="data set (default: data/ENV.parquet; Push-T goals come from its validation split)")
+    p.add_argument("--planner", default="cem,gd,grasp", help="comma-separated planners (default: %(default)s)")
+    p.add_argument("--horizon", default="5", help="comma-separated horizons in model steps, 5 env steps each (default: %(default)s)")
+    p.add_argument("--episodes", type=int, default=50, help="episodes per planner and horizon (default: %(default)s)")
+    p.add_argument("--mode", choices=["open_loop", "mpc"], default="open_loop")
+    p.add_argument("--replan-every", type=int, default=1, help="model steps executed between MPC replans (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the episodes and planners (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
+    p.add_argument("--set", "-s", action="append", default=[], metavar="PLANNER.OPTION=VALUE", help="override a planner option (repeatable)")
+    p.set_defaults(func=_run_plan)
+
+
+def _run_plan(args: argparse.Namespace) -> int:
+    from wmplan.platform.data import read_dataset
+    from wmplan.platform.demo import resolve_device
+    from wmplan.platform.envs import ENV_NAMES
+    from wmplan.platform.errors import unknown_name_error
+    from wmplan.platform.models import load_world_model
+    from wmplan.platform.workflow import default_checkpoint, default_data_path, format_outcomes, plan_task, prepare_model
+
+    if args.env not in ENV_NAMES:
+        raise unknown_name_error("task", args.env, ENV_NAMES)
+    planners = _csv(args.planner)
+    try:
+        horizons = [int(h) for h in _csv(args.horizon)]
+    except ValueError:
+        raise ConfigError(f"--horizon must be comma-separated integers, got {args.horizon!r}") from None
+    if args.episodes < 1:
+        raise ConfigError(f"--episodes must be >= 1, got {args.episodes}")
+    overrides = parse_overrides(args.set, planners)
+    from wmplan.platform.planners import make_planner
+
+    for p in planners:  # validate every option before any work
+        for h in horizons:
+            make_planner(p, horizon=h, **overrides[p])
+    device = resolve_device(args.device)
+    data = Path(args.data) if args.data else default_data_path(args.env)
+    say = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    if args.model:
+        model = load_world_model(args.model, device=device)
+    else:
+        model = prepare_model(args.env, data_path=data, checkpoint=default_checkpoint(args.env), device=str(device), progress=say)
+    dataset = read_dataset(data) if data.exists() else None
+    outcomes = plan_task(env_name=args.env, model=model, planners=planners, options=overrides, horizons=horizons,
+                         episodes=args.episodes, seed=args.seed, dataset=dataset, mode=args.mode,
+                         replan_every=args.replan_every, device=str(device), progress=say)
+    print(f"{args.env}, {args.mode}, {args.episodes} episodes per row; success judged in the real simulator")
+    print(format_outcomes(outcomes))
     return 0
 
 
@@ -153,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     _add_demo(sub)
     _add_data(sub)
+    _add_train(sub)
+    _add_eval_model(sub)
+    _add_plan(sub)
     _add_planners(sub)
     return parser
 
@@ -162,9 +289,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except ConfigError as exc:
+    except _user_errors() as exc:
         print(f"wmplan: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors caused by what the user asked for or pointed at: reported in one line, exit 2."""
+    from wmplan.platform.data import DataError
+    from wmplan.platform.models.checkpoint import CheckpointError
+
+    return (ConfigError, DataError, CheckpointError)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,24 @@
 """Learned world models behind the :class:`~wmplan.platform.world_model.WorldModel` interface."""
 
+from wmplan.platform.models.checkpoint import (
+    MODEL_KINDS,
+    CheckpointError,
+    ModelKind,
+    load_world_model,
+    read_checkpoint_info,
+    register_model_kind,
+    save_checkpoint,
+)
+from wmplan.platform.models.evaluation import evaluate_model, wall_crossings
 from wmplan.platform.models.mlp import ResidualMLP
+from wmplan.platform.models.state_model import StateModelConfig, StateWorldModel
+from wmplan.platform.models.training import TrainConfig, train_state_model, transition_windows
 
-__all__ = ["ResidualMLP"]
+__all__ = [
+    "ResidualMLP",
+    "StateModelConfig", "StateWorldModel",
+    "TrainConfig", "train_state_model", "transition_windows",
+    "evaluate_model", "wall_crossings",
+    "CheckpointError", "ModelKind", "MODEL_KINDS", "register_model_kind", "save_checkpoint",
+    "load_world_model", "read_checkpoint_info",
+]

@@ -1,0 +1,167 @@
+"""How well a world model predicts held-out trajectories, in env units and in its own space.
+
+For every window of ``k`` model steps of the chosen split (every start offset), the model rolls
+the recorded packed actions out open loop from the recorded start state, and its predictions are
+compared with the recorded states ``frameskip, 2 * frameskip, ...`` env steps later.
+
+On the wall task the evaluation also counts *wall crossings*: windows where the model's rollout
+goes from one side of the wall band ``|x - wall_x| > 3`` to the other through the wall
+(the straight segment between consecutive predicted positions meets the wall's centre line outside
+the door, ``|y - door_y| > 4``), while the recorded trajectory, sampled at the same model steps,
+has no such crossing. A model with this fault lets planners walk through walls.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from wmplan.platform.world_model import WorldModel, check_world_model
+from wmplan.platform.models.training import transition_windows
+
+if TYPE_CHECKING:
+    from wmplan.platform.data import Dataset
+
+__all__ = ["evaluate_model", "wall_crossings"]
+
+
+def wall_crossings(positions: np.ndarray, wall_x: float = 32.0, door_y: float = 30.0) -> np.ndarray:
+    """Which paths pass through the wall: ``positions [N, T, 2]`` (x, y) to ``[N]`` bool.
+
+    A path passes through the wall when it goes from one side of the wall band
+    (``|x - wall_x| > 3``) to the other and a segment between consecutive positions on the way
+    meets the centre line ``x = wall_x`` outside the door (``|y - door_y| > 4``). Positions inside
+    the band do not count as a side; going through the door is not a crossing.
+    """
+    from wmplan.platform.envs.wall import DOOR_HALF_HEIGHT, WALL_HALF_WIDTH
+
+    p = np.asarray(positions, dtype=np.float64)
+    x, y = p[..., 0] - wall_x, p[..., 1]
+    side = np.where(np.abs(x) > WALL_HALF_WIDTH, np.sign(x), 0.0)
+    last_side = side[:, 0]
+    through = np.zeros(len(p), dtype=bool)
+    crossed = np.zeros(len(p), dtype=bool)
+    for i in range(p.shape[1] - 1):
+        x0, x1, y0, y1 = x[:, i], x[:, i + 1], y[:, i], y[:, i + 1]
+        meets = x0 * x1 < 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            y_c = y0 + (0.0 - x0) / (x1 - x0) * (y1 - y0)
+        through |= meets & (np.abs(y_c - door_y) > DOOR_HALF_HEIGHT)
+        s1 = side[:, i + 1]
+        outside = s1 != 0
+        crossed |= outside & (last_side != 0) & (s1 != last_side) & through
+        through = np.where(outside, False, through)
+        last_side = np.where(outside, s1, last_side)
+    return crossed
+
+
+def _codec(model: WorldModel):
+    encode = getattr(model, "encode", None)
+    decode = getattr(model, "decode", None)
+    if callable(encode) and callable(decode):
+        return encode, decode
+    return (lambda s: s), (lambda z: z)
+
+
+def _rollout(model: WorldModel, start: Tensor, actions: Tensor) -> Tensor:
+    """``start [N, D]`` (model space), ``actions [N, k, A]`` -> ``[N, k+1, D]``."""
+    states = [start]
+    z = start
+    for j in range(actions.shape[1]):
+        z = model.step(z, actions[:, j])
+        states.append(z)
+    return torch.stack(states, dim=1)
+
+
+def evaluate_model(model: WorldModel, dataset: Dataset, *, k: int = 10, split: str = "val", batch: int = 4096) -> dict[str, Any]:
+    """Open-loop prediction errors of ``model`` on a split of ``dataset``.
+
+    ``model`` is any world model whose actions are the data set's packed env actions; when it has
+    ``encode``/``decode`` (like :class:`StateWorldModel`) states are mapped through them, otherwise
+    its state space is taken to be the env's.
+
+    Args:
+        model: the world model.
+        dataset: a data set whose frameskip matches the model's packed actions.
+        k: model steps of the open-loop rollouts.
+        split: ``val`` or ``train``.
+        batch: windows evaluated at once.
+
+    Returns:
+        A dict with ``one_step_error`` and ``k_step_error`` (mean Euclidean distance between
+        predicted and recorded env states after 1 and ``k`` model steps, in env units over all
+        state dimensions), ``one_step_mse`` and ``k_step_mse`` (mean squared error per dimension in
+        the model's state space: normalised for :class:`StateWorldModel`), ``error_by_step``
+        (``k`` mean Euclidean errors, steps 1..k), ``k_step_rmse_per_dim`` (``D`` values, env
+        units), ``transitions`` and ``windows`` (how many one-step and k-step comparisons),
+        ``wall_crossings`` and ``wall_crossing_rate`` (count and fraction of k-step windows whose
+        rollout passes through the wall while the recorded path does not; None on other tasks),
+        and ``k``, ``split``, ``frameskip``.
+    """
+    model = check_world_model(model)
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    trajectories = dataset.split(split)
+    if not trajectories:
+        raise ValueError(f"data set {str(dataset.path)!r} has no {split!r} trajectories")
+    f = dataset.frameskip
+    d = trajectories[0].states.shape[1]
+    a_dim = f * trajectories[0].actions.shape[1]
+    if model.action_dim != a_dim or model.state_dim != d:
+        raise ValueError(
+            f"model (state_dim {model.state_dim}, action_dim {model.action_dim}) does not fit data set "
+            f"{dataset.env!r} (state_dim {d}, packed action_dim {a_dim} at frameskip {f})"
+        )
+    encode, decode = _codec(model)
+    device = model.action_low.device
+
+    def run(k_: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        states, actions = transition_windows(trajectories, f, k_)
+        if len(states) == 0:
+            raise ValueError(
+                f"the {split!r} trajectories ({len(trajectories[0].actions)} env steps) are too short "
+                f"for {k_} model steps at frameskip {f}"
+            )
+        preds, sq = [], []
+        with torch.no_grad():
+            for lo in range(0, len(states), batch):
+                s = torch.as_tensor(states[lo : lo + batch], dtype=torch.float32, device=device)
+                a = torch.as_tensor(actions[lo : lo + batch], dtype=torch.float32, device=device)
+                z_true = encode(s)
+                z = _rollout(model, z_true[:, 0], a)
+                sq.append((z[:, 1:] - z_true[:, 1:]).pow(2).mean(-1).double().cpu().numpy())  # [n, k]
+                preds.append(decode(z).double().cpu().numpy())
+        return states, actions, np.concatenate(preds), np.concatenate(sq)
+
+    s1, _, p1, sq1 = run(1)
+    sk, _, pk, sqk = run(k)
+    err1 = np.linalg.norm(p1[:, 1] - s1[:, 1], axis=-1)
+    errk = np.linalg.norm(pk[:, 1:] - sk[:, 1:], axis=-1)  # [N, k]
+    result: dict[str, Any] = {
+        "split": split,
+        "k": k,
+        "frameskip": f,
+        "transitions": len(s1),
+        "windows": len(sk),
+        "one_step_error": float(err1.mean()),
+        "one_step_mse": float(sq1.mean()),
+        "k_step_error": float(errk[:, -1].mean()),
+        "k_step_mse": float(sqk[:, -1].mean()),
+        "error_by_step": [float(e) for e in errk.mean(0)],
+        "k_step_rmse_per_dim": [float(e) for e in np.sqrt(((pk[:, -1] - sk[:, -1]) ** 2).mean(0))],
+        "wall_crossings": None,
+        "wall_crossing_rate": None,
+    }
+    if dataset.env == "wall":
+        from wmplan.platform.envs.wall import WallEnv
+
+        geometry = WallEnv()  # the data sets use the default wall and door
+        model_cross = wall_crossings(pk[..., :2], geometry.wall_x, geometry.door_y)
+        real_cross = wall_crossings(sk[..., :2], geometry.wall_x, geometry.door_y)
+        count = int((model_cross & ~real_cross).sum())
+        result["wall_crossings"] = count
+        result["wall_crossing_rate"] = count / len(sk)
+    return result

@@ -1,0 +1,170 @@
+"""A learned state-space world model that works in a normalised state space.
+
+The model predicts one *model step* (``frameskip`` env steps) at a time::
+
+    z  = (s - state_mean) / state_std                   # encode
+    z' = z + MLP([z, (a - action_mean) / action_std])   # step
+    s' = state_mean + state_std * z'                    # decode
+
+so planners search ``z`` (where every state dimension has unit scale, which keeps terminal costs
+and learning rates meaningful on every task) while actions stay in env units: a model action is
+``frameskip`` env actions concatenated (:func:`wmplan.platform.envs.pack_actions`) and its bounds
+are the env's bounds tiled ``frameskip`` times. Action normalisation is internal to ``step``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from wmplan.platform.options import require
+
+__all__ = ["StateModelConfig", "StateWorldModel"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class StateModelConfig:
+    """Architecture of a :class:`StateWorldModel`; everything needed to rebuild it from its tensors."""
+
+    env: str
+    """Task the model was trained on (wall, pointmaze, pusht, or a user's own name)."""
+    state_dim: int
+    """``D``: length of an env state vector (wall 2, pointmaze 4, pusht 7)."""
+    action_dim: int
+    """``A``: length of one packed model action, ``frameskip`` times the env action length."""
+    frameskip: int = 5
+    """Env steps per model step; ``action_dim`` must be a multiple of it."""
+    env_action_low: tuple[float, ...] = (-1.0, -1.0)
+    """Lower bound of one env action (length ``action_dim / frameskip``), in env units."""
+    env_action_high: tuple[float, ...] = (1.0, 1.0)
+    """Upper bound of one env action, in env units."""
+    hidden: int = 256
+    """Width of the hidden layers of the residual MLP."""
+    depth: int = 3
+    """Number of hidden layers of the residual MLP (>= 1)."""
+
+    def __post_init__(self) -> None:
+        require(self.state_dim >= 1, f"state_dim must be >= 1, got {self.state_dim}")
+        require(self.frameskip >= 1, f"frameskip must be >= 1, got {self.frameskip}")
+        require(
+            self.action_dim >= 1 and self.action_dim % self.frameskip == 0,
+            f"action_dim must be a positive multiple of frameskip={self.frameskip}, got {self.action_dim}",
+        )
+        per_env = self.action_dim // self.frameskip
+        require(
+            len(self.env_action_low) == per_env and len(self.env_action_high) == per_env,
+            f"env_action_low/high must have {per_env} values (action_dim / frameskip), "
+            f"got {len(self.env_action_low)} and {len(self.env_action_high)}",
+        )
+        require(
+            all(math.isfinite(lo) and math.isfinite(hi) and hi > lo for lo, hi in zip(self.env_action_low, self.env_action_high)),
+            f"env action bounds must be finite with high > low, got {self.env_action_low} and {self.env_action_high}",
+        )
+        require(self.hidden >= 1, f"hidden must be >= 1, got {self.hidden}")
+        require(self.depth >= 1, f"depth must be >= 1, got {self.depth}")
+
+
+class StateWorldModel(nn.Module):
+    """``z' = z + MLP([z, normalised action])`` over normalised env states.
+
+    Implements :class:`~wmplan.platform.world_model.WorldModel` in the normalised space: ``step``
+    takes and returns ``z`` (see :meth:`encode` / :meth:`decode`), and takes packed actions in env
+    units, inside ``[action_low, action_high]``.
+
+    Args:
+        config: the architecture.
+        seed: seed of the weight initialisation (None: torch's global generator). The last layer
+            starts at zero, so an untrained model predicts "nothing moves".
+
+    Buffers (saved in checkpoints): ``state_mean``, ``state_std`` ``[D]`` and ``action_mean``,
+    ``action_std`` ``[A]``, set by :meth:`set_normalization` (defaults 0 and 1).
+    """
+
+    def __init__(self, config: StateModelConfig, *, seed: int | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.state_dim = config.state_dim
+        self.action_dim = config.action_dim
+        d, a = config.state_dim, config.action_dim
+        self.register_buffer("state_mean", torch.zeros(d))
+        self.register_buffer("state_std", torch.ones(d))
+        self.register_buffer("action_mean", torch.zeros(a))
+        self.register_buffer("action_std", torch.ones(a))
+        # Derived from the config, so not persistent: a checkpoint holds only learned/fitted tensors.
+        low = torch.tensor(config.env_action_low, dtype=torch.float32).repeat(config.frameskip)
+        high = torch.tensor(config.env_action_high, dtype=torch.float32).repeat(config.frameskip)
+        self.register_buffer("action_low", low, persistent=False)
+        self.register_buffer("action_high", high, persistent=False)
+        layers: list[nn.Module] = []
+        width = d + a
+        for _ in range(config.depth):
+            layers += [nn.Linear(width, config.hidden), nn.SiLU()]
+            width = config.hidden
+        layers.append(nn.Linear(width, d))
+        self.net = nn.Sequential(*layers)
+        self._init_weights(seed)
+
+    def _init_weights(self, seed: int | None) -> None:
+        g = torch.Generator().manual_seed(seed) if seed is not None else None
+        linears = [m for m in self.net if isinstance(m, nn.Linear)]
+        with torch.no_grad():
+            for m in linears[:-1]:
+                bound = 1.0 / math.sqrt(m.in_features)
+                m.weight.copy_(torch.empty_like(m.weight).uniform_(-math.sqrt(3) * bound, math.sqrt(3) * bound, generator=g))
+                m.bias.zero_()
+            linears[-1].weight.zero_()
+            linears[-1].bias.zero_()
+
+    def set_normalization(self, state_mean, state_std, action_mean, action_std) -> None:
+        """Set the normalisation statistics (arrays or tensors of shape ``[D]``, ``[D]``, ``[A]``, ``[A]``).
+
+        Standard deviations must be positive: a constant dimension should be given a floor first.
+        """
+        values = {"state_mean": state_mean, "state_std": state_std, "action_mean": action_mean, "action_std": action_std}
+        for name, value in values.items():
+            buf = getattr(self, name)
+            t = torch.as_tensor(np.asarray(value) if not isinstance(value, Tensor) else value, dtype=buf.dtype)
+            if tuple(t.shape) != tuple(buf.shape):
+                raise ValueError(f"{name} must have shape {tuple(buf.shape)}, got {tuple(t.shape)}")
+            if not torch.isfinite(t).all() or (name.endswith("_std") and not (t > 0).all()):
+                raise ValueError(f"{name} must be finite{' and positive' if name.endswith('_std') else ''}, got {t.tolist()}")
+            buf.copy_(t.to(buf.device))
+
+    def _as_state(self, x) -> Tensor:
+        if isinstance(x, Tensor):
+            return x
+        return torch.as_tensor(np.asarray(x), dtype=self.state_mean.dtype, device=self.state_mean.device)
+
+    def encode(self, env_state) -> Tensor:
+        """Env states ``[..., D]`` (tensor or array, env units) to normalised states ``z [..., D]``."""
+        s = self._as_state(env_state)
+        return (s - self.state_mean.to(s.dtype)) / self.state_std.to(s.dtype)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Normalised states ``z [..., D]`` back to env states in env units."""
+        z = self._as_state(z)
+        return self.state_mean.to(z.dtype) + self.state_std.to(z.dtype) * z
+
+    def step(self, state: Tensor, action: Tensor) -> Tensor:
+        """Predict the next normalised state.
+
+        Args:
+            state: ``z [..., D]`` normalised states.
+            action: ``[..., A]`` packed model actions in env units.
+
+        Returns:
+            ``z' [..., D]``, differentiable with respect to both inputs.
+        """
+        a = (action - self.action_mean) / self.action_std
+        return state + self.net(torch.cat([state, a.to(state.dtype)], dim=-1))
+
+    def forward(self, state: Tensor, action: Tensor) -> Tensor:
+        return self.step(state, action)
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return f"env={c.env!r}, state_dim={c.state_dim}, action_dim={c.action_dim}, hidden={c.hidden}, depth={c.depth}"

@@ -1,0 +1,246 @@
+"""Training a :class:`~wmplan.platform.models.state_model.StateWorldModel` on a trajectory data set.
+
+One model step covers ``frameskip`` env steps: the model learns ``s_t -> s_{t+frameskip}`` given the
+``frameskip`` env actions in between, packed into one model action. Every start offset ``t`` is
+used (sliding windows), so no transition of the data set is wasted. The loss is the mean squared
+error in the normalised state space of an open-loop unroll of ``rollout_steps`` model steps,
+which trains the model on its own predictions as planners will use it.
+
+Training is deterministic for a given seed on the CPU: the weight initialisation and the batch
+order come from private generators, never from torch's global one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+
+from wmplan.platform.envs import make_env, pack_actions
+from wmplan.platform.errors import ConfigError
+from wmplan.platform.models.state_model import StateModelConfig, StateWorldModel
+from wmplan.platform.options import require
+
+if TYPE_CHECKING:  # pyarrow is imported only by code that reads data sets
+    from wmplan.platform.data import Dataset, Trajectory
+
+__all__ = ["TrainConfig", "train_state_model", "transition_windows", "normalization_stats"]
+
+STD_FLOOR = 1e-6
+"""Smallest standard deviation used for normalisation (a constant dimension would divide by 0)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """How to train a state-space world model."""
+
+    steps: int = 3000
+    """Gradient steps (a fixed budget; one step sees ``batch_size`` windows)."""
+    batch_size: int = 256
+    """Training windows per gradient step."""
+    lr: float = 1e-3
+    """Peak learning rate of AdamW."""
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    """Learning-rate schedule over ``steps``: cosine decay to zero, or constant."""
+    weight_decay: float = 1e-5
+    """AdamW's decoupled weight decay."""
+    grad_clip: float = 1.0
+    """Clip the gradient's global norm to this value (0: no clipping)."""
+    rollout_steps: int = 3
+    """Model steps unrolled open loop in the loss (1: plain one-step prediction)."""
+    seed: int = 0
+    """Seed of the weight initialisation and the batch order."""
+    hidden: int = 256
+    """Width of the model's hidden layers."""
+    depth: int = 3
+    """Number of hidden layers of the model."""
+    device: str = "cpu"
+    """Torch device to train on (``cpu``, ``cuda``, ``cuda:1``, ...); the model is returned there."""
+
+    def __post_init__(self) -> None:
+        require(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        require(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        require(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        require(self.grad_clip >= 0, f"grad_clip must be >= 0 (0: off), got {self.grad_clip}")
+        require(self.rollout_steps >= 1, f"rollout_steps must be >= 1, got {self.rollout_steps}")
+        require(self.hidden >= 1, f"hidden must be >= 1, got {self.hidden}")
+        require(self.depth >= 1, f"depth must be >= 1, got {self.depth}")
+
+
+def transition_windows(trajectories: Sequence[Trajectory], frameskip: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """All windows of ``k`` model steps, from every start offset of every trajectory.
+
+    Args:
+        trajectories: states ``[T+1, D]`` and env actions ``[T, 2]`` each.
+        frameskip: env steps per model step.
+        k: model steps per window.
+
+    Returns:
+        ``states [N, k+1, D]`` (``s_t, s_{t+f}, ..., s_{t+kf}``) and packed model actions
+        ``[N, k, frameskip * 2]`` (the ``k * frameskip`` env actions in between), float64.
+        Trajectories shorter than ``k * frameskip`` env steps contribute nothing.
+    """
+    span = k * frameskip
+    states, actions = [], []
+    for traj in trajectories:
+        n = len(traj.actions) - span + 1
+        if n <= 0:
+            continue
+        starts = np.arange(n)[:, None]
+        states.append(traj.states[starts + frameskip * np.arange(k + 1)[None]])
+        actions.append(pack_actions(traj.actions[starts + np.arange(span)[None]], frameskip))
+    if not states:
+        d = trajectories[0].states.shape[1] if trajectories else 0
+        a = trajectories[0].actions.shape[1] if trajectories else 2
+        return np.zeros((0, k + 1, d)), np.zeros((0, k, frameskip * a))
+    return np.concatenate(states), np.concatenate(actions)
+
+
+def normalization_stats(trajectories: Sequence[Trajectory], frameskip: int) -> tuple[np.ndarray, ...]:
+    """``state_mean, state_std [D]`` over every state and ``action_mean, action_std [frameskip*2]``
+    over every env action (tiled ``frameskip`` times), with standard deviations floored."""
+    states = np.concatenate([t.states for t in trajectories])
+    actions = np.concatenate([t.actions for t in trajectories])
+    s_std = np.maximum(states.std(0), STD_FLOOR)
+    a_std = np.maximum(actions.std(0), STD_FLOOR)
+    return states.mean(0), s_std, np.tile(actions.mean(0), frameskip), np.tile(a_std, frameskip)
+
+
+def _one_step_mse(model: StateWorldModel, states: torch.Tensor, actions: torch.Tensor, batch: int = 8192) -> float:
+    """Mean over transitions and dimensions of the squared one-step error in normalised space."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for lo in range(0, len(states), batch):
+            z = model.encode(states[lo : lo + batch])
+            pred = model.step(z[:, 0], actions[lo : lo + batch, 0])
+            total += (pred - z[:, 1]).pow(2).sum().item()
+            count += pred.numel()
+    return total / count if count else math.nan
+
+
+def train_state_model(
+    dataset: Dataset,
+    config: TrainConfig | None = None,
+    *,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> tuple[StateWorldModel, dict[str, Any]]:
+    """Train a :class:`StateWorldModel` on the train split of ``dataset``.
+
+    Args:
+        dataset: a data set from :func:`wmplan.platform.data.read_dataset`.
+        config: the training options (None: the defaults).
+        progress: called after every gradient step with ``(step, total_steps, loss)``; the only
+            output of the loop (computing ``loss`` as a float synchronises the device).
+
+    Returns:
+        The model (on ``config.device``, eval mode, parameters frozen) and metrics:
+        ``train_loss`` (mean of the last 5% of steps) and ``train_loss_first`` (the first step),
+        ``val_mse_before`` / ``val_mse_after`` (one-step MSE in normalised space on the val split,
+        None without one), ``train_seconds``, ``transitions_per_s`` (model transitions unrolled per
+        second), ``train_windows``, ``val_transitions``, ``epochs``, ``steps``.
+    """
+    config = config if config is not None else TrainConfig()
+    train = dataset.split("train")
+    val = dataset.split("val")
+    f, k = dataset.frameskip, config.rollout_steps
+    if not train:
+        raise ConfigError(f"data set {str(dataset.path)!r} has no training trajectories")
+    w_states, w_actions = transition_windows(train, f, k)
+    if len(w_states) == 0:
+        steps = len(train[0].actions)
+        raise ConfigError(
+            f"trajectories of {steps} env steps are too short for rollout_steps={k} at frameskip {f} "
+            f"(need at least {k * f}); lower rollout_steps or generate longer trajectories"
+        )
+    device = torch.device(config.device)
+    env = make_env(dataset.env)
+    model_config = StateModelConfig(
+        env=dataset.env,
+        state_dim=int(dataset.meta["state_dim"]),
+        action_dim=f * len(env.action_low),
+        frameskip=f,
+        env_action_low=tuple(float(x) for x in env.action_low),
+        env_action_high=tuple(float(x) for x in env.action_high),
+        hidden=config.hidden,
+        depth=config.depth,
+    )
+    model = StateWorldModel(model_config, seed=config.seed)
+    model.set_normalization(*normalization_stats(train, f))
+    model.to(device)
+
+    def tensor(x: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(x, dtype=torch.float32, device=device)
+
+    z_all = model.encode(tensor(w_states))  # [N, k+1, D], normalised once
+    a_all = tensor(w_actions)
+    v_states, v_actions = transition_windows(val, f, 1) if val else (np.zeros((0, 2, 1)), np.zeros((0, 1, 1)))
+    v_states_t, v_actions_t = tensor(v_states), tensor(v_actions)
+    val_before = _one_step_mse(model, v_states_t, v_actions_t) if len(v_states) else None
+
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if config.lr_schedule == "cosine":
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1.0 + math.cos(math.pi * i / config.steps)))
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0)
+    gen = torch.Generator().manual_seed(config.seed + 1)  # batch order; init used `seed`
+    n = len(z_all)
+    batch = min(config.batch_size, n)
+    perm, pos = torch.randperm(n, generator=gen), 0
+    tail = max(1, config.steps // 20)
+    tail_sum = torch.zeros((), device=device)
+    first_loss = None
+
+    model.train()
+    t0 = time.perf_counter()
+    for step in range(config.steps):
+        if pos + batch > n:
+            perm, pos = torch.randperm(n, generator=gen), 0
+        idx = perm[pos : pos + batch].to(device)
+        pos += batch
+        z_true, a = z_all[idx], a_all[idx]
+        z = z_true[:, 0]
+        loss = torch.zeros((), device=device)
+        for j in range(k):
+            z = model.step(z, a[:, j])
+            loss = loss + (z - z_true[:, j + 1]).pow(2).mean()
+        loss = loss / k
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        opt.step()
+        sched.step()
+        detached = loss.detach()
+        if step == 0:
+            first_loss = detached.clone()
+        if step >= config.steps - tail:
+            tail_sum += detached
+        if progress is not None:
+            progress(step + 1, config.steps, float(detached))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - t0
+
+    model.eval()
+    model.requires_grad_(False)
+    val_after = _one_step_mse(model, v_states_t, v_actions_t) if len(v_states) else None
+    metrics: dict[str, Any] = {
+        "train_loss": float(tail_sum) / tail,
+        "train_loss_first": float(first_loss) if first_loss is not None else None,
+        "val_mse_before": val_before,
+        "val_mse_after": val_after,
+        "train_seconds": seconds,
+        "transitions_per_s": config.steps * batch * k / seconds if seconds > 0 else math.inf,
+        "train_windows": n,
+        "val_transitions": len(v_states),
+        "epochs": config.steps * batch / n,
+        "steps": config.steps,
+        "rollout_steps": k,
+    }
+    return model, metrics
