@@ -72,3 +72,35 @@ def test_planners_lists_options_with_docs():
     assert "sync_interval = 50" in out.stdout
     assert "virtual states" in out.stdout  # the field docs are shown
     assert run("planners", "nope").returncode == 2
+
+
+def test_data_train_eval_plan_from_the_command_line(tmp_path):
+    data, ckpt = tmp_path / "wall.parquet", tmp_path / "ckpt"
+    out = run("data", "--env", "wall", "--episodes", "8", "--steps", "30", "--workers", "1", "--out", str(data))
+    assert out.returncode == 0 and data.exists() and "8 trajectories" in out.stdout
+    out = run("train", "--env", "wall", "--data", str(data), "--out", str(ckpt), "--steps", "30", "--hidden", "32", "--depth", "1")
+    assert out.returncode == 0, out.stderr
+    assert (ckpt / "model.safetensors").exists() and "6-step error" in out.stdout
+    out = run("eval-model", "--model", str(ckpt), "--data", str(data), "--k", "3")
+    assert out.returncode == 0 and "| 3_step_error |" in out.stdout
+    out = run("plan", "--env", "wall", "--model", str(ckpt), "--data", str(data), "--planner", "cem,grasp",
+              "--horizon", "2", "--episodes", "4", "--set", "cem.iterations=2", "--set", "grasp.iterations=10")
+    assert out.returncode == 0, out.stderr
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| cem |") or line.startswith("| grasp |")]
+    assert len(rows) == 2 and all("| 2 | 4 |" in r for r in rows)
+
+
+def test_missing_and_corrupt_checkpoints_are_clear_errors(tmp_path):
+    out = run("plan", "--env", "wall", "--model", str(tmp_path / "nope"), "--episodes", "2")
+    assert out.returncode == 2 and "no checkpoint" in out.stderr and "Traceback" not in out.stderr
+    data, ckpt = tmp_path / "wall.parquet", tmp_path / "ckpt"
+    assert run("data", "--env", "wall", "--episodes", "4", "--steps", "20", "--workers", "1", "--out", str(data)).returncode == 0
+    assert run("train", "--env", "wall", "--data", str(data), "--out", str(ckpt), "--steps", "2", "--hidden", "8", "--depth", "1").returncode == 0
+    weights = ckpt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    out = run("eval-model", "--model", str(ckpt), "--data", str(data))
+    assert out.returncode == 2 and "corrupt" in out.stderr and "Traceback" not in out.stderr
+    out = run("train", "--env", "pusht", "--data", str(data), "--out", str(tmp_path / "x"), "--steps", "2")
+    assert out.returncode == 2 and "is for task 'wall', not 'pusht'" in out.stderr
+    out = run("plan", "--env", "wal")
+    assert out.returncode == 2 and "unknown task 'wal' (did you mean 'wall'?)" in out.stderr

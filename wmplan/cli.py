@@ -110,11 +110,16 @@ def _run_train(args: argparse.Namespace) -> int:
     model, metrics = train_state_model(dataset, config, progress=lambda step, total, loss: (
         print(f"\rstep {step}/{total} loss {loss:.4g}", end="", file=sys.stderr, flush=True) if step % every == 0 or step == total else None))
     print(file=sys.stderr)
-    evaluation = evaluate_model(model, dataset, k=10)
+    val = dataset.split("val")
+    k = min([10] + [len(t.actions) // dataset.frameskip for t in val])
+    evaluation = evaluate_model(model, dataset, k=k) if val and k >= 1 else None
     save_checkpoint(model, out, metrics={**metrics, "evaluation": evaluation})
-    print(f"saved {out}: trained in {metrics['train_seconds']:.1f} s; validation one-step MSE (normalised) "
-          f"{metrics['val_mse_before']:.4g} -> {metrics['val_mse_after']:.4g}; one-step error {evaluation['one_step_error']:.4g}, "
-          f"10-step error {evaluation['k_step_error']:.4g} (env units)")
+    summary = f"saved {out}: trained in {metrics['train_seconds']:.1f} s"
+    if metrics.get("val_mse_before") is not None:
+        summary += f"; validation one-step MSE (normalised) {metrics['val_mse_before']:.4g} -> {metrics['val_mse_after']:.4g}"
+    if evaluation:
+        summary += f"; one-step error {evaluation['one_step_error']:.4g}, {k}-step error {evaluation['k_step_error']:.4g} (env units)"
+    print(summary)
     return 0
 
 
@@ -132,7 +137,10 @@ def _run_eval_model(args: argparse.Namespace) -> int:
     from wmplan.platform.models import evaluate_model, load_world_model
 
     model = load_world_model(args.model)
-    result = evaluate_model(model, read_dataset(args.data), k=args.k, split=args.split)
+    try:
+        result = evaluate_model(model, read_dataset(args.data), k=args.k, split=args.split)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     print(f"| metric | value |\n|---|---|")
     for key in ("one_step_error", "k_step_error", "one_step_mse", "k_step_mse", "wall_crossing_rate", "transitions", "windows"):
         value = result.get(key)
