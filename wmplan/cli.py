@@ -47,7 +47,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
         "(train/val split by trajectory; the configuration is stored in the file).",
     )
     p.add_argument("--env", required=True, help="task: wall, pointmaze or pusht")
-    p.add_argument("--episodes", type=int, default=200, help="number of trajectories (default: %(default)s)")
+    p.add_argument("--episodes", type=int, default=1000, help="number of trajectories (default: %(default)s)")
     p.add_argument("--steps", type=int, default=0, help="env steps per trajectory (default: the task's, 100)")
     p.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="held-out fraction of trajectories (default: %(default)s)")
@@ -83,7 +83,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--env", required=True, help="task: wall, pointmaze or pusht")
     p.add_argument("--data", default=None, help="data set (default: data/ENV.parquet)")
     p.add_argument("--out", default=None, help="checkpoint directory (default: checkpoints/ENV)")
-    p.add_argument("--steps", type=int, default=3000, help="gradient steps (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=8000, help="gradient steps (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=256, help="windows per step (default: %(default)s)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: %(default)s)")
     p.add_argument("--rollout-steps", type=int, default=3, help="model steps unrolled in the loss (default: %(default)s)")
@@ -209,6 +209,37 @@ def _run_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run an experiment on a Ray actor pool (local Ray by default), results to Parquet",
+        description="Plan every episode of an experiment (task, model, planners, horizons) on Ray actors that each hold "
+        "one world-model replica; write every episode to Parquet as it arrives. Without a config file the defaults "
+        "run: the wall task with an auto-trained model, CEM, GD and GRASP. Keys of the config can be overridden "
+        "with --set KEY=VALUE (planner options: --set planners.grasp.noise_scale=0.01).",
+    )
+    p.add_argument("config", nargs="?", default=None, help="experiment config, YAML or TOML (default: built-in defaults)")
+    p.add_argument("--set", "-s", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.add_argument("--resume", default=None, metavar="RUN_ID", help="plan only the missing episodes of an earlier run")
+    p.add_argument("--run-id", default=None, help="id of a new run (default: a time stamp)")
+    p.set_defaults(func=_run_run)
+
+
+def _run_run(args: argparse.Namespace) -> int:
+    from wmplan.jobs.experiment import load_config
+    from wmplan.jobs.runner import run_experiment
+    from wmplan.platform.workflow import format_summaries
+
+    config = load_config(args.config, args.set, check_model=not args.resume) if (args.config or args.set or not args.resume) else None
+    result = run_experiment(config, resume=args.resume, run_id=args.run_id)
+    print(f"run {result.run_id}: {result.planned} episodes planned in {result.seconds:.1f} s; results in {result.directory}")
+    print(format_summaries(result.summaries))
+    if result.failed_batches:
+        print(f"wmplan: {result.failed_batches} batch(es) failed; their episodes are stored with the reason", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _add_planners(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("planners", help="list the planners and their options with defaults")
     p.add_argument("name", nargs="?", help="show only this planner")
@@ -288,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_eval_model(sub)
     _add_plan(sub)
+    _add_run(sub)
     _add_planners(sub)
     return parser
 

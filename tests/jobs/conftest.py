@@ -23,3 +23,22 @@ def ray_cluster():
     )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_wall_model(tmp_path_factory):
+    """A small data set and a barely trained wall model: enough for runs that test the platform."""
+    import torch
+
+    from wmplan.platform.data import DataConfig
+    from wmplan.platform.models import TrainConfig
+    from wmplan.platform.workflow import prepare_model
+
+    root = tmp_path_factory.mktemp("wall-model")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    prepare_model("wall", data_path=root / "wall.parquet", checkpoint=root / "ckpt",
+                  data_config=DataConfig(env="wall", episodes=12, steps=30, val_fraction=0.25),
+                  train_config=TrainConfig(steps=30, batch_size=32, hidden=16, depth=1, rollout_steps=2))
+    torch.set_num_threads(threads)
+    return root / "ckpt", root / "wall.parquet"

@@ -60,8 +60,8 @@ class DataConfig:
 
     env: str
     """Task name: wall, pointmaze or pusht."""
-    episodes: int = 200
-    """Number of trajectories."""
+    episodes: int = 1000
+    """Number of trajectories (1000 x 100 steps: enough wall contacts that a model learns the wall)."""
     steps: int = 0
     """Env steps per trajectory (0: the task's default, 100)."""
     seed: int = 0

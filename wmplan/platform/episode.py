@@ -28,7 +28,7 @@ from __future__ import annotations
 import copy
 import math
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
@@ -48,6 +48,7 @@ __all__ = [
     "make_episode_specs",
     "run_episodes",
     "summarize",
+    "summarize_rows",
     "to_model_space",
     "from_model_space",
     "success_coordinates",
@@ -560,11 +561,16 @@ def summarize(records: Sequence[EpisodeRecord]) -> dict[str, float | int]:
         ``success_high``; ``model_success_rate``; ``median_planning_time_s`` over the successful
         episodes (NaN if none); ``failures`` (episodes marked failed). Rates are NaN for no records.
     """
-    n = len(records)
-    successes = sum(1 for r in records if r.success)
+    return summarize_rows([r.to_row() for r in records])
+
+
+def summarize_rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, float | int]:
+    """:func:`summarize` over episode rows (``EpisodeRecord.to_row()`` dicts, or rows read from storage)."""
+    n = len(rows)
+    successes = sum(1 for r in rows if r["success"])
     rate, low, high = wald_interval(successes, n)
-    model_rate = sum(1 for r in records if r.model_success) / n if n else math.nan
-    times = [r.planning_time_s for r in records if r.success]
+    model_rate = sum(1 for r in rows if r["model_success"]) / n if n else math.nan
+    times = [r["planning_time_s"] for r in rows if r["success"]]
     return {
         "count": n,
         "successes": successes,
@@ -573,5 +579,5 @@ def summarize(records: Sequence[EpisodeRecord]) -> dict[str, float | int]:
         "success_high": high,
         "model_success_rate": model_rate,
         "median_planning_time_s": float(np.median(times)) if times else math.nan,
-        "failures": sum(1 for r in records if r.failed),
+        "failures": sum(1 for r in rows if r["failed"]),
     }

@@ -95,13 +95,14 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
     return value
 
 
-def build_options(cls: type[T], values: Mapping[str, Any], *, owner: str) -> T:
+def build_options(cls: type[T], values: Mapping[str, Any], *, owner: str, item: str = "option") -> T:
     """Create the options dataclass ``cls`` from ``values``.
 
     Args:
         cls: a frozen dataclass of options.
         values: option names and values; omitted options keep their defaults.
         owner: what the options belong to (e.g. ``"planner 'grasp'"``), for error messages.
+        item: what one entry is called in error messages (``option``, ``key``).
 
     Raises:
         ConfigError: for an unknown key (listing the valid ones), a value of the wrong type, or a
@@ -112,7 +113,7 @@ def build_options(cls: type[T], values: Mapping[str, Any], *, owner: str) -> T:
     converted: dict[str, Any] = {}
     for key, value in values.items():
         if key not in fields:
-            raise unknown_name_error("option", key, fields, where=f"for {owner}")
+            raise unknown_name_error(item, key, fields, where=f"for {owner}")
         try:
             converted[key] = _check_type(key, value, hints[key])
         except ConfigError as exc:
@@ -123,11 +124,11 @@ def build_options(cls: type[T], values: Mapping[str, Any], *, owner: str) -> T:
         raise ConfigError(f"{owner}: {exc}") from None
 
 
-def parse_value(cls: type, key: str, text: str, *, owner: str) -> Any:
+def parse_value(cls: type, key: str, text: str, *, owner: str, item: str = "option") -> Any:
     """Convert the command-line string ``text`` to the type of option ``key`` of ``cls``."""
     hints = _resolved_types(cls)
     if key not in hints:
-        raise unknown_name_error("option", key, [f.name for f in dataclasses.fields(cls)], where=f"for {owner}")
+        raise unknown_name_error(item, key, [f.name for f in dataclasses.fields(cls)], where=f"for {owner}")
     annotation = hints[key]
     candidates = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,)
     lowered = text.strip().lower()

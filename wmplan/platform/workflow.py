@@ -128,15 +128,19 @@ def plan_task(
 
 def format_outcomes(outcomes: Sequence[PlanOutcome]) -> str:
     """A Markdown table: success with its 95% Wald interval, in-model success, times."""
+    return format_summaries({(o.planner, o.horizon): o.summary for o in outcomes})
+
+
+def format_summaries(summaries: Mapping[tuple[str, int], Mapping[str, float | int]]) -> str:
+    """A Markdown table of :func:`wmplan.platform.episode.summarize` results keyed by (planner, horizon)."""
     lines = [
         "| planner | H | episodes | success [95% CI] | model success | median time of successes (s) | failed |",
         "|---|---|---|---|---|---|---|",
     ]
-    for o in outcomes:
-        s = o.summary
+    for (planner, horizon), s in summaries.items():
         t = s["median_planning_time_s"]
         lines.append(
-            f"| {o.planner} | {o.horizon} | {s['count']} | {100 * s['success_rate']:.1f}% "
+            f"| {planner} | {horizon} | {s['count']} | {100 * s['success_rate']:.1f}% "
             f"[{100 * s['success_low']:.1f}, {100 * s['success_high']:.1f}] | {100 * s['model_success_rate']:.1f}% | "
             f"{'-' if math.isnan(t) else f'{t:.2f}'} | {s['failures']} |"
         )

@@ -39,7 +39,7 @@ STD_FLOOR = 1e-6
 class TrainConfig:
     """How to train a state-space world model."""
 
-    steps: int = 3000
+    steps: int = 8000
     """Gradient steps (a fixed budget; one step sees ``batch_size`` windows)."""
     batch_size: int = 256
     """Training windows per gradient step."""

@@ -1,0 +1,116 @@
+"""Experiment runs on a real local Ray: every episode once, actors killed, drivers killed and resumed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from wmplan.jobs.experiment import load_config
+from wmplan.jobs.runner import run_experiment
+from wmplan.platform.errors import ConfigError
+from wmplan.storage.parquet import read_table
+
+FAST = ["planners.grasp.iterations=40", "planners.gd.iterations=20", "planners.cem.iterations=2",
+        "planners.cem.samples=32", "planners.cem.elites=4"]
+
+
+def config_for(tmp_path, model, *extra):
+    ckpt, data = model
+    return load_config(None, [f"model={ckpt}", f"data={data}", f"output={tmp_path}", "horizons=2", "actors=2", *FAST, *extra])
+
+
+def assert_each_episode_once(directory, planners, horizons, episodes):
+    rows = read_table(directory).to_pylist()
+    keys = [(r["planner"], r["horizon"], r["episode_id"]) for r in rows]
+    assert len(keys) == len(set(keys)), "an episode was stored twice"
+    assert set(keys) == {(p, h, e) for p in planners for h in horizons for e in range(episodes)}
+    return rows
+
+
+def test_two_actors_plan_every_episode_once(ray_cluster, tmp_path, tiny_wall_model):
+    config = config_for(tmp_path, tiny_wall_model, "episodes=12", "batch_size=4")
+    result = run_experiment(config, run_id="two-actors", say=lambda m: None)
+    rows = assert_each_episode_once(result.directory, ["cem", "gd", "grasp"], [2], 12)
+    assert result.planned == 36 and result.failed_batches == 0
+    assert all(not r["failed"] and r["executed_steps"] == 10 for r in rows)
+    meta = json.loads((result.directory / "run.json").read_text())
+    assert meta["config"]["episodes"] == 12 and meta["checkpoint_sha256"] and meta["code_version"]
+    assert result.summaries["grasp", 2]["count"] == 12
+    assert len(read_table(result.directory, "residuals")) == 12 * 40 * 2  # GRASP's residual trace, long form
+
+
+def test_killed_actor_loses_and_duplicates_nothing(ray_cluster, tmp_path, tiny_wall_model):
+    config = config_for(tmp_path, tiny_wall_model, "episodes=16", "batch_size=2", "planners=grasp",
+                        "planners.grasp.iterations=300")
+    killed, messages = [], []
+
+    def kill_one_actor():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not killed:
+            parts = list((tmp_path / "kill" / "episodes").glob("part-*.parquet"))
+            if parts:
+                actor = ray_cluster.get_actor("wmplan-kill-actor-0")
+                ray_cluster.kill(actor, no_restart=True)
+                killed.append(True)
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=kill_one_actor)
+    thread.start()
+    result = run_experiment(config, run_id="kill", say=messages.append)
+    thread.join()
+    assert killed, "the run finished before an actor could be killed"
+    assert any("actor lost" in m for m in messages)
+    assert_each_episode_once(result.directory, ["grasp"], [2], 16)
+    assert result.failed_batches == 0
+
+
+def test_killed_driver_resumes_to_a_complete_run(ray_cluster, tmp_path, tiny_wall_model):
+    ckpt, data = tiny_wall_model
+    args = [sys.executable, "-m", "wmplan", "run", "--run-id", "driver", "--set", f"model={ckpt}", "--set", f"data={data}",
+            "--set", f"output={tmp_path}", "--set", "horizons=2", "--set", "episodes=24", "--set", "batch_size=2",
+            "--set", "planners=grasp", "--set", "planners.grasp.iterations=300", "--set", "actors=1"]
+    driver = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**__import__("os").environ, "RAY_AUTH_MODE": "disabled"})
+    parts = tmp_path / "driver" / "episodes"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(parts.glob("part-*.parquet"))) < 2:
+        time.sleep(0.05)
+    driver.kill()
+    driver.wait()
+    stored = len(read_table(tmp_path / "driver"))
+    assert 0 < stored < 24, "the driver must die part way"
+    result = run_experiment(load_config(None, [f"output={tmp_path}", "actors=2"], check_model=False), resume="driver", say=lambda m: None)
+    assert result.planned == 24 - stored
+    assert_each_episode_once(result.directory, ["grasp"], [2], 24)
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("tsk=wall", "unknown key 'tsk' for experiment config (did you mean 'task'?)"),
+    ("planners.grasp.noise_scal=0.1", "unknown option 'noise_scal' for planner 'grasp'"),
+    ("planners=grasp,cme", "unknown planner 'cme'"),
+    ("model=/no/such/checkpoint", "model checkpoint '/no/such/checkpoint' does not exist"),
+    ("task=wal", "unknown task 'wal'"),
+])
+def test_bad_configs_fail_before_ray_starts(tmp_path, setting, message):
+    out = subprocess.run([sys.executable, "-m", "wmplan", "run", "--set", setting, "--set", f"output={tmp_path}"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert message in out.stderr and "Traceback" not in out.stderr
+    assert "Ray" not in out.stderr and not any(tmp_path.iterdir())  # nothing started, nothing written
+
+
+def test_config_file_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("task: wall\nepisodes: [1, 2\n")
+    with pytest.raises(ConfigError, match="cannot be parsed"):
+        load_config(bad)
+    good = tmp_path / "exp.toml"
+    good.write_text('task = "pointmaze"\nhorizons = [3, 6]\n[planners.grasp]\nnoise_scale = 0.01\n')
+    config = load_config(good)
+    assert config.task == "pointmaze" and config.horizons == [3, 6] and config.planners == {"grasp": {"noise_scale": 0.01}}
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")

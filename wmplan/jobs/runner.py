@@ -1,0 +1,232 @@
+"""Experiment runs on a Ray actor pool: every episode planned once, stored as it arrives, resumable.
+
+A run gets an id and a directory ``OUTPUT/RUN_ID`` holding ``run.json`` (the resolved config, the
+code version, the checkpoint's hash) and the Parquet tables of :mod:`wmplan.storage.parquet`. The
+driver validates everything before Ray starts, prepares the world model (training it when the
+config says ``model: auto`` and none exists), hands batches of episodes to the actors (an idle
+actor takes the next batch, so faster actors do more), writes each batch's records the moment they
+arrive, and shows progress with the running success rate and the time left. If the driver dies,
+``resume`` plans only the episodes the run directory does not hold yet.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wmplan.jobs.actor import PlanActor, WorkItem
+from wmplan.jobs.experiment import ExperimentConfig, load_config
+from wmplan.jobs.pool import Failure, run_on_actors
+from wmplan.platform.data import read_dataset
+from wmplan.platform.envs import make_env
+from wmplan.platform.episode import EpisodeRecord, EpisodeSpec, summarize_rows
+from wmplan.platform.errors import ConfigError
+from wmplan.platform.models import read_checkpoint_info
+from wmplan.platform.options import build_options
+from wmplan.platform.workflow import episode_specs, prepare_model
+from wmplan.storage.parquet import completed_episodes, read_table, write_records
+
+__all__ = ["RunResult", "run_experiment", "new_run_id", "code_version"]
+
+RUN_FILE = "run.json"
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+
+
+def code_version() -> str:
+    """The git commit of the wmplan checkout (with ``+dirty`` for local changes), else the package version."""
+    from wmplan import __version__
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+        return commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return f"wmplan-{__version__}"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a finished (or resumed) run produced."""
+
+    run_id: str
+    directory: Path
+    summaries: dict[tuple[str, int], dict[str, Any]]
+    """(planner, horizon) -> :func:`wmplan.platform.episode.summarize` of all its episodes."""
+    planned: int
+    """Episodes planned by this call (fewer than the run's total after a resume)."""
+    seconds: float
+    failed_batches: int
+
+
+def _failed_records(item: WorkItem, reason: str) -> list[EpisodeRecord]:
+    return [
+        EpisodeRecord(
+            task=s.task, planner=item.planner, horizon=item.horizon, episode_id=s.episode_id, seed=s.seed,
+            mode=item.mode, plan_seed=item.plan_seed, success=False, model_success=False,
+            final_distance=math.inf, model_final_distance=math.inf, planning_time_s=0.0, iterations=0,
+            replans=0, failed=True, error=reason, executed_states=s.start[None], actions=np.zeros((0, 2)),
+        )
+        for s in item.specs
+    ]
+
+
+def _work(config: ExperimentConfig, specs: dict[int, list[EpisodeSpec]], done: set[tuple[str, int, int]]) -> list[WorkItem]:
+    items = []
+    for h in config.horizons:
+        for name, options in config.planners.items():
+            todo = [s for s in specs[h] if (name, h, s.episode_id) not in done]
+            for lo in range(0, len(todo), config.batch_size):
+                batch = todo[lo : lo + config.batch_size]
+                items.append(WorkItem(planner=name, options=dict(options), horizon=h, specs=batch, mode=config.mode,
+                                      replan_every=config.replan_every, plan_seed=config.seed * 1_000_003 + batch[0].episode_id))
+    return items
+
+
+class _Progress:
+    """One status line on stderr: episodes done, running success rate, time left."""
+
+    def __init__(self, total: int, stream=sys.stderr) -> None:
+        self.total, self.done, self.successes, self.t0, self.stream = total, 0, 0, time.monotonic(), stream
+
+    def update(self, records: list[EpisodeRecord]) -> None:
+        self.done += len(records)
+        self.successes += sum(r.success for r in records)
+        elapsed = time.monotonic() - self.t0
+        left = elapsed / self.done * (self.total - self.done) if self.done else float("nan")
+        width = 30
+        filled = int(width * self.done / max(1, self.total))
+        print(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} episodes, "
+              f"success {100 * self.successes / max(1, self.done):.1f}%, {elapsed:.0f} s, ~{left:.0f} s left",
+              end="", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        print(file=self.stream, flush=True)
+
+
+def _start_ray(config: ExperimentConfig) -> Any:
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    address = config.address or os.environ.get("RAY_ADDRESS", "")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                 object_store_memory=512 * 1024**2)
+    return ray
+
+
+def _actor_resources(ray: Any, config: ExperimentConfig) -> tuple[dict[str, float], str, int]:
+    resources = ray.cluster_resources()
+    gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 1.0)
+    use_gpu = config.device == "cuda" or (config.device == "auto" and gpus >= 1)
+    if config.device == "cuda" and gpus < 1:
+        raise ConfigError("device: cuda was asked for, but the Ray cluster has no GPU")
+    if use_gpu:
+        share = min(1.0, gpus / config.actors)
+        return {"num_gpus": share, "num_cpus": min(1.0, cpus / config.actors)}, "cuda", 1
+    share = cpus / config.actors
+    return {"num_cpus": share}, "cpu", max(1, int(share))
+
+
+def run_experiment(
+    config: ExperimentConfig | None = None,
+    *,
+    resume: str | None = None,
+    run_id: str | None = None,
+    say: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
+    tracker: Any = None,
+) -> RunResult:
+    """Run (or resume) an experiment on a Ray actor pool.
+
+    Args:
+        config: the validated experiment; None with ``resume`` reads the run's own config.
+        resume: a run id whose directory exists under the config's output: only its missing
+            episodes are planned, with the config it was started with.
+        run_id: the id of a new run (default: a time stamp plus random hex).
+        say: where progress messages go.
+        tracker: optional experiment tracker (see :mod:`wmplan.storage.tracking`) told about the run.
+    """
+    if resume:
+        directory = Path(config.output if config else "runs") / resume
+        run_file = directory / RUN_FILE
+        if not run_file.exists():
+            raise ConfigError(f"cannot resume {resume!r}: no {RUN_FILE} in {directory}")
+        meta = json.loads(run_file.read_text())
+        # Where to run may change on resume (actors, cluster, device); what to run may not.
+        where = {} if config is None else {"actors": config.actors, "address": config.address, "device": config.device}
+        config = build_options(ExperimentConfig, {**meta["config"], **where}, owner=f"run {resume!r}", item="key")
+        run_id = resume
+    else:
+        config = config or load_config(None)
+        run_id = run_id or new_run_id()
+        directory = Path(config.output) / run_id
+        if (directory / RUN_FILE).exists():
+            raise ConfigError(f"run {run_id!r} already exists in {directory}; resume it with --resume {run_id}")
+
+    # Everything that can fail on the user's input fails here, before Ray starts.
+    env = make_env(config.task)
+    prepare_model(config.task, data_path=config.data_path, checkpoint=config.checkpoint, progress=say)
+    checkpoint_info = read_checkpoint_info(config.checkpoint)
+    dataset = read_dataset(config.data_path) if config.task == "pusht" else None
+    specs = {h: episode_specs(env, horizon=h, count=config.episodes, seed=config.seed, dataset=dataset) for h in config.horizons}
+
+    directory.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        meta = {"run_id": run_id, "config": config.to_dict(), "code_version": code_version(),
+                "checkpoint_sha256": checkpoint_info.get("sha256"), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        (directory / RUN_FILE).write_text(json.dumps(meta, indent=2))
+    done = completed_episodes(directory)
+    items = _work(config, specs, done)
+    total = sum(len(i.specs) for i in items)
+    say(f"run {run_id}: {total} episodes to plan ({len(done)} already stored) in {len(items)} batches -> {directory}")
+
+    t0 = time.monotonic()
+    failed_batches = 0
+    if items:
+        ray = _start_ray(config)
+        resources, device, threads = _actor_resources(ray, config)
+        remote = ray.remote(max_restarts=0, max_task_retries=0, **resources)(PlanActor)
+        names = (f"wmplan-{run_id}-actor-{n}" for n in range(1_000_000))
+
+        def make() -> Any:
+            return remote.options(name=next(names)).remote(
+                task=config.task, checkpoint=str(config.checkpoint.resolve()), device=device, threads=threads)
+
+        progress = _Progress(total)
+        try:
+            for index, result in run_on_actors(make, lambda actor, item: actor.run.remote(item), items,
+                                               actors=config.actors, max_attempts=config.max_attempts,
+                                               on_actor_lost=lambda i, why: say(f"\nactor lost during batch {i} ({why}); re-running it")):
+                if isinstance(result, Failure):
+                    failed_batches += 1
+                    result = _failed_records(items[index], f"batch failed after {result.attempts} attempt(s): {result.reason}")
+                write_records(directory, run_id, result)
+                progress.update(result)
+        finally:
+            progress.close()
+    seconds = time.monotonic() - t0
+
+    table = read_table(directory).to_pylist()
+    summaries: dict[tuple[str, int], dict[str, Any]] = {}
+    for name in config.planners:
+        for h in config.horizons:
+            rows = [r for r in table if r["planner"] == name and r["horizon"] == h]
+            summaries[name, h] = summarize_rows(rows)
+    return RunResult(run_id=run_id, directory=directory, summaries=summaries, planned=total, seconds=seconds, failed_batches=failed_batches)
