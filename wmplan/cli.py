@@ -240,6 +240,31 @@ def _run_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_ui(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ui", help="open the MLflow UI on this directory's run records, bound to localhost")
+    p.add_argument("--port", type=int, default=5000, help="port (default: %(default)s)")
+    p.set_defaults(func=_run_ui)
+
+
+def _run_ui(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from wmplan.storage.tracking import tracking_uri
+
+    uri = tracking_uri(Path.cwd())
+    if uri.startswith(("http://", "https://")):
+        print(f"runs are recorded on the tracking server {uri}: open that address in a browser")
+        return 0
+    mlflow = Path(sys.executable).with_name("mlflow")
+    command = [str(mlflow) if mlflow.exists() else "mlflow", "ui", "--backend-store-uri", uri,
+               "--host", "127.0.0.1", "--port", str(args.port)]
+    print(f"MLflow UI for {uri} at http://127.0.0.1:{args.port} (Ctrl-C stops it)", flush=True)
+    try:
+        return subprocess.call(command)
+    except KeyboardInterrupt:
+        return 0
+
+
 def _add_planners(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("planners", help="list the planners and their options with defaults")
     p.add_argument("name", nargs="?", help="show only this planner")
@@ -320,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_model(sub)
     _add_plan(sub)
     _add_run(sub)
+    _add_ui(sub)
     _add_planners(sub)
     return parser
 

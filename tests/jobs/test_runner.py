@@ -19,6 +19,14 @@ FAST = ["planners.grasp.iterations=40", "planners.gd.iterations=20", "planners.c
         "planners.cem.samples=32", "planners.cem.elites=4"]
 
 
+@pytest.fixture(autouse=True)
+def mlflow_store(tmp_path, monkeypatch):
+    """Every run records into a fresh SQLite store of its own, never the working directory's."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
 def config_for(tmp_path, model, *extra):
     ckpt, data = model
     return load_config(None, [f"model={ckpt}", f"data={data}", f"output={tmp_path}", "horizons=2", "actors=2", *FAST, *extra])
@@ -32,7 +40,7 @@ def assert_each_episode_once(directory, planners, horizons, episodes):
     return rows
 
 
-def test_two_actors_plan_every_episode_once(ray_cluster, tmp_path, tiny_wall_model):
+def test_two_actors_plan_every_episode_once(ray_cluster, tmp_path, tiny_wall_model, mlflow_store):
     config = config_for(tmp_path, tiny_wall_model, "episodes=12", "batch_size=4")
     result = run_experiment(config, run_id="two-actors", say=lambda m: None)
     rows = assert_each_episode_once(result.directory, ["cem", "gd", "grasp"], [2], 12)
@@ -42,6 +50,25 @@ def test_two_actors_plan_every_episode_once(ray_cluster, tmp_path, tiny_wall_mod
     assert meta["config"]["episodes"] == 12 and meta["checkpoint_sha256"] and meta["code_version"]
     assert result.summaries["grasp", 2]["count"] == 12
     assert len(read_table(result.directory, "residuals")) == 12 * 40 * 2  # GRASP's residual trace, long form
+
+    # The run is recorded in MLflow: a parent with the config, a child per planner with its metrics.
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_store)
+    experiment = client.get_experiment_by_name("wmplan")
+    runs = client.search_runs([experiment.experiment_id])
+    parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = {r.data.tags["wmplan.planner"]: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    assert len(parent) == 1 and parent[0].info.run_name == "two-actors" and parent[0].info.status == "FINISHED"
+    assert parent[0].data.params["episodes"] == "12"
+    assert set(children) == {"cem", "gd", "grasp"}
+    for name, child in children.items():
+        assert child.data.tags["mlflow.parentRunId"] == parent[0].info.run_id
+        assert child.data.metrics["success_rate"] == pytest.approx(result.summaries[name, 2]["success_rate"])
+        assert child.data.metrics["episodes"] == 12
+    artifacts = [f.path for f in client.list_artifacts(parent[0].info.run_id, "results/episodes")]
+    assert len(artifacts) == 9  # one Parquet part per batch: 3 planners x 12 episodes / 4
+    assert any(f.path.endswith(".png") for f in client.list_artifacts(children["grasp"].info.run_id, "plots"))
 
 
 def test_killed_actor_loses_and_duplicates_nothing(ray_cluster, tmp_path, tiny_wall_model):
@@ -73,7 +100,7 @@ def test_killed_driver_resumes_to_a_complete_run(ray_cluster, tmp_path, tiny_wal
     ckpt, data = tiny_wall_model
     args = [sys.executable, "-m", "wmplan", "run", "--run-id", "driver", "--set", f"model={ckpt}", "--set", f"data={data}",
             "--set", f"output={tmp_path}", "--set", "horizons=2", "--set", "episodes=24", "--set", "batch_size=2",
-            "--set", "planners=grasp", "--set", "planners.grasp.iterations=300", "--set", "actors=1"]
+            "--set", "planners=grasp", "--set", "planners.grasp.iterations=300", "--set", "actors=1", "--set", "tracking=false"]
     driver = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**__import__("os").environ, "RAY_AUTH_MODE": "disabled"})
     parts = tmp_path / "driver" / "episodes"
     deadline = time.monotonic() + 120
@@ -84,6 +111,7 @@ def test_killed_driver_resumes_to_a_complete_run(ray_cluster, tmp_path, tiny_wal
     stored = len(read_table(tmp_path / "driver"))
     assert 0 < stored < 24, "the driver must die part way"
     result = run_experiment(load_config(None, [f"output={tmp_path}", "actors=2"], check_model=False), resume="driver", say=lambda m: None)
+    assert json.loads((tmp_path / "driver" / "run.json").read_text())["config"]["actors"] == 1  # as started
     assert result.planned == 24 - stored
     assert_each_episode_once(result.directory, ["grasp"], [2], 24)
 

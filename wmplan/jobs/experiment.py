@@ -60,6 +60,8 @@ class ExperimentConfig:
     """Ray cluster address; empty: the RAY_ADDRESS variable, or else a local Ray started for the run."""
     max_attempts: int = 3
     """Tries per batch when actors die under it."""
+    tracking: bool = True
+    """Record the run in MLflow (MLFLOW_TRACKING_URI, else mlflow.db and mlartifacts/ in the working directory)."""
 
     def __post_init__(self) -> None:
         if self.task not in ENV_NAMES:

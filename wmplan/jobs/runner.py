@@ -118,6 +118,62 @@ class _Progress:
         print(file=self.stream, flush=True)
 
 
+def _plan(config: ExperimentConfig, run_id: str, directory: Path, items: list[WorkItem], total: int,
+          group_seconds: dict[tuple[str, int], float], say: Callable[[str], None]) -> int:
+    """Plan every item on the actor pool, storing each batch as it arrives; returns the failed batches."""
+    if not items:
+        return 0
+    failed_batches = 0
+    ray = _start_ray(config)
+    resources, device, threads = _actor_resources(ray, config)
+    remote = ray.remote(max_restarts=0, max_task_retries=0, **resources)(PlanActor)
+    names = (f"wmplan-{run_id}-actor-{n}" for n in range(1_000_000))
+
+    def make() -> Any:
+        return remote.options(name=next(names)).remote(
+            task=config.task, checkpoint=str(config.checkpoint.resolve()), device=device, threads=threads)
+
+    progress = _Progress(total)
+    try:
+        for index, result in run_on_actors(make, lambda actor, item: actor.run.remote(item), items,
+                                           actors=config.actors, max_attempts=config.max_attempts,
+                                           on_actor_lost=lambda i, why: say(f"\nactor lost during batch {i} ({why}); re-running it")):
+            item = items[index]
+            if isinstance(result, Failure):
+                failed_batches += 1
+                result = _failed_records(item, f"batch failed after {result.attempts} attempt(s): {result.reason}")
+            write_records(directory, run_id, result)
+            key = (item.planner, item.horizon)
+            group_seconds[key] = group_seconds.get(key, 0.0) + (result[0].planning_time_s if result else 0.0)
+            progress.update(result)
+    finally:
+        progress.close()
+    return failed_batches
+
+
+def _start_tracking(config: ExperimentConfig, run_id: str, meta: dict[str, Any], checkpoint_info: dict[str, Any]) -> Any:
+    from wmplan.storage.tracking import ExperimentTracker, artifact_root, tracking_uri
+
+    uri = tracking_uri(Path.cwd())
+    tracker = ExperimentTracker(tracking_uri=uri, experiment=config.name, artifact_location=artifact_root(uri))
+    # The config as the run was started (a resumed run may run elsewhere, but it is the same run).
+    tracker.start_run(run_id=run_id, task=config.task, code_version=meta.get("code_version", code_version()),
+                      checkpoint_sha256=checkpoint_info.get("sha256"), config=meta["config"])
+    return tracker
+
+
+def _log_groups(tracker: Any, config: ExperimentConfig, directory: Path, specs: dict[int, list[EpisodeSpec]],
+                group_seconds: dict[tuple[str, int], float], env: Any, say: Callable[[str], None]) -> None:
+    """Record every (planner, horizon) group that has stored episodes as a child run."""
+    stored = {(p, h) for p, h, _ in completed_episodes(directory)}
+    for h in config.horizons:
+        goals = {s.episode_id: s.goal for s in specs[h]}
+        for name, options in config.planners.items():
+            if (name, h) in stored:
+                tracker.log_group(planner=name, horizon=h, options=options, results_dir=directory,
+                                  wall_time_s=group_seconds.get((name, h), 0.0), goals=goals, env=env)
+
+
 def _start_ray(config: ExperimentConfig) -> Any:
     import ray
 
@@ -197,31 +253,21 @@ def run_experiment(
     total = sum(len(i.specs) for i in items)
     say(f"run {run_id}: {total} episodes to plan ({len(done)} already stored) in {len(items)} batches -> {directory}")
 
+    tracker = _start_tracking(config, run_id, meta, checkpoint_info) if config.tracking else None
+    group_seconds: dict[tuple[str, int], float] = {}
     t0 = time.monotonic()
     failed_batches = 0
-    if items:
-        ray = _start_ray(config)
-        resources, device, threads = _actor_resources(ray, config)
-        remote = ray.remote(max_restarts=0, max_task_retries=0, **resources)(PlanActor)
-        names = (f"wmplan-{run_id}-actor-{n}" for n in range(1_000_000))
-
-        def make() -> Any:
-            return remote.options(name=next(names)).remote(
-                task=config.task, checkpoint=str(config.checkpoint.resolve()), device=device, threads=threads)
-
-        progress = _Progress(total)
-        try:
-            for index, result in run_on_actors(make, lambda actor, item: actor.run.remote(item), items,
-                                               actors=config.actors, max_attempts=config.max_attempts,
-                                               on_actor_lost=lambda i, why: say(f"\nactor lost during batch {i} ({why}); re-running it")):
-                if isinstance(result, Failure):
-                    failed_batches += 1
-                    result = _failed_records(items[index], f"batch failed after {result.attempts} attempt(s): {result.reason}")
-                write_records(directory, run_id, result)
-                progress.update(result)
-        finally:
-            progress.close()
+    status = "FAILED"
+    try:
+        failed_batches = _plan(config, run_id, directory, items, total, group_seconds, say)
+        status = "FINISHED"
+    finally:
+        if tracker is not None:
+            _log_groups(tracker, config, directory, specs, group_seconds, env, say)
+            tracker.finish(status=status)
     seconds = time.monotonic() - t0
+    if tracker is not None:
+        say(f"recorded in MLflow ({tracker.tracking_uri}), experiment {config.name!r}, run {run_id}; browse it with: wmplan ui")
 
     table = read_table(directory).to_pylist()
     summaries: dict[tuple[str, int], dict[str, Any]] = {}
