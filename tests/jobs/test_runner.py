@@ -142,3 +142,10 @@ def test_config_file_errors(tmp_path):
     assert config.task == "pointmaze" and config.horizons == [3, 6] and config.planners == {"grasp": {"noise_scale": 0.01}}
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_the_example_config_is_valid():
+    from pathlib import Path
+
+    config = load_config(Path(__file__).resolve().parents[2] / "examples" / "wall.yaml")
+    assert config.task == "wall" and config.horizons == [5, 10] and set(config.planners) == {"cem", "gd", "grasp"}
