@@ -69,6 +69,12 @@ def test_two_actors_plan_every_episode_once(ray_cluster, tmp_path, tiny_wall_mod
     artifacts = [f.path for f in client.list_artifacts(parent[0].info.run_id, "results/episodes")]
     assert len(artifacts) == 9  # one Parquet part per batch: 3 planners x 12 episodes / 4
     assert any(f.path.endswith(".png") for f in client.list_artifacts(children["grasp"].info.run_id, "plots"))
+    parent_plots = {f.path for f in client.list_artifacts(parent[0].info.run_id, "plots")}
+    assert "plots/success_vs_iterations.png" in parent_plots and "plots/success_vs_horizon.png" in parent_plots
+    # The anytime curve: every episode's plan was also executed after 8 evenly spaced iterations.
+    grasp_rows = [r for r in rows if r["planner"] == "grasp"]
+    assert all(r["snapshot_iterations"] == [5, 10, 15, 20, 25, 30, 35, 40] for r in grasp_rows)
+    assert all(r["success_by_iteration"][-1] == r["success"] for r in grasp_rows)
 
 
 def test_killed_actor_loses_and_duplicates_nothing(ray_cluster, tmp_path, tiny_wall_model):

@@ -94,9 +94,9 @@ class SpyGD(GD):
 
     calls: list = []
 
-    def plan(self, model, start, goal, *, seed=None, init_actions=None):
+    def plan(self, model, start, goal, *, seed=None, init_actions=None, snapshot_iterations=()):
         before = CountingWall.steps
-        result = super().plan(model, start, goal, seed=seed, init_actions=init_actions)
+        result = super().plan(model, start, goal, seed=seed, init_actions=init_actions, snapshot_iterations=snapshot_iterations)
         self.calls.append(dict(start=start.clone(), init=None if init_actions is None else init_actions.clone(),
                                seed=seed, actions=result.actions.clone(), sim_steps=CountingWall.steps - before))
         return result
@@ -409,3 +409,18 @@ def test_summarize_on_hand_made_records():
     assert none["success_rate"] == 0.0 and math.isnan(none["median_planning_time_s"])
     empty = summarize([])
     assert empty["count"] == 0 and math.isnan(empty["success_rate"]) and math.isnan(empty["model_success_rate"])
+
+
+def test_success_by_iteration_executes_each_snapshot_in_the_simulator():
+    env = make_env("wall")
+    specs = list(SAME_SIDE)
+    records = run_episodes(env, WallAgnostic(), exact_gd(3, iterations=150), specs, planner_name="gd", plan_seed=0,
+                           snapshot_iterations=[1, 150, 75, 75])
+    for r in records:
+        assert r.snapshot_iterations == (1, 75, 150)
+        assert len(r.success_by_iteration) == 3
+        assert r.success_by_iteration[-1] == r.success  # the last snapshot is the executed plan
+        assert not r.success_by_iteration[0]  # one small step from zero actions does not arrive
+        assert r.to_row()["success_by_iteration"] == list(r.success_by_iteration)
+    mpc = run_episodes(env, WallAgnostic(), exact_gd(3), specs, planner_name="gd", mode="mpc", plan_seed=0, snapshot_iterations=[1])
+    assert all(r.snapshot_iterations == () for r in mpc)  # the anytime curve is an open-loop notion

@@ -180,3 +180,18 @@ def test_plans_on_cuda(name, linear_model):
     start, goal = reachable_problems(linear_model.cpu(), 4, 6)
     r = make_planner(name, horizon=6, **FAST[name]).plan(model, start.cuda(), goal.cuda(), seed=0)
     assert r.actions.device.type == "cuda" and not r.failed.any()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_snapshots_hold_the_plan_after_the_asked_iterations(name, linear_model):
+    start, goal = reachable_problems(linear_model, 3, 5)
+    planner = make_planner(name, horizon=5, **FAST[name])
+    last = planner.options.iterations
+    r = planner.plan(linear_model, start, goal, seed=0, snapshot_iterations=[1, last])
+    assert sorted(r.action_snapshots) == [1, last]
+    torch.testing.assert_close(r.action_snapshots[last], r.actions)  # the last snapshot is the plan
+    assert (r.action_snapshots[1].abs() <= 1 + 1e-6).all()
+    shorter = planner.replace(iterations=1).plan(linear_model, start, goal, seed=0)
+    torch.testing.assert_close(r.action_snapshots[1], shorter.actions)  # the plan after one iteration
+    with pytest.raises(ValueError, match="snapshot_iterations must lie in"):
+        planner.plan(linear_model, start, goal, seed=0, snapshot_iterations=[last + 1])

@@ -344,3 +344,26 @@ def test_residual_grid_is_nan_aware():
     grid = _residual_grid(table)
     assert grid.shape == (2, 2)
     assert grid[0, 0] == 2.0 and math.isnan(grid[0, 1]) and grid[1, 0] == 5.0 and grid[1, 1] == 7.0
+
+
+def test_success_curves_from_snapshots():
+    import pyarrow as pa
+
+    from wmplan.storage.schemas import EPISODES
+    from wmplan.storage.tracking import success_curves, success_vs_iterations_png
+
+    base = dict(run_id="r", task="wall", horizon=5, mode="open_loop", seed=0, plan_seed=0, model_success=True,
+                final_distance=1.0, model_final_distance=1.0, planning_time_s=1.0, iterations=40, replans=1,
+                executed_steps=25, failed=False, error=None)
+    rows = [
+        {**base, "planner": "grasp", "episode_id": i, "success": i < 3,
+         "snapshot_iterations": [10, 40], "success_by_iteration": [i < 1, i < 3]}
+        for i in range(4)
+    ] + [{**base, "planner": "cem", "episode_id": 0, "success": True, "snapshot_iterations": [], "success_by_iteration": []}]
+    table = pa.Table.from_pylist(rows, schema=EPISODES)
+    curves = success_curves(table)
+    assert list(curves) == [("grasp", 5)]  # no snapshots, no curve
+    iterations, rate, low, high = curves["grasp", 5]
+    assert iterations == [10, 40] and rate == [0.25, 0.75] and low[1] < 0.75 < high[1]
+    png = success_vs_iterations_png(table)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000

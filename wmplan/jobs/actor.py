@@ -27,6 +27,7 @@ class WorkItem:
     mode: str
     replan_every: int
     plan_seed: int
+    snapshot_iterations: tuple[int, ...] = ()
 
 
 class PlanActor:
@@ -50,6 +51,7 @@ class PlanActor:
         return run_episodes(
             self.env, self.model, planner, item.specs, planner_name=item.planner, mode=item.mode,  # type: ignore[arg-type]
             replan_every=item.replan_every, device=self.device, plan_seed=item.plan_seed,
+            snapshot_iterations=item.snapshot_iterations,
         )
 
     def ping(self) -> str:

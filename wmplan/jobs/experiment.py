@@ -60,6 +60,8 @@ class ExperimentConfig:
     """Ray cluster address; empty: the RAY_ADDRESS variable, or else a local Ray started for the run."""
     max_attempts: int = 3
     """Tries per batch when actors die under it."""
+    snapshots: int = 8
+    """Open loop: also execute the plan after this many evenly spaced iterations (success against budget; 0: off)."""
     tracking: bool = True
     """Record the run in MLflow (MLFLOW_TRACKING_URI, else mlflow.db and mlartifacts/ in the working directory)."""
 
@@ -76,6 +78,7 @@ class ExperimentConfig:
         require(self.actors >= 1, f"actors must be >= 1, got {self.actors}")
         require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         require(self.max_attempts >= 1, f"max_attempts must be >= 1, got {self.max_attempts}")
+        require(self.snapshots >= 0, f"snapshots must be >= 0, got {self.snapshots}")
         for name, options in self.planners.items():
             planner_class(name)
             if not isinstance(options, Mapping):
@@ -84,6 +87,14 @@ class ExperimentConfig:
                 raise ConfigError(f"planners.{name}: set horizons with the top-level 'horizons' list, not per planner")
             for h in self.horizons:
                 make_planner(name, horizon=h, **options)  # every option checked now
+
+    def snapshot_iterations(self, planner: str, horizon: int) -> list[int]:
+        """The planner iterations after which an open-loop plan is also executed."""
+        if self.mode != "open_loop" or self.snapshots == 0:
+            return []
+        total = make_planner(planner, horizon=horizon, **self.planners[planner]).options.iterations
+        n = min(self.snapshots, total)
+        return sorted({max(1, round(total * (k + 1) / n)) for k in range(n)})
 
     @property
     def checkpoint(self) -> Path:

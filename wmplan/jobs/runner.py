@@ -93,7 +93,8 @@ def _work(config: ExperimentConfig, specs: dict[int, list[EpisodeSpec]], done: s
             for lo in range(0, len(todo), config.batch_size):
                 batch = todo[lo : lo + config.batch_size]
                 items.append(WorkItem(planner=name, options=dict(options), horizon=h, specs=batch, mode=config.mode,
-                                      replan_every=config.replan_every, plan_seed=config.seed * 1_000_003 + batch[0].episode_id))
+                                      replan_every=config.replan_every, plan_seed=config.seed * 1_000_003 + batch[0].episode_id,
+                                      snapshot_iterations=tuple(config.snapshot_iterations(name, h))))
     return items
 
 

@@ -288,6 +288,10 @@ class EpisodeRecord:
             unless the episode failed part way.
         residual: ``[I, H]`` float32 for lifted planners: this episode's rows of
             ``trace.residual``, concatenated over the planner calls; else None.
+        snapshot_iterations: open loop with snapshots asked for: the planner iterations after
+            which the plan was also executed (the anytime curve); else empty.
+        success_by_iteration: success in the real simulator of the plan after each of
+            ``snapshot_iterations`` (executed from the exact start in a copy of the simulator).
     """
 
     task: str
@@ -309,6 +313,8 @@ class EpisodeRecord:
     executed_states: np.ndarray = field(repr=False)
     actions: np.ndarray = field(repr=False)
     residual: np.ndarray | None = field(default=None, repr=False)
+    snapshot_iterations: tuple[int, ...] = ()
+    success_by_iteration: tuple[bool, ...] = ()
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -319,9 +325,11 @@ class EpisodeRecord:
             object.__setattr__(self, "residual", _frozen_array(self.residual, dtype=np.float32))
 
     def to_row(self) -> dict[str, Any]:
-        """The scalar fields as a flat dict (for tables), plus ``executed_steps``; no arrays."""
+        """The scalar fields (and the two snapshot tuples, as lists) as a flat dict, plus ``executed_steps``; no arrays."""
         row = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _ARRAY_FIELDS}
         row["executed_steps"] = int(self.actions.shape[0])
+        row["snapshot_iterations"] = list(self.snapshot_iterations)
+        row["success_by_iteration"] = list(self.success_by_iteration)
         return row
 
 
@@ -341,6 +349,7 @@ class _Episode:
     error: str | None = None
     model_final: np.ndarray | None = None
     residuals: list[np.ndarray] = field(default_factory=list)
+    curve: list[bool] = field(default_factory=list)
 
     @property
     def active(self) -> bool:
@@ -385,6 +394,17 @@ def _execute(ep: _Episode, model_actions: np.ndarray, frameskip: int) -> None:
     ep.actions.extend(env_actions)
 
 
+def _succeeds(env: Env, spec: EpisodeSpec, model_actions: np.ndarray, frameskip: int) -> bool:
+    """Whether ``model_actions`` reach the goal from the spec's exact start, in a copy of the simulator."""
+    sim = copy.deepcopy(env)
+    try:
+        sim.reset(state=spec.start)
+        final = sim.rollout(unpack_actions(model_actions, frameskip))[-1]
+    except Exception:  # noqa: BLE001 - a snapshot that cannot be executed did not succeed
+        return False
+    return bool(env.is_success(final, spec.goal))
+
+
 def run_episodes(
     env: Env,
     model: WorldModel,
@@ -396,6 +416,7 @@ def run_episodes(
     replan_every: int = 1,
     device: str | torch.device = "cpu",
     plan_seed: int | None = None,
+    snapshot_iterations: Sequence[int] = (),
 ) -> list[EpisodeRecord]:
     """Plan every episode in one batched planner call, execute the plans in the simulator, judge them.
 
@@ -429,6 +450,9 @@ def run_episodes(
         mode: ``'open_loop'`` or ``'mpc'``.
         replan_every: model steps executed between MPC replans (ignored open loop).
         device: where to plan.
+        snapshot_iterations: open loop only: planner iterations (1-based) after which the plan is
+            also executed, from the exact start in a copy of the simulator, giving each record's
+            ``success_by_iteration`` (how success grows with the planning budget).
         plan_seed: seed of the first planner call; call ``k >= 1`` of MPC uses a seed derived from
             ``(plan_seed, k)``. None derives ``plan_seed`` from the specs' seeds, so results are
             deterministic either way (for a deterministic model and planner).
@@ -468,7 +492,9 @@ def run_episodes(
         start_m = encode([ep.current for ep in episodes])
         remaining = h - executed
         step_planner = planner if remaining == h else planner.replace(horizon=remaining)
-        result: PlanResult = step_planner.plan(model, start_m, goal_m, seed=seeds[k], init_actions=init_actions)
+        snaps = snapshot_iterations if mode == "open_loop" else ()
+        result: PlanResult = step_planner.plan(model, start_m, goal_m, seed=seeds[k], init_actions=init_actions,
+                                               snapshot_iterations=snaps)
         wall_time += result.wall_time_s
         iterations += result.iterations
         n = h if mode == "open_loop" else min(replan_every, remaining)
@@ -496,12 +522,15 @@ def run_episodes(
                     continue
             _execute(ep, plan[b, :n], fs)
             ep.model_final = predicted[b]
+            for snap in result.action_snapshots.values():
+                ep.curve.append(_succeeds(env, spec, snap[b].detach().cpu().double().numpy(), fs))
         executed += n
         if k + 1 < calls:
             init_actions = result.actions[:, n:].detach()
 
     return [
-        _record(env, spec, ep, planner_name=planner_name, mode=mode, plan_seed=seeds[0], planning_time_s=wall_time, iterations=iterations, replans=calls)
+        _record(env, spec, ep, planner_name=planner_name, mode=mode, plan_seed=seeds[0], planning_time_s=wall_time, iterations=iterations, replans=calls,
+                snapshots=sorted(set(snapshot_iterations)) if mode == "open_loop" else ())
         for spec, ep in zip(specs, episodes)
     ]
 
@@ -517,6 +546,7 @@ def _record(
     planning_time_s: float,
     iterations: int,
     replans: int,
+    snapshots: Sequence[int] = (),
 ) -> EpisodeRecord:
     coords = success_coordinates(env)
     final = ep.current
@@ -547,6 +577,8 @@ def _record(
         executed_states=np.stack(ep.states),
         actions=np.stack(ep.actions) if ep.actions else np.zeros((0, env.action_dim)),
         residual=np.concatenate(ep.residuals, axis=0) if ep.residuals else None,
+        snapshot_iterations=tuple(snapshots) if len(ep.curve) == len(snapshots) else (),
+        success_by_iteration=tuple(ep.curve) if len(ep.curve) == len(snapshots) else (),
     )
 
 

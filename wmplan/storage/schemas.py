@@ -35,8 +35,10 @@ EPISODES = _with_version("episodes", [
     pa.field("executed_steps", pa.int32(), nullable=False),
     pa.field("failed", pa.bool_(), nullable=False),
     pa.field("error", pa.string()),
+    pa.field("snapshot_iterations", pa.list_(pa.int32()), nullable=False),
+    pa.field("success_by_iteration", pa.list_(pa.bool_()), nullable=False),
 ])
-"""One row per episode."""
+"""One row per episode (with its anytime curve: success of the plan after some iterations)."""
 
 RESIDUALS = _with_version("residuals", [
     pa.field("run_id", pa.string(), nullable=False),

@@ -56,6 +56,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from wmplan.platform.episode import EpisodeRecord, summarize
+from wmplan.platform.stats import wald_interval
 from wmplan.storage.parquet import read_table
 from wmplan.storage.schemas import TABLES
 
@@ -73,6 +74,8 @@ __all__ = [
     "track_positions",
     "draw_trajectory",
     "success_vs_horizon_png",
+    "success_vs_iterations_png",
+    "success_curves",
     "residual_heatmap_png",
     "trajectories_png",
 ]
@@ -451,6 +454,43 @@ def success_vs_horizon_png(episodes: pa.Table) -> bytes:
     return _png(fig, canvas)
 
 
+def success_curves(episodes: pa.Table) -> dict[tuple[str, int], tuple[list[int], list[float], list[float], list[float]]]:
+    """Per (planner, horizon): the snapshot iterations and the success rate after each, with its
+    Wald 95% interval, from the episodes' ``success_by_iteration`` (groups without snapshots are left out)."""
+    curves: dict[tuple[str, int], tuple[list[int], list[float], list[float], list[float]]] = {}
+    rows = episodes.select(["planner", "horizon", "snapshot_iterations", "success_by_iteration"]).to_pylist() if episodes.num_rows else []
+    for key in sorted({(r["planner"], r["horizon"]) for r in rows}):
+        mine = [r for r in rows if (r["planner"], r["horizon"]) == key and r["snapshot_iterations"]]
+        if not mine:
+            continue
+        iterations = mine[0]["snapshot_iterations"]
+        mine = [r for r in mine if r["snapshot_iterations"] == iterations]
+        stats = [wald_interval(sum(r["success_by_iteration"][k] for r in mine), len(mine)) for k in range(len(iterations))]
+        curves[key] = (list(iterations), [s[0] for s in stats], [s[1] for s in stats], [s[2] for s in stats])
+    return curves
+
+
+def success_vs_iterations_png(episodes: pa.Table) -> bytes:
+    """PNG: success rate in the real simulator of the plan after each snapshot iteration (the
+    anytime curve), one line per planner and horizon, with Wald 95% intervals as a band."""
+    fig, canvas = _figure(6.0, 4.0)
+    ax = fig.add_subplot()
+    curves = success_curves(episodes)
+    for (planner, horizon), (iterations, rate, low, high) in curves.items():
+        line = ax.plot(iterations, rate, marker="o", label=f"{planner}, H={horizon}")[0]
+        ax.fill_between(iterations, low, high, alpha=0.15, color=line.get_color())
+    ax.set_xscale("log")
+    ax.set_xlabel("planner iterations")
+    ax.set_ylabel("success rate (95% Wald interval)")
+    ax.set_ylim(-0.05, 1.05)
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend()
+    ax.set_title("success against planner iterations")
+    fig.tight_layout()
+    return _png(fig, canvas)
+
+
 def _residual_grid(residuals: pa.Table) -> np.ndarray:
     """``[I, H]`` mean over episodes of the residual at iteration ``i`` and step ``t`` (NaN where none)."""
     if residuals.num_rows == 0:
@@ -700,6 +740,8 @@ class ExperimentTracker:
             if residuals.num_rows:
                 self._log_png(group.run_id, tmpdir / "residual_heatmap.png",
                               lambda: residual_heatmap_png(residuals, title=f"{planner}, H = {horizon}: dynamics residual"))
+            if success_curves(mine):
+                self._log_png(group.run_id, tmpdir / "success_vs_iterations.png", lambda: success_vs_iterations_png(mine))
             self._log_png(group.run_id, tmpdir / "trajectories.png",
                           lambda: self._trajectories(results_dir, mine, planner=planner, horizon=horizon, goals=goals, env=env))
         self.client.set_terminated(group.run_id, status="FINISHED")
@@ -843,6 +885,8 @@ class ExperimentTracker:
             tmpdir = Path(tmp)
             self._log_preview(parent, episodes, tmpdir, html=False)
             self._log_png(parent, tmpdir / "success_vs_horizon.png", lambda: success_vs_horizon_png(episodes))
+            if success_curves(episodes):
+                self._log_png(parent, tmpdir / "success_vs_iterations.png", lambda: success_vs_iterations_png(episodes))
             residuals = read_table(results_dir, "residuals")
             if residuals.num_rows:
                 self._log_png(parent, tmpdir / "final_residual_vs_horizon.png", lambda: _final_residual_png(residuals))

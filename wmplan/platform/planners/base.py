@@ -16,6 +16,7 @@ import abc
 import dataclasses
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -78,6 +79,8 @@ class PlanResult:
         trace: per-iteration diagnostics.
         virtual_states: ``[B, H+1, D]`` for lifted planners, the optimised state trajectory
             (``s_0`` the start; for GRASP ``s_H`` is the goal); else None.
+        action_snapshots: the plan ``[B, H, A]`` (model units, in bounds) after each iteration
+            asked for with ``snapshot_iterations``, by iteration number (1-based).
     """
 
     actions: Tensor
@@ -89,6 +92,7 @@ class PlanResult:
     seed: int
     trace: PlanTrace
     virtual_states: Tensor | None = None
+    action_snapshots: dict[int, Tensor] = dataclasses.field(default_factory=dict)
 
 
 def rollout(model: WorldModel, start: Tensor, actions: Tensor) -> Tensor:
@@ -128,6 +132,8 @@ class Problem:
         self.mid = (high + low) / 2
         self.half = (high - low) / 2
         self.failed = torch.zeros(self.batch, dtype=torch.bool, device=start.device)
+        self.snapshot_at: frozenset[int] = frozenset()
+        self.snapshots: dict[int, Tensor] = {}
 
     @property
     def device(self) -> torch.device:
@@ -168,6 +174,11 @@ class Problem:
         goal = self.goal.view(self.batch, *([1] * extra), self.state_dim)
         final = rollout(self.model, start, self.to_action(u))[..., -1, :]
         return terminal_cost(final, goal)
+
+    def snapshot(self, iteration: int, u: Tensor) -> None:
+        """Keep a copy of the unit actions ``u [B, H, A]`` after ``iteration`` (1-based) if it was asked for."""
+        if iteration in self.snapshot_at:
+            self.snapshots[iteration] = u.detach().clamp(-1.0, 1.0).clone()
 
     def record_failures(self, loss: Tensor) -> None:
         """Mark the problems whose per-problem ``loss [B]`` is not finite as failed (no host sync)."""
@@ -238,6 +249,7 @@ class Planner(abc.ABC):
         *,
         seed: int | None = None,
         init_actions: Tensor | None = None,
+        snapshot_iterations: Sequence[int] = (),
     ) -> PlanResult:
         """Plan ``B`` problems at once.
 
@@ -248,6 +260,8 @@ class Planner(abc.ABC):
             seed: seed of the planner's random generator; None draws one (see ``result.seed``).
             init_actions: optional ``[B, H, A]`` initial guess in model units (e.g. a shifted
                 warm start in MPC); clipped to the bounds.
+            snapshot_iterations: iterations (1-based, at most ``iterations``) after which to keep a
+                copy of the plan, to measure how success grows with the budget.
         """
         model = check_world_model(model)
         start, goal = self._check_inputs(model, start, goal, init_actions)
@@ -258,6 +272,10 @@ class Planner(abc.ABC):
 
         t0 = time.perf_counter()
         problem = Problem(model, start, goal, h)
+        bad = [i for i in snapshot_iterations if not 1 <= i <= self.options.iterations]
+        if bad:
+            raise ValueError(f"snapshot_iterations must lie in [1, {self.options.iterations}], got {bad}")
+        problem.snapshot_at = frozenset(int(i) for i in snapshot_iterations)
         init_u = None if init_actions is None else problem.to_unit(init_actions.to(start)).clamp(-1.0, 1.0)
         with torch.enable_grad():
             out = self._optimize(problem, generator, init_u)
@@ -286,6 +304,7 @@ class Planner(abc.ABC):
             seed=seed,
             trace=trace,
             virtual_states=None if out.virtual_states is None else out.virtual_states.detach(),
+            action_snapshots={k: problem.to_action(v) for k, v in sorted(problem.snapshots.items())},
         )
 
     def _check_inputs(self, model: WorldModel, start: Tensor, goal: Tensor, init_actions: Tensor | None) -> tuple[Tensor, Tensor]:

@@ -61,4 +61,5 @@ class GD(Planner):
                     u.add_(o.action_noise * randn(tuple(u.shape), problem, generator))
                 u.clamp_(-1.0, 1.0)
             loss_trace[i] = cost.detach()
+            problem.snapshot(i + 1, u)
         return Optimized(u=u.detach(), loss=loss_trace, goal_distance=(loss_trace * problem.state_dim).sqrt())

@@ -151,6 +151,7 @@ class GRASP(Planner):
                 self._sync(problem, u, generator)
                 opt = main_optimizer()
                 synced[i] = True
+            problem.snapshot(i + 1, u)
         virtual = torch.cat([problem.start[:, None], states.detach(), problem.goal[:, None]], dim=1)
         return Optimized(
             u=u.detach(), loss=loss_trace, goal_distance=dist_trace, residual=residual_trace, synced=synced,

@@ -82,5 +82,6 @@ class LatCo(Planner):
             loss_trace[i] = loss.detach()
             dist_trace[i] = goal_term.detach().mul(problem.state_dim).sqrt()
             residual_trace[i] = diff.detach().norm(dim=-1)
+            problem.snapshot(i + 1, u)
         virtual = torch.cat([problem.start[:, None], states.detach()], dim=1)
         return Optimized(u=u.detach(), loss=loss_trace, goal_distance=dist_trace, residual=residual_trace, virtual_states=virtual)

@@ -35,6 +35,8 @@ def refine_by_sampling(
     std: Tensor,
     schedule: SamplingSchedule,
     generator: torch.Generator,
+    *,
+    snapshot: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Refine unit-action means by sampling.
 
@@ -44,6 +46,8 @@ def refine_by_sampling(
         std: ``[B, H, A]`` initial standard deviations (unit actions).
         schedule: sample counts and weighting.
         generator: the planner's random generator.
+        snapshot: offer the mean after each iteration to :meth:`Problem.snapshot` (the planner's
+            own iterations, not a sync phase's).
 
     Returns:
         ``(mean, std, best_cost [I, B], mean_elite_cost [I, B])``.
@@ -75,6 +79,8 @@ def refine_by_sampling(
         any_ok = finite[:, 0].view(b, 1, 1)  # problems with no finite sample keep their distribution
         mean = torch.where(any_ok, new_mean, mean)
         std = torch.where(any_ok, new_std, std)
+        if snapshot:
+            problem.snapshot(i + 1, mean)
         best[i] = elite_cost[:, 0]
         elite_mean[i] = torch.where(finite, elite_cost, 0.0).sum(1) / finite.sum(1).clamp_min(1)
         elite_mean[i] = torch.where(finite[:, 0], elite_mean[i], torch.inf)
@@ -93,6 +99,6 @@ class SamplingPlanner(Planner):
     def _optimize(self, problem: Problem, generator: torch.Generator, init_u: Tensor | None) -> Optimized:
         mean = problem.zeros() if init_u is None else init_u
         std = torch.full_like(mean, self.options.init_std)  # type: ignore[attr-defined]
-        mean, _, best, elite_mean = refine_by_sampling(problem, mean, std, self.schedule(), generator)
+        mean, _, best, elite_mean = refine_by_sampling(problem, mean, std, self.schedule(), generator, snapshot=True)
         problem.record_failures(best[-1])
         return Optimized(u=mean, loss=elite_mean, goal_distance=(best * problem.state_dim).sqrt())
