@@ -235,10 +235,14 @@ def _run_run(args: argparse.Namespace) -> int:
     result = run_experiment(config, resume=args.resume, run_id=args.run_id)
     print(f"run {result.run_id}: {result.planned} episodes planned in {result.seconds:.1f} s; results in {result.directory}")
     print(format_summaries(result.summaries))
+    status = 0
     if result.failed_batches:
         print(f"wmplan: {result.failed_batches} batch(es) failed; their episodes are stored with the reason", file=sys.stderr)
-        return 1
-    return 0
+        status = 1
+    if result.tracking_error:
+        print(f"wmplan: the run is not fully recorded in MLflow: {result.tracking_error}", file=sys.stderr)
+        status = 1
+    return status
 
 
 def _add_ui(sub: argparse._SubParsersAction) -> None:

@@ -71,6 +71,8 @@ class RunResult:
     """Episodes planned by this call (fewer than the run's total after a resume)."""
     seconds: float
     failed_batches: int
+    tracking_error: str | None = None
+    """Why recording in MLflow failed (the Parquet results are complete regardless); None if it did not."""
 
 
 def _failed_records(item: WorkItem, reason: str) -> list[EpisodeRecord]:
@@ -259,15 +261,21 @@ def run_experiment(
     t0 = time.monotonic()
     failed_batches = 0
     status = "FAILED"
+    tracking_error = None
     try:
         failed_batches = _plan(config, run_id, directory, items, total, group_seconds, say)
         status = "FINISHED"
     finally:
         if tracker is not None:
-            _log_groups(tracker, config, directory, specs, group_seconds, env, say)
+            try:
+                _log_groups(tracker, config, directory, specs, group_seconds, env, say)
+            except Exception as exc:  # noqa: BLE001 - the results are safe in Parquet; say why the record is not
+                tracking_error = f"{type(exc).__name__}: {exc}"
+                say(f"recording the run in MLflow failed ({tracking_error}); the results are complete in {directory}")
+                status = "FAILED"
             tracker.finish(status=status)
     seconds = time.monotonic() - t0
-    if tracker is not None:
+    if tracker is not None and tracking_error is None:
         say(f"recorded in MLflow ({tracker.tracking_uri}), experiment {config.name!r}, run {run_id}; browse it with: wmplan ui")
 
     table = read_table(directory).to_pylist()
@@ -276,4 +284,5 @@ def run_experiment(
         for h in config.horizons:
             rows = [r for r in table if r["planner"] == name and r["horizon"] == h]
             summaries[name, h] = summarize_rows(rows)
-    return RunResult(run_id=run_id, directory=directory, summaries=summaries, planned=total, seconds=seconds, failed_batches=failed_batches)
+    return RunResult(run_id=run_id, directory=directory, summaries=summaries, planned=total, seconds=seconds,
+                     failed_batches=failed_batches, tracking_error=tracking_error)
