@@ -13,7 +13,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.jobs.servers import free_ports, tail, wait_http
 from wmplan.jobs.experiment import load_config
 from wmplan.jobs.runner import run_experiment
 from wmplan.storage.parquet import read_table
@@ -35,36 +35,6 @@ PG = {"host": "127.0.0.1", "port": 5432, "user": "root"}
 
 
 # -- helpers -------------------------------------------------------------------------------------------
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct ports free on 127.0.0.1 right now (all held open together, then released)."""
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def wait_http(url: str, *, seconds: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
-    """Wait until ``url`` answers 200; fail (with the server's log) when ``proc`` dies or time runs out."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            pytest.fail(f"server exited with {proc.returncode} before {url} answered:\n{tail(log)}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.3)
-    pytest.fail(f"{url} did not answer within {seconds:.0f} s:\n{tail(log)}")
 
 
 @contextlib.contextmanager
@@ -97,12 +67,6 @@ def seconds_between(text: str, first: str, then: str) -> float:
             if found and key in line and key not in stamps:
                 stamps[key] = datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S,%f")
     return (stamps[then] - stamps[first]).total_seconds() if len(stamps) == 2 else float("nan")
-
-
-def tail(path: Path | None, chars: int = 4000) -> str:
-    if path is None or not path.exists():
-        return ""
-    return path.read_text(errors="replace")[-chars:]
 
 
 MARKER = "WMPLAN_TEST_PROCESS"

@@ -5,16 +5,13 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from tests.jobs.servers import free_ports, wait_http
 from wmplan.jobs.experiment import load_config
 from wmplan.jobs.runner import run_experiment
 
@@ -25,27 +22,6 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 FAST = ["planners.grasp.iterations=20", "planners.cem.iterations=2", "planners.cem.samples=16", "planners.cem.elites=4"]
 TIMEOUT_MS = 20_000
 VIEWPORT = {"width": 1400, "height": 1000}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_health(url: str, proc: subprocess.Popen, log: Path, limit_s: float = 60.0) -> None:
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"`wmplan ui` exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.3)
-    pytest.fail(f"the MLflow UI did not answer {url}/health within {limit_s:.0f} s:\n{log.read_text()[-3000:]}")
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -83,7 +59,7 @@ def ui_process(store, tmp_path):
 
     Not yet waited for: the server starts (some seconds) while the experiment runs.
     """
-    port = free_port()
+    (port,) = free_ports(1)
     log = tmp_path / "ui.log"
     # MLflow's GenAI job runner (a job process and seven huey consumers) is no part of viewing runs and
     # slows the server's start several seconds on two cores.
@@ -124,7 +100,7 @@ def test_the_ui_shows_metrics_plots_and_parquet_parts(recorded_run, ui_process, 
 
     parent, children, parts = recorded_run
     proc, url, log = ui_process
-    wait_for_health(url, proc, log)
+    wait_http(f"{url}/health", seconds=60.0, proc=proc, log=log)
     grasp = children["grasp"]
     experiment_id = parent.info.experiment_id
     success_rate = grasp.data.metrics["success_rate"]
