@@ -155,3 +155,23 @@ def test_the_example_config_is_valid():
 
     config = load_config(Path(__file__).resolve().parents[2] / "examples" / "wall.yaml")
     assert config.task == "wall" and config.horizons == [5, 10] and set(config.planners) == {"cem", "gd", "grasp"}
+
+
+@pytest.mark.parametrize("resources, actors, expected", [
+    ({"CPU": 2.0}, 2, ({"num_cpus": 1.0}, "cpu", 1)),
+    ({"CPU": 16.0}, 3, ({"num_cpus": 16.0 / 3}, "cpu", 5)),
+    ({"CPU": 16.0, "GPU": 2.0}, 2, ({"num_gpus": 1.0, "num_cpus": 1.0}, "cuda", 1)),  # one GPU per actor
+    ({"CPU": 16.0, "GPU": 1.0}, 2, ({"num_gpus": 0.5, "num_cpus": 1.0}, "cuda", 1)),  # never pending forever
+])
+def test_actor_resources_follow_the_cluster(resources, actors, expected):
+    from wmplan.jobs.runner import _actor_resources
+
+    class Cluster:
+        @staticmethod
+        def cluster_resources():
+            return resources
+
+    assert _actor_resources(Cluster, load_config(None, [f"actors={actors}"])) == expected
+    if "GPU" not in resources:
+        with pytest.raises(ConfigError, match="has no GPU"):
+            _actor_resources(Cluster, load_config(None, [f"actors={actors}", "device=cuda"]))
