@@ -39,3 +39,28 @@ def test_item_exception_is_a_failure_not_a_retry(ray_cluster, tmp_path):
     out = dict(run_on_actors(make, call, [1, -1, 2], actors=2))
     assert out[0][0] == 1 and out[2][0] == 4
     assert isinstance(out[1], Failure) and "negative input" in out[1].reason and out[1].attempts == 1
+
+
+def test_a_warm_pool_takes_new_work_while_running(ray_cluster, tmp_path):
+    from tests.jobs.actors import Squarer
+    from wmplan.jobs.pool import ActorPool
+
+    remote = ray_cluster.remote(num_cpus=0.5)(Squarer)
+    made = []
+
+    def make():
+        made.append(1)
+        return remote.remote(str(tmp_path), (7,))
+
+    with ActorPool(make, lambda actor, x: actor.run.remote(x), size=2) as pool:
+        tickets = {pool.submit(x): x for x in (1, 2, 3)}
+        first = pool.next_result()
+        tickets[pool.submit(7)] = 7  # submitted while others run; its first actor dies under it
+        results = dict([first] + [pool.next_result() for _ in range(3)])
+        assert pool.pending == 0
+        assert {tickets[t]: r[0] for t, r in results.items()} == {1: 1, 2: 4, 3: 9, 7: 49}
+        pids_before = {r[1] for r in results.values()}
+        second = [pool.next_result() for _ in [pool.submit(x) for x in (4, 5)]]
+        assert {r[0] for _, r in second} == {16, 25}
+        assert {r[1] for _, r in second} <= pids_before  # the same warm actors did the second batch
+    assert len(made) == 3  # two at the start, one to replace the actor that died

@@ -1,12 +1,16 @@
-"""A pool of long-lived Ray actors that works through a list of items, surviving dead actors.
+"""A pool of long-lived Ray actors that works through items, surviving dead actors.
 
 Each actor is built once (loading its world model once) and then called with one item at a time;
-an idle actor gets the next item as soon as it finishes, so faster actors do more. Results are
-yielded as they arrive, so the caller can store them at once. When an actor dies (its process is
-killed, its node goes away), the pool starts a replacement and hands the item it was working on to
-the next idle actor: every item is delivered exactly once, or reported failed after
-``max_attempts`` tries. An exception raised by the item's own code is not retried: it is reported
+an idle actor gets the next queued item as soon as it finishes, so faster actors do more. Results
+come back as they arrive, so the caller can store them at once. When an actor dies (its process is
+killed, its node goes away), the pool starts a replacement and hands the item it was working on
+to the next idle actor: every item is delivered exactly once, or reported failed after
+``max_attempts`` tries. An exception raised by the item's own code is not retried: it comes back
 as a :class:`Failure` with its message.
+
+:class:`ActorPool` stays warm between batches of work and accepts new items while others run
+(a tuning study submits the next chunk of a trial when the previous one is reported);
+:func:`run_on_actors` is the one-shot form.
 """
 
 from __future__ import annotations
@@ -20,14 +24,14 @@ from typing import Any, Generic, TypeVar
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
-__all__ = ["Failure", "PoolStalled", "run_on_actors"]
+__all__ = ["ActorPool", "Failure", "PoolStalled", "run_on_actors"]
 
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class Failure(Generic[T]):
-    """An item that could not be completed: its index, the attempts made and why."""
+    """An item that could not be completed: its ticket, the attempts made and why."""
 
     index: int
     attempts: int
@@ -36,6 +40,120 @@ class Failure(Generic[T]):
 
 class PoolStalled(RuntimeError):
     """No result arrived for longer than the pool's stall timeout (e.g. actors that cannot be scheduled)."""
+
+
+class ActorPool:
+    """Warm actors that run submitted items, replacing any actor that dies.
+
+    Args:
+        make_actor: creates one actor handle (called again to replace a dead actor).
+        call: submits one item to one actor, returning the result's ObjectRef.
+        size: number of actors (created at once).
+        max_attempts: tries per item when actors die under it.
+        stall_timeout_s: :meth:`next_result` raises :class:`PoolStalled` when no call finishes for this long.
+        on_actor_lost: told (ticket, reason) when an actor died under an item.
+    """
+
+    def __init__(
+        self,
+        make_actor: Callable[[], Any],
+        call: Callable[[Any, Any], ray.ObjectRef],
+        *,
+        size: int,
+        max_attempts: int = 3,
+        stall_timeout_s: float = 600.0,
+        on_actor_lost: Callable[[int, str], None] | None = None,
+    ) -> None:
+        self._make, self._call = make_actor, call
+        self.max_attempts, self.stall_timeout_s, self._on_lost = max_attempts, stall_timeout_s, on_actor_lost
+        self._actors = [make_actor() for _ in range(max(1, size))]
+        self._idle = deque(range(len(self._actors)))
+        self._queue: deque[int] = deque()
+        self._items: dict[int, Any] = {}
+        self._attempts: dict[int, int] = {}
+        self._running: dict[ray.ObjectRef, tuple[int, int]] = {}
+        self._next_ticket = 0
+
+    @property
+    def size(self) -> int:
+        return len(self._actors)
+
+    @property
+    def pending(self) -> int:
+        """Items submitted and not yet returned by :meth:`next_result`."""
+        return len(self._queue) + len(self._running)
+
+    def submit(self, item: Any) -> int:
+        """Queue ``item``; returns its ticket (the index :meth:`next_result` reports it under)."""
+        ticket = self._next_ticket
+        self._next_ticket += 1
+        self._items[ticket] = item
+        self._attempts[ticket] = 0
+        self._queue.append(ticket)
+        self._dispatch()
+        return ticket
+
+    def _dispatch(self) -> None:
+        while self._idle and self._queue:
+            slot, ticket = self._idle.popleft(), self._queue.popleft()
+            self._attempts[ticket] += 1
+            self._running[self._call(self._actors[slot], self._items[ticket])] = (slot, ticket)
+
+    def next_result(self) -> tuple[int, Any]:
+        """Wait for the next finished item: ``(ticket, result or Failure)``. Needs :attr:`pending` > 0."""
+        if not self.pending:
+            raise RuntimeError("next_result() with nothing submitted")
+        last_progress = time.monotonic()
+        while True:
+            self._dispatch()
+            ready, _ = ray.wait(list(self._running), num_returns=1, timeout=min(5.0, self.stall_timeout_s))
+            if not ready:
+                if time.monotonic() - last_progress > self.stall_timeout_s:
+                    raise PoolStalled(
+                        f"no result for {self.stall_timeout_s:.0f} s with {len(self._running)} calls running and "
+                        f"{len(self._queue)} queued; are there resources for {self.size} actors? "
+                        f"({ray.available_resources()} available)"
+                    )
+                continue
+            ref = ready[0]
+            slot, ticket = self._running.pop(ref)
+            try:
+                result = ray.get(ref, timeout=60)
+            except RayActorError as exc:
+                reason = f"actor died: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                if self._on_lost:
+                    self._on_lost(ticket, reason)
+                ray.kill(self._actors[slot], no_restart=True)
+                self._actors[slot] = self._make()
+                self._idle.append(slot)
+                if self._attempts[ticket] >= self.max_attempts:
+                    return ticket, self._done(ticket, Failure(ticket, self._attempts[ticket], reason))
+                self._queue.appendleft(ticket)
+                last_progress = time.monotonic()
+                continue
+            except (RayTaskError, GetTimeoutError) as exc:
+                self._idle.append(slot)
+                cause = getattr(exc, "cause", None) or exc
+                return ticket, self._done(ticket, Failure(ticket, self._attempts[ticket], f"{type(cause).__name__}: {cause}"))
+            self._idle.append(slot)
+            return ticket, self._done(ticket, result)
+
+    def _done(self, ticket: int, result: Any) -> Any:
+        del self._items[ticket], self._attempts[ticket]
+        self._dispatch()
+        return result
+
+    def close(self) -> None:
+        """Kill every actor (items still running are abandoned)."""
+        for actor in self._actors:
+            ray.kill(actor, no_restart=True)
+        self._actors = []
+
+    def __enter__(self) -> ActorPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def run_on_actors(
@@ -48,68 +166,16 @@ def run_on_actors(
     stall_timeout_s: float = 600.0,
     on_actor_lost: Callable[[int, str], None] | None = None,
 ) -> Iterator[tuple[int, Any]]:
-    """Run ``call(actor, item)`` for every item on a pool of ``actors`` actors.
+    """Run ``call(actor, item)`` for every item on a fresh pool of ``actors`` actors (never more than items).
 
-    Args:
-        make_actor: creates one actor handle (called again to replace a dead actor).
-        call: submits one item to one actor, returning the result's ObjectRef.
-        items: the work, in submission order.
-        actors: pool size (never more than there are items).
-        max_attempts: tries per item when actors die under it.
-        stall_timeout_s: raise :class:`PoolStalled` when no call finishes for this long.
-        on_actor_lost: told (item index, reason) when an actor died under an item.
-
-    Yields:
-        ``(index, result)`` in completion order, where ``result`` is the call's return value or a
-        :class:`Failure`.
+    Yields ``(index, result)`` in completion order, where ``result`` is the call's return value or a
+    :class:`Failure`; the actors are killed when the generator ends.
     """
     if not items:
         return
-    size = max(1, min(actors, len(items)))
-    pool = [make_actor() for _ in range(size)]
-    queue: deque[int] = deque(range(len(items)))
-    attempts = [0] * len(items)
-    running: dict[ray.ObjectRef, tuple[int, int]] = {}
-    idle = deque(range(size))
-    last_progress = time.monotonic()
-    try:
-        while queue or running:
-            while idle and queue:
-                slot, index = idle.popleft(), queue.popleft()
-                attempts[index] += 1
-                running[call(pool[slot], items[index])] = (slot, index)
-            ready, _ = ray.wait(list(running), num_returns=1, timeout=min(5.0, stall_timeout_s))
-            if not ready:
-                if time.monotonic() - last_progress > stall_timeout_s:
-                    raise PoolStalled(
-                        f"no result for {stall_timeout_s:.0f} s with {len(running)} calls running and {len(queue)} "
-                        f"queued; are there resources for {size} actors? ({ray.available_resources()} available)"
-                    )
-                continue
-            last_progress = time.monotonic()
-            for ref in ready:
-                slot, index = running.pop(ref)
-                try:
-                    result = ray.get(ref, timeout=60)
-                except RayActorError as exc:
-                    reason = f"actor died: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                    if on_actor_lost:
-                        on_actor_lost(index, reason)
-                    ray.kill(pool[slot], no_restart=True)
-                    pool[slot] = make_actor()
-                    idle.append(slot)
-                    if attempts[index] >= max_attempts:
-                        yield index, Failure(index, attempts[index], reason)
-                    else:
-                        queue.appendleft(index)
-                    continue
-                except (RayTaskError, GetTimeoutError) as exc:
-                    idle.append(slot)
-                    cause = getattr(exc, "cause", None) or exc
-                    yield index, Failure(index, attempts[index], f"{type(cause).__name__}: {cause}")
-                    continue
-                idle.append(slot)
-                yield index, result
-    finally:
-        for actor in pool:
-            ray.kill(actor, no_restart=True)
+    with ActorPool(make_actor, call, size=min(actors, len(items)), max_attempts=max_attempts,
+                   stall_timeout_s=stall_timeout_s, on_actor_lost=on_actor_lost) as pool:
+        for item in items:
+            pool.submit(item)
+        while pool.pending:
+            yield pool.next_result()
