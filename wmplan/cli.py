@@ -272,6 +272,56 @@ def _run_ui(args: argparse.Namespace) -> int:
         return 0
 
 
+def _add_tune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "tune",
+        help="an Optuna study of one planner's options on the Ray pool, resumable, tested on held-out pairs",
+        description="Search a planner's options for the real-simulator success rate on a seeded tuning set of "
+        "start/goal pairs, trials in parallel on warm Ray actors, pruning hopeless trials; then run the best "
+        "options once on a held-out test set. Running the same study again finishes the requested trials.",
+    )
+    p.add_argument("--task", default="wall", help="task (default: %(default)s)")
+    p.add_argument("--planner", default="grasp", help="planner whose options are searched (default: %(default)s)")
+    p.add_argument("--horizon", type=int, default=5, help="horizon in model steps (default: %(default)s)")
+    p.add_argument("--model", default="auto", help="checkpoint directory, or auto (default: %(default)s)")
+    p.add_argument("--data", default="", help="data set (default: data/TASK.parquet)")
+    p.add_argument("--study", default="", help="study name (default: TASK-PLANNER-hH)")
+    p.add_argument("--trials", type=int, default=30, help="finished trials wanted (default: %(default)s)")
+    p.add_argument("--parallel", type=int, default=2, help="trials at once (default: %(default)s)")
+    p.add_argument("--tuning-episodes", type=int, default=40, help="episodes per trial (default: %(default)s)")
+    p.add_argument("--chunk", type=int, default=10, help="episodes between intermediate reports (default: %(default)s)")
+    p.add_argument("--test-episodes", type=int, default=100, help="held-out episodes for the best options (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
+    p.add_argument("--storage", default="", help="Optuna storage URL or journal file (default: studies.journal)")
+    p.add_argument("--time-objective", action="store_true", help="also minimise the median planning time (no pruning)")
+    p.add_argument("--space", action="append", default=[], metavar="ITEM",
+                   help="narrow or widen the search: name=LOW:HIGH[:log][:zero][:int], name=A,B,C, name=V, -name, +name=SPEC")
+    p.add_argument("--actors", type=int, default=2, help="Ray actors (default: %(default)s)")
+    p.add_argument("--output", default="studies", help="directory for the trials' episode tables (default: %(default)s)")
+    p.set_defaults(func=_run_tune)
+
+
+def _run_tune(args: argparse.Namespace) -> int:
+    from wmplan.tuning.study import TuneConfig, run_study
+
+    config = TuneConfig(
+        study=args.study, task=args.task, model=args.model, data=args.data, planner=args.planner, horizon=args.horizon,
+        trials=args.trials, parallel=args.parallel, tuning_episodes=args.tuning_episodes, chunk=args.chunk,
+        test_episodes=args.test_episodes, seed=args.seed, storage=args.storage, time_objective=args.time_objective,
+        space=tuple(args.space), actors=args.actors, output=args.output,
+    )
+    if args.model != "auto" and not (Path(args.model) / "config.json").exists():
+        raise ConfigError(f"model checkpoint {args.model!r} does not exist (no config.json there)")
+    result = run_study(config, say=lambda m: print(m, file=sys.stderr, flush=True))
+    s = result.test_summary
+    print(f"study {result.study}: {result.finished_trials} trials finished; best trial {result.best_trial} "
+          f"(tuning success {100 * result.best_tuning_success:.1f}%) with {result.best_options}")
+    print(f"held-out test set ({s['count']} episodes, other pairs than the tuning set): success "
+          f"{100 * s['success_rate']:.1f}% [{100 * s['success_low']:.1f}, {100 * s['success_high']:.1f}], "
+          f"model success {100 * s['model_success_rate']:.1f}%")
+    return 0
+
+
 def _add_planners(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("planners", help="list the planners and their options with defaults")
     p.add_argument("name", nargs="?", help="show only this planner")
@@ -353,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plan(sub)
     _add_run(sub)
     _add_ui(sub)
+    _add_tune(sub)
     _add_planners(sub)
     return parser
 

@@ -1,0 +1,277 @@
+"""Hyperparameter studies: an Optuna study of one planner's options, its trials run on warm Ray actors.
+
+The driver asks Optuna for trials (ask/tell), turns each into chunks of episodes of a seeded
+*tuning set*, and runs several trials at once on one :class:`~wmplan.jobs.pool.ActorPool` whose
+actors load the world model once for the whole study. After each chunk the trial reports its
+success rate so far, so the pruner can stop a hopeless trial early (single objective only: Optuna
+cannot prune multi-objective studies). The study lives in a persistent storage (a journal file in
+the working directory by default, a PostgreSQL URL on a cluster): running the same study again
+finishes the requested number of trials, and trials left RUNNING by a killed driver are marked
+failed with that reason. The best trial's options are then run once on a separate, held-out
+*test set* of start/goal pairs; that result is what the study reports.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from wmplan.jobs.actor import PlanActor, WorkItem
+from wmplan.jobs.experiment import ExperimentConfig
+from wmplan.jobs.pool import ActorPool, Failure
+from wmplan.jobs.runner import _actor_resources, _failed_records, _start_ray
+from wmplan.platform.data import read_dataset
+from wmplan.platform.envs import ENV_NAMES, make_env
+from wmplan.platform.episode import EpisodeRecord, EpisodeSpec, summarize
+from wmplan.platform.errors import ConfigError, unknown_name_error
+from wmplan.platform.options import require
+from wmplan.platform.planners import PLANNERS, make_planner
+from wmplan.platform.workflow import episode_specs, prepare_model
+from wmplan.storage.parquet import write_records
+from wmplan.tuning.spaces import DEFAULT_SPACES, options_from_params, parse_space_overrides, suggest
+
+__all__ = ["TuneConfig", "TuneResult", "run_study", "open_study", "TEST_SEED_OFFSET"]
+
+TEST_SEED_OFFSET = 1_000_003
+"""The held-out test set is drawn with ``seed + TEST_SEED_OFFSET``: other pairs than the tuning set's."""
+FAIL_REASON = "fail_reason"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TuneConfig:
+    """A study of one planner on one task, model and horizon."""
+
+    study: str = ""
+    """Study name (default TASK-PLANNER-hH); running the same name again resumes it."""
+    task: str = "wall"
+    """Task: wall, pointmaze or pusht."""
+    model: str = "auto"
+    """World-model checkpoint directory; 'auto': checkpoints/TASK, trained when missing."""
+    data: str = ""
+    """Data set (default data/TASK.parquet)."""
+    planner: str = "grasp"
+    """The planner whose options are searched."""
+    horizon: int = 5
+    """Planning horizon in model steps."""
+    trials: int = 30
+    """Trials the study should have finished (complete, pruned or failed) when the command ends."""
+    parallel: int = 2
+    """Trials run at once (their chunks share the actors)."""
+    tuning_episodes: int = 40
+    """Episodes of the tuning set each trial is scored on."""
+    chunk: int = 10
+    """Episodes per actor call; the trial reports its success rate after each chunk."""
+    test_episodes: int = 100
+    """Episodes of the held-out test set the best options are run on."""
+    seed: int = 0
+    """Seed of the tuning set (the test set uses seed + 1000003) and of the sampler."""
+    storage: str = ""
+    """Optuna storage URL or journal file (default: studies.journal in the working directory)."""
+    time_objective: bool = False
+    """Add median planning time as a second objective (a Pareto front; no pruning)."""
+    space: tuple[str, ...] = ()
+    """Search-space overrides, e.g. 'noise_scale=0.001:0.1:log', 'state_lr=0.05', '-goal_weight'."""
+    actors: int = 2
+    """Ray actors (each loads the model once for the whole study)."""
+    device: str = "auto"
+    """'auto' uses a GPU per actor when the cluster has GPUs."""
+    address: str = ""
+    """Ray cluster address; empty: RAY_ADDRESS or a local Ray."""
+    output: str = "studies"
+    """Directory for the trials' and the test run's episode tables."""
+
+    def __post_init__(self) -> None:
+        if self.task not in ENV_NAMES:
+            raise unknown_name_error("task", self.task, ENV_NAMES)
+        if self.planner not in PLANNERS:
+            raise unknown_name_error("planner", self.planner, PLANNERS)
+        for name in ("horizon", "trials", "parallel", "tuning_episodes", "chunk", "test_episodes", "actors"):
+            require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        parse_space_overrides(self.planner, list(self.space))  # validated now
+
+    @property
+    def name(self) -> str:
+        return self.study or f"{self.task}-{self.planner}-h{self.horizon}"
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or "studies.journal"
+
+    def experiment(self) -> ExperimentConfig:
+        """The execution settings shared with experiment runs (model, actors, cluster)."""
+        return ExperimentConfig(task=self.task, model=self.model, data=self.data, planners={self.planner: {}},
+                                horizons=[self.horizon], actors=self.actors, device=self.device,  # type: ignore[arg-type]
+                                address=self.address, output=self.output, tracking=False)
+
+
+def open_study(config: TuneConfig) -> optuna.Study:
+    """Create or load the study in its storage (journal file unless the URL names a database)."""
+    url = config.storage_url
+    if "://" in url:
+        storage: Any = url
+    else:
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
+        storage = JournalStorage(JournalFileBackend(url))
+    directions = ["maximize", "minimize"] if config.time_objective else ["maximize"]
+    pruner = optuna.pruners.NopPruner() if config.time_objective else optuna.pruners.MedianPruner(n_startup_trials=5)
+    study = optuna.create_study(study_name=config.name, storage=storage, load_if_exists=True, directions=directions,
+                                sampler=optuna.samplers.TPESampler(seed=config.seed), pruner=pruner)
+    if len(study.directions) != len(directions):
+        raise ConfigError(f"study {config.name!r} exists with {len(study.directions)} objective(s); "
+                          f"time_objective={config.time_objective} asks for {len(directions)}")
+    return study
+
+
+@dataclass
+class _Trial:
+    trial: optuna.Trial
+    options: dict[str, Any]
+    chunks: list[list[EpisodeSpec]]
+    done: int = 0
+    records: list[EpisodeRecord] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    """What a study reports: its best trial and that trial's options on the held-out test set."""
+
+    study: str
+    finished_trials: int
+    best_trial: int
+    best_options: dict[str, Any]
+    best_tuning_success: float
+    test_summary: dict[str, Any]
+    test_pairs_disjoint: bool
+
+
+def _item(config: TuneConfig, options: dict[str, Any], specs: Sequence[EpisodeSpec], plan_seed: int) -> WorkItem:
+    return WorkItem(planner=config.planner, options=dict(options), horizon=config.horizon, specs=list(specs),
+                    mode="open_loop", replan_every=1, plan_seed=plan_seed)
+
+
+def _values(config: TuneConfig, records: Sequence[EpisodeRecord]) -> list[float]:
+    s = summarize(records)
+    values = [float(s["success_rate"])]
+    if config.time_objective:
+        t = s["median_planning_time_s"]
+        values.append(float(t) if not math.isnan(t) else 1e9)  # no success: slowest possible
+    return values
+
+
+def run_study(config: TuneConfig, *, say: Callable[[str], None] = lambda m: None) -> TuneResult:
+    """Run the study to ``config.trials`` finished trials, then the best options on the test set."""
+    experiment = config.experiment()
+    env = make_env(config.task)
+    prepare_model(config.task, data_path=experiment.data_path, checkpoint=experiment.checkpoint, progress=say)
+    dataset = read_dataset(experiment.data_path) if config.task == "pusht" else None
+    tuning = episode_specs(env, horizon=config.horizon, count=config.tuning_episodes, seed=config.seed, dataset=dataset)
+    test = episode_specs(env, horizon=config.horizon, count=config.test_episodes, seed=config.seed + TEST_SEED_OFFSET, dataset=dataset)
+    space = parse_space_overrides(config.planner, list(config.space)) if config.space else DEFAULT_SPACES[config.planner]
+    study = open_study(config)
+    for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study._storage.set_trial_user_attr(stale._trial_id, FAIL_REASON, "the driver running it stopped")  # noqa: SLF001
+        study.tell(stale.number, state=TrialState.FAIL, skip_if_finished=True)
+    finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)))
+    to_run = max(0, config.trials - finished)
+    say(f"study {config.name!r}: {finished} trials finished, {to_run} to run, storage {config.storage_url}")
+    out = Path(config.output) / config.name
+
+    ray = _start_ray(experiment)
+    resources, device, threads = _actor_resources(ray, experiment)
+    remote = ray.remote(max_restarts=0, max_task_retries=0, **resources)(PlanActor)
+    make = lambda: remote.remote(task=config.task, checkpoint=str(experiment.checkpoint.resolve()), device=device, threads=threads)  # noqa: E731
+    chunks = [tuning[i : i + config.chunk] for i in range(0, len(tuning), config.chunk)]
+    with ActorPool(make, lambda actor, item: actor.run.remote(item), size=config.actors) as pool:
+        active: dict[int, _Trial] = {}
+        asked = 0
+        while asked < to_run or active:
+            while asked < to_run and len(active) < config.parallel:
+                trial = study.ask()
+                try:
+                    options = suggest(trial, space)
+                    make_planner(config.planner, horizon=config.horizon, **options)
+                except (ConfigError, ValueError) as exc:
+                    study._storage.set_trial_user_attr(trial._trial_id, FAIL_REASON, str(exc))  # noqa: SLF001
+                    study.tell(trial, state=TrialState.FAIL)
+                    asked += 1
+                    continue
+                trial.set_user_attr("options", options)
+                state = _Trial(trial, options, chunks)
+                ticket = pool.submit(_item(config, options, chunks[0], config.seed + trial.number))
+                active[ticket] = state
+                asked += 1
+            if not active:
+                break
+            ticket, result = pool.next_result()
+            state = active.pop(ticket)
+            trial = state.trial
+            if isinstance(result, Failure):
+                write_records(out / f"trial-{trial.number}", f"{config.name}-trial-{trial.number}",
+                              _failed_records(_item(config, state.options, state.chunks[state.done], 0), result.reason))
+                trial.set_user_attr(FAIL_REASON, result.reason)
+                study.tell(trial, state=TrialState.FAIL)
+                say(f"trial {trial.number} failed: {result.reason}")
+                continue
+            write_records(out / f"trial-{trial.number}", f"{config.name}-trial-{trial.number}", result)
+            state.records.extend(result)
+            state.done += 1
+            if not config.time_objective:
+                trial.report(_values(config, state.records)[0], step=len(state.records))
+                if trial.should_prune():
+                    study.tell(trial, state=TrialState.PRUNED)
+                    say(f"trial {trial.number} pruned after {len(state.records)} episodes")
+                    continue
+            if state.done < len(state.chunks):
+                active[pool.submit(_item(config, state.options, state.chunks[state.done], config.seed + trial.number))] = state
+                continue
+            values = _values(config, state.records)
+            study.tell(trial, values if config.time_objective else values[0])
+            say(f"trial {trial.number}: success {100 * values[0]:.1f}% with {state.options}")
+
+        best = _best_trial(study, config)
+        test_records: list[EpisodeRecord] = []
+        for lo in range(0, len(test), config.chunk):
+            pool.submit(_item(config, best.params_options, test[lo : lo + config.chunk], config.seed + TEST_SEED_OFFSET))
+        while pool.pending:
+            _, result = pool.next_result()
+            if isinstance(result, Failure):
+                raise RuntimeError(f"the held-out test run failed: {result.reason}")
+            write_records(out / "test", f"{config.name}-test", result)
+            test_records.extend(result)
+    test_summary = summarize(test_records)
+    study.set_user_attr("test_success_rate", test_summary["success_rate"])
+    study.set_user_attr("test_success_interval", [test_summary["success_low"], test_summary["success_high"]])
+    study.set_user_attr("best_trial", best.number)
+    disjoint = {tuple(s.start) for s in tuning}.isdisjoint({tuple(s.start) for s in test})
+    finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)))
+    return TuneResult(study=config.name, finished_trials=finished, best_trial=best.number, best_options=best.params_options,
+                      best_tuning_success=best.success, test_summary=test_summary, test_pairs_disjoint=disjoint)
+
+
+@dataclass(frozen=True)
+class _Best:
+    number: int
+    params_options: dict[str, Any]
+    success: float
+
+
+def _best_trial(study: optuna.Study, config: TuneConfig) -> _Best:
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        raise RuntimeError(f"study {config.name!r} has no complete trial to test")
+    # Highest tuning success; on a tie (or on the Pareto front) the faster one.
+    trial = max(complete, key=lambda t: (t.values[0], -(t.values[1] if len(t.values) > 1 else 0.0)))
+    options = trial.user_attrs.get("options")
+    if options is None:
+        space = parse_space_overrides(config.planner, list(config.space)) if config.space else DEFAULT_SPACES[config.planner]
+        options = options_from_params(trial.params, space)
+    return _Best(trial.number, dict(options), float(trial.values[0]))
