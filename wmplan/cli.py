@@ -322,6 +322,27 @@ def _run_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_dashboard(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("dashboard", help="open optuna-dashboard on the study storage, bound to localhost")
+    p.add_argument("--storage", default="studies.journal", help="Optuna storage URL or journal file (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8080, help="port (default: %(default)s)")
+    p.set_defaults(func=_run_dashboard)
+
+
+def _run_dashboard(args: argparse.Namespace) -> int:
+    import subprocess
+
+    if "://" not in args.storage and not Path(args.storage).exists():
+        raise ConfigError(f"no study storage at {args.storage!r} (run 'wmplan tune' first, or give --storage)")
+    exe = Path(sys.executable).with_name("optuna-dashboard")
+    command = [str(exe) if exe.exists() else "optuna-dashboard", args.storage, "--host", "127.0.0.1", "--port", str(args.port)]
+    print(f"optuna-dashboard for {args.storage} at http://127.0.0.1:{args.port} (Ctrl-C stops it)", flush=True)
+    try:
+        return subprocess.call(command)
+    except KeyboardInterrupt:
+        return 0
+
+
 def _add_planners(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("planners", help="list the planners and their options with defaults")
     p.add_argument("name", nargs="?", help="show only this planner")
@@ -404,6 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_ui(sub)
     _add_tune(sub)
+    _add_dashboard(sub)
     _add_planners(sub)
     return parser
 

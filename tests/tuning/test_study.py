@@ -64,3 +64,34 @@ def test_bad_study_configs_are_clear_errors(tmp_path):
     open_study(TuneConfig(study="two", storage=str(tmp_path / "j.journal")))
     with pytest.raises(ConfigError, match="exists with 1 objective"):
         open_study(TuneConfig(study="two", storage=str(tmp_path / "j.journal"), time_objective=True))
+
+
+def test_dashboard_answers_for_the_study(tmp_path):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    from tests.jobs.servers import free_ports, wait_http
+
+    storage = tmp_path / "studies.journal"
+    study = open_study(TuneConfig(study="dash", storage=str(storage)))
+    study.tell(study.ask(), 0.5)
+    (port,) = free_ports(1)
+    log = tmp_path / "dashboard.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "wmplan", "dashboard", "--storage", str(storage), "--port", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/api/studies", seconds=60, proc=proc, log=log)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=10) as response:
+            studies = json.load(response)["study_summaries"]
+        assert [s["study_name"] for s in studies] == ["dash"]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    missing = subprocess.run([sys.executable, "-m", "wmplan", "dashboard", "--storage", str(tmp_path / "none.journal")],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "no study storage" in missing.stderr
