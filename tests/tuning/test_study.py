@@ -95,3 +95,31 @@ def test_dashboard_answers_for_the_study(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "wmplan", "dashboard", "--storage", str(tmp_path / "none.journal")],
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "no study storage" in missing.stderr
+
+
+def test_parallel_trials_on_postgresql_storage(ray_cluster, tmp_path, tiny_wall_model):
+    import secrets
+
+    psycopg2 = pytest.importorskip("psycopg2")
+    try:
+        admin = psycopg2.connect(dbname="postgres", host="127.0.0.1", port=5432, user="root", connect_timeout=5)
+    except psycopg2.OperationalError as exc:
+        pytest.skip(f"no PostgreSQL at 127.0.0.1:5432: {exc}")
+    admin.autocommit = True
+    db = f"wmplan_test_optuna_{secrets.token_hex(4)}"
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{db}"')
+    url = f"postgresql+psycopg2://root@127.0.0.1:5432/{db}"
+    try:
+        result = run_study(config_for(tmp_path, tiny_wall_model, storage=url, trials=4, parallel=2))
+        assert result.finished_trials == 4
+        study = optuna.load_study(study_name="s", storage=url)
+        params = [tuple(sorted(t.params.items())) for t in study.trials]
+        assert len(study.trials) == 4 and len(set(params)) == 4  # distinct parameter sets, no duplicates
+        with psycopg2.connect(dbname=db, host="127.0.0.1", port=5432, user="root") as conn, conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM trials")
+            assert cur.fetchone()[0] == 4  # the trials live in PostgreSQL
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        admin.close()
