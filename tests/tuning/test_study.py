@@ -11,6 +11,13 @@ from wmplan.storage.parquet import read_table
 from wmplan.tuning.study import TuneConfig, open_study, run_study
 
 
+@pytest.fixture(autouse=True)
+def mlflow_store(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
 SPACE = ("iterations=1:3:int", "samples=8:32:int:log", "init_std=0.1:2:log")
 
 
@@ -22,7 +29,7 @@ def config_for(tmp_path, model, **changes):
     return TuneConfig(**{**base, **changes})
 
 
-def test_study_finishes_its_trials_and_tests_on_other_pairs(ray_cluster, tmp_path, tiny_wall_model):
+def test_study_finishes_its_trials_and_tests_on_other_pairs(ray_cluster, tmp_path, tiny_wall_model, mlflow_store):
     result = run_study(config_for(tmp_path, tiny_wall_model))
     assert result.finished_trials == 4
     study = open_study(config_for(tmp_path, tiny_wall_model))
@@ -38,6 +45,18 @@ def test_study_finishes_its_trials_and_tests_on_other_pairs(ray_cluster, tmp_pat
         if t.state == TrialState.COMPLETE:
             rows = read_table(tmp_path / "out" / "s" / f"trial-{t.number}").to_pylist()
             assert len(rows) == 4 and t.values[0] == pytest.approx(sum(r["success"] for r in rows) / 4)
+    # MLflow: a parent run for the study with the held-out result, a child run per trial.
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_store)
+    runs = client.search_runs([client.get_experiment_by_name("wmplan-studies").experiment_id])
+    parents = [r for r in runs if r.data.tags.get("wmplan.role") == "study"]
+    children = [r for r in runs if r.data.tags.get("wmplan.role") == "trial"]
+    assert len(parents) == 1 and len(children) == 4
+    assert parents[0].data.metrics["test_success_rate"] == pytest.approx(result.test_summary["success_rate"])
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    plots = {f.path for f in client.list_artifacts(parents[0].info.run_id, "plots")}
+    assert "plots/optimization_history.png" in plots and "plots/slice.png" in plots
 
 
 def test_study_resumes_without_duplicates_and_keeps_failed_trials(ray_cluster, tmp_path, tiny_wall_model):
@@ -123,3 +142,37 @@ def test_parallel_trials_on_postgresql_storage(ray_cluster, tmp_path, tiny_wall_
         with admin.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
         admin.close()
+
+
+def test_killed_tune_command_resumes_to_the_requested_trials(tmp_path, tiny_wall_model):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    ckpt, data = tiny_wall_model
+    journal = tmp_path / "studies.journal"
+    args = [sys.executable, "-m", "wmplan", "tune", "--task", "wall", "--planner", "cem", "--horizon", "2",
+            "--model", str(ckpt), "--data", str(data), "--study", "k", "--trials", "6", "--parallel", "1",
+            "--tuning-episodes", "4", "--chunk", "2", "--test-episodes", "2", "--storage", str(journal),
+            "--output", str(tmp_path / "out"), "--actors", "1"]
+    args += [f"--space={item}" for item in ("iterations=20:30:int", "samples=32:64:int", "init_std=0.1:2:log")]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    driver = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=tmp_path)
+    deadline = time.monotonic() + 120
+    config = TuneConfig(study="k", storage=str(journal))
+    while time.monotonic() < deadline:
+        if journal.exists() and any(t.state.is_finished() for t in open_study(config).get_trials(deepcopy=False)):
+            break
+        time.sleep(0.2)
+    driver.kill()
+    driver.wait()
+    before = open_study(config).get_trials()
+    assert 1 <= sum(t.state.is_finished() for t in before) < 6, "the command must die part way"
+    out = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    trials = open_study(config).get_trials()
+    assert sum(t.state.is_finished() for t in trials) == 6 and len(trials) == len({t.number for t in trials})
+    orphans = [t for t in trials if t.state == TrialState.FAIL]
+    assert all(t.user_attrs["fail_reason"] == "the driver running it stopped" for t in orphans)
+    assert "held-out test set" in out.stdout

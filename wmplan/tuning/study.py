@@ -13,6 +13,7 @@ failed with that reason. The best trial's options are then run once on a separat
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -85,6 +86,8 @@ class TuneConfig:
     """Ray cluster address; empty: RAY_ADDRESS or a local Ray."""
     output: str = "studies"
     """Directory for the trials' and the test run's episode tables."""
+    tracking: bool = True
+    """Record the study in MLflow: a parent run per study, a child run per trial (MLFLOW_TRACKING_URI or ./mlflow.db)."""
 
     def __post_init__(self) -> None:
         if self.task not in ENV_NAMES:
@@ -177,13 +180,46 @@ def run_study(config: TuneConfig, *, say: Callable[[str], None] = lambda m: None
     test = episode_specs(env, horizon=config.horizon, count=config.test_episodes, seed=config.seed + TEST_SEED_OFFSET, dataset=dataset)
     space = parse_space_overrides(config.planner, list(config.space)) if config.space else DEFAULT_SPACES[config.planner]
     study = open_study(config)
+    tracker = _start_tracking(config) if config.tracking else None
     for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study._storage.set_trial_user_attr(stale._trial_id, FAIL_REASON, "the driver running it stopped")  # noqa: SLF001
         study.tell(stale.number, state=TrialState.FAIL, skip_if_finished=True)
+    try:
+        result = _optimize(config, study, tracker, tuning, test, space, say)
+    except BaseException:
+        if tracker is not None:
+            tracker.finish(study=study, test_summary={}, status="FAILED")
+        raise
+    if tracker is not None:
+        tracker.finish(study=study, test_summary=result.test_summary)
+    return result
+
+
+def _start_tracking(config: TuneConfig) -> Any:
+    import dataclasses
+
+    from wmplan.storage.tracking import tracking_uri
+    from wmplan.tuning.tracking import StudyTracker
+
+    tracker = StudyTracker(tracking_uri=tracking_uri(Path.cwd()), experiment="wmplan-studies")
+    tracker.start(study_name=config.name, config=json.loads(json.dumps(dataclasses.asdict(config))))
+    return tracker
+
+
+def _optimize(config: TuneConfig, study: optuna.Study, tracker: Any, tuning: list[EpisodeSpec], test: list[EpisodeSpec],
+              space: Sequence[Any], say: Callable[[str], None]) -> TuneResult:
+    out = Path(config.output) / config.name
+
+    def record(number: int) -> None:
+        if tracker is not None:
+            tracker.log_trial(trial=study.get_trials(deepcopy=False)[number], results_dir=out / f"trial-{number}")
+
+    for finished_trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
+        record(finished_trial.number)  # trials of an earlier driver (logged once: the tracker skips known ones)
+    experiment = config.experiment()
     finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)))
     to_run = max(0, config.trials - finished)
     say(f"study {config.name!r}: {finished} trials finished, {to_run} to run, storage {config.storage_url}")
-    out = Path(config.output) / config.name
 
     ray = _start_ray(experiment)
     resources, device, threads = _actor_resources(ray, experiment)
@@ -202,6 +238,7 @@ def run_study(config: TuneConfig, *, say: Callable[[str], None] = lambda m: None
                 except (ConfigError, ValueError) as exc:
                     study._storage.set_trial_user_attr(trial._trial_id, FAIL_REASON, str(exc))  # noqa: SLF001
                     study.tell(trial, state=TrialState.FAIL)
+                    record(trial.number)
                     asked += 1
                     continue
                 trial.set_user_attr("options", options)
@@ -219,6 +256,7 @@ def run_study(config: TuneConfig, *, say: Callable[[str], None] = lambda m: None
                               _failed_records(_item(config, state.options, state.chunks[state.done], 0), result.reason))
                 trial.set_user_attr(FAIL_REASON, result.reason)
                 study.tell(trial, state=TrialState.FAIL)
+                record(trial.number)
                 say(f"trial {trial.number} failed: {result.reason}")
                 continue
             write_records(out / f"trial-{trial.number}", f"{config.name}-trial-{trial.number}", result)
@@ -228,6 +266,7 @@ def run_study(config: TuneConfig, *, say: Callable[[str], None] = lambda m: None
                 trial.report(_values(config, state.records)[0], step=len(state.records))
                 if trial.should_prune():
                     study.tell(trial, state=TrialState.PRUNED)
+                    record(trial.number)
                     say(f"trial {trial.number} pruned after {len(state.records)} episodes")
                     continue
             if state.done < len(state.chunks):
@@ -235,6 +274,7 @@ def run_study(config: TuneConfig, *, say: Callable[[str], None] = lambda m: None
                 continue
             values = _values(config, state.records)
             study.tell(trial, values if config.time_objective else values[0])
+            record(trial.number)
             say(f"trial {trial.number}: success {100 * values[0]:.1f}% with {state.options}")
 
         best = _best_trial(study, config)
