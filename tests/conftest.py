@@ -42,3 +42,27 @@ def tiny_wall_model(tmp_path_factory):
                   train_config=TrainConfig(steps=30, batch_size=32, hidden=16, depth=1, rollout_steps=2))
     torch.set_num_threads(threads)
     return root / "ckpt", root / "wall.parquet"
+
+
+@pytest.fixture(scope="session")
+def _mlflow_template_db(tmp_path_factory) -> Path:
+    """A migrated, empty MLflow SQLite store (migrating a new one takes ~1.5 s: do it once)."""
+    import mlflow
+
+    folder = tmp_path_factory.mktemp("mlflow-template")
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
+    return folder / "mlflow.db"
+
+
+@pytest.fixture
+def uri(tmp_path, _mlflow_template_db, monkeypatch) -> str:
+    """A fresh MLflow SQLite store in tmp_path, also set as MLFLOW_TRACKING_URI."""
+    import shutil
+
+    from wmplan.storage.tracking import tracking_uri
+
+    shutil.copy(_mlflow_template_db, tmp_path / "mlflow.db")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = tracking_uri(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # nothing may fall back to the cwd's ./mlflow.db
+    return uri

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -31,21 +30,6 @@ mlflow = pytest.importorskip("mlflow")
 # -- fixtures ------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def _template_db(tmp_path_factory) -> Path:
-    """A migrated, empty SQLite store (migrating a new one takes ~1.5 s: do it once)."""
-    folder = tmp_path_factory.mktemp("mlflow-template")
-    mlflow.MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
-    return folder / "mlflow.db"
-
-
-@pytest.fixture
-def uri(tmp_path, _template_db, monkeypatch) -> str:
-    shutil.copy(_template_db, tmp_path / "mlflow.db")
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    uri = tracking_uri(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # nothing may fall back to the cwd's ./mlflow.db
-    return uri
 
 
 def record(episode_id: int, *, planner: str, horizon: int, success: bool, residual: bool, time_s: float = 1.0) -> EpisodeRecord:

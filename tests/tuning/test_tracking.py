@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,6 @@ from optuna.trial import TrialState
 
 from wmplan.platform.episode import EpisodeRecord
 from wmplan.storage.parquet import write_records
-from wmplan.storage.tracking import tracking_uri
 from wmplan.tuning.tracking import StudyTracker
 
 mlflow = pytest.importorskip("mlflow")
@@ -26,21 +24,6 @@ SPACE = {"noise_scale": FloatDistribution(1e-3, 0.1, log=True), "sync_interval":
          "lr": FloatDistribution(0.01, 1.0)}
 
 
-@pytest.fixture(scope="session")
-def _template_db(tmp_path_factory) -> Path:
-    """A migrated, empty SQLite store (migrating costs ~1.5 s: once per session)."""
-    folder = tmp_path_factory.mktemp("mlflow-template-tuning")
-    mlflow.MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
-    return folder / "mlflow.db"
-
-
-@pytest.fixture
-def uri(tmp_path, _template_db, monkeypatch) -> str:
-    shutil.copy(_template_db, tmp_path / "mlflow.db")
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    uri = tracking_uri(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # nothing may fall back to the cwd's ./mlflow.db
-    return uri
 
 
 def _record(episode_id: int, success: bool) -> EpisodeRecord:
