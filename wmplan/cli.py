@@ -231,7 +231,9 @@ def _run_run(args: argparse.Namespace) -> int:
     from wmplan.jobs.runner import run_experiment
     from wmplan.platform.workflow import format_summaries
 
-    config = load_config(args.config, args.set, check_model=not args.resume) if (args.config or args.set or not args.resume) else None
+    # A resumed run brings its own config; a file or --set given with --resume says where to run it.
+    resume_only = args.resume and not (args.config or args.set)
+    config = None if resume_only else load_config(args.config, args.set, check_model=not args.resume)
     result = run_experiment(config, resume=args.resume, run_id=args.run_id)
     print(f"run {result.run_id}: {result.planned} episodes planned in {result.seconds:.1f} s; results in {result.directory}")
     print(format_summaries(result.summaries))

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from wmplan.platform.data import DataConfig, DataError, generate_dataset, read_dataset
-from wmplan.platform.envs import make_env, unpack_actions  # noqa: F401
+from wmplan.platform.envs import make_env
 from wmplan.platform.errors import ConfigError
 
 

@@ -23,6 +23,7 @@ memory stays bounded.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -163,14 +164,9 @@ def _chunk(config: DataConfig, episodes: list[int], val: frozenset[int]) -> pa.R
         cols["action"] += list(actions) + [np.full(2, np.nan)]
         if ep_frames is not None:
             frames += ep_frames
-    arrays = {k: cols[k] for k in ("episode", "step", "split")}
-    arrays["state"] = cols["state"]
-    arrays["action"] = cols["action"]
     if config.frames:
-        arrays["frame"] = frames
-    d = len(cols["state"][0])
-    schema = _schema(d, config.frames)
-    return pa.RecordBatch.from_pydict(arrays, schema=schema)
+        cols["frame"] = frames
+    return pa.RecordBatch.from_pydict(cols, schema=_schema(len(cols["state"][0]), config.frames))
 
 
 def _schema(state_dim: int, frames: bool) -> pa.Schema:
@@ -225,36 +221,33 @@ def generate_dataset(
     val = validation_episodes(config)
     workers = workers or os.cpu_count() or 1
     chunk = CHUNK_EPISODES  # fixed, so that row groups (and bytes) do not depend on the worker count
+    env = make_env(config.env)
     meta = {
         "schema_version": SCHEMA_VERSION,
         "config": dataclasses.asdict(config),
-        "state_dim": make_env(config.env).state_dim,
-        "action_dim": 2,
-        "frameskip": make_env(config.env).frameskip,
+        "state_dim": env.state_dim,
+        "action_dim": env.action_dim,
+        "frameskip": env.frameskip,
         "steps_per_episode": config.steps_per_episode,
         "val_episodes": sorted(val),
     }
     schema = _schema(meta["state_dim"], config.frames).with_metadata({METADATA_KEY: json.dumps(meta, sort_keys=True).encode()})
     tmp = path.with_name(path.name + ".partial")
     done = 0
-    with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+    with contextlib.ExitStack() as stack:
+        writer = stack.enter_context(pq.ParquetWriter(tmp, schema, compression="zstd"))
+        chunks = list(_chunks(config.episodes, chunk))
         if workers == 1:
-            batches = (_chunk(config, eps, val) for eps in _chunks(config.episodes, chunk))
-            for batch in batches:
-                writer.write_batch(batch.replace_schema_metadata(schema.metadata))
-                done += batch.num_rows // (config.steps_per_episode + 1)
-                if progress:
-                    progress(done, config.episodes)
+            batches: Iterator[pa.RecordBatch] = (_chunk(config, eps, val) for eps in chunks)
         else:
-            ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-                futures = [pool.submit(_chunk, config, eps, val) for eps in _chunks(config.episodes, chunk)]
-                for fut in futures:  # in order: the file's bytes do not depend on timing
-                    batch = fut.result()
-                    writer.write_batch(batch.replace_schema_metadata(schema.metadata))
-                    done += batch.num_rows // (config.steps_per_episode + 1)
-                    if progress:
-                        progress(done, config.episodes)
+            pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")))
+            futures = [pool.submit(_chunk, config, eps, val) for eps in chunks]
+            batches = (fut.result() for fut in futures)  # in order: the file's bytes do not depend on timing
+        for eps, batch in zip(chunks, batches):
+            writer.write_batch(batch.replace_schema_metadata(schema.metadata))
+            done += len(eps)
+            if progress:
+                progress(done, config.episodes)
     tmp.replace(path)
     return path
 

@@ -394,15 +394,14 @@ def _execute(ep: _Episode, model_actions: np.ndarray, frameskip: int) -> None:
     ep.actions.extend(env_actions)
 
 
-def _succeeds(env: Env, spec: EpisodeSpec, model_actions: np.ndarray, frameskip: int) -> bool:
-    """Whether ``model_actions`` reach the goal from the spec's exact start, in a copy of the simulator."""
-    sim = copy.deepcopy(env)
+def _succeeds(sim: Env, spec: EpisodeSpec, model_actions: np.ndarray, frameskip: int) -> bool:
+    """Whether ``model_actions`` reach the goal from the spec's exact start in ``sim`` (a scratch simulator)."""
     try:
         sim.reset(state=spec.start)
         final = sim.rollout(unpack_actions(model_actions, frameskip))[-1]
     except Exception:  # noqa: BLE001 - a snapshot that cannot be executed did not succeed
         return False
-    return bool(env.is_success(final, spec.goal))
+    return bool(sim.is_success(final, spec.goal))
 
 
 def run_episodes(
@@ -484,6 +483,7 @@ def run_episodes(
         episodes.append(_Episode(sim=sim, states=[spec.start.copy()], actions=[]))
     goal_m = encode([s.goal for s in specs])
 
+    scratch: Env | None = None  # executes the plan snapshots, leaving the episodes' simulators alone
     wall_time = 0.0
     iterations = 0
     executed = 0
@@ -523,7 +523,9 @@ def run_episodes(
             _execute(ep, plan[b, :n], fs)
             ep.model_final = predicted[b]
             for snap in result.action_snapshots.values():
-                ep.curve.append(_succeeds(env, spec, snap[b].detach().cpu().double().numpy(), fs))
+                if scratch is None:
+                    scratch = copy.deepcopy(env)
+                ep.curve.append(_succeeds(scratch, spec, snap[b].detach().cpu().double().numpy(), fs))
         executed += n
         if k + 1 < calls:
             init_actions = result.actions[:, n:].detach()
