@@ -80,46 +80,82 @@ def _run_data(args: argparse.Namespace) -> int:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a state-space world model on a data set (safetensors + JSON)")
+    p = sub.add_parser(
+        "train",
+        help="train a world model on a data set: on states, or on pictures with --obs pixels (safetensors + JSON)",
+        description="Train a world model. --obs state (default) learns from env states; --obs pixels learns from the "
+        "data set's frames only (generate them with 'wmplan data --frames'): an autoencoder is trained and frozen, "
+        "then a predictor learns in its latent space. --encoder package.module:factory --encoder-weights FILE plugs "
+        "in a frozen encoder of your own instead. Defaults that differ by --obs are shown as STATE/PIXELS.",
+    )
     p.add_argument("--env", required=True, help="task: wall, pointmaze or pusht")
+    p.add_argument("--obs", choices=["state", "pixels"], default="state", help="what the model sees (default: %(default)s)")
     p.add_argument("--data", default=None, help="data set (default: data/ENV.parquet)")
-    p.add_argument("--out", default=None, help="checkpoint directory (default: checkpoints/ENV)")
-    p.add_argument("--steps", type=int, default=8000, help="gradient steps (default: %(default)s)")
+    p.add_argument("--out", default=None, help="checkpoint directory (default: checkpoints/ENV, or checkpoints/ENV-pixels)")
+    p.add_argument("--steps", type=int, default=None, help="predictor gradient steps (default: 8000/4000)")
     p.add_argument("--batch-size", type=int, default=256, help="windows per step (default: %(default)s)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: %(default)s)")
     p.add_argument("--rollout-steps", type=int, default=3, help="model steps unrolled in the loss (default: %(default)s)")
-    p.add_argument("--hidden", type=int, default=256, help="hidden width (default: %(default)s)")
-    p.add_argument("--depth", type=int, default=3, help="hidden layers (default: %(default)s)")
+    p.add_argument("--hidden", type=int, default=256, help="predictor hidden width (default: 256)")
+    p.add_argument("--depth", type=int, default=3, help="predictor hidden layers (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
+    g = p.add_argument_group("pixels")
+    g.add_argument("--encoder-steps", type=int, default=3000, help="autoencoder steps (default: %(default)s)")
+    g.add_argument("--channels", type=int, default=32, help="encoder/decoder channels (default: %(default)s)")
+    g.add_argument("--latent-channels", type=int, default=8, help="channels of the 8x-downsampled latent grid (default: %(default)s)")
+    g.add_argument("--no-decoder", action="store_true", help="drop the decoder after training the encoder")
+    g.add_argument("--encoder", default="builtin", help="a frozen encoder of your own, package.module:factory (default: %(default)s)")
+    g.add_argument("--encoder-weights", default="", help="safetensors weights of --encoder")
     p.set_defaults(func=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
     from wmplan.platform.data import read_dataset
-    from wmplan.platform.models import TrainConfig, evaluate_model, save_checkpoint, train_state_model
+    from wmplan.platform.demo import resolve_device
+    from wmplan.platform.models import (
+        TrainConfig, VisualTrainConfig, evaluate_model, save_checkpoint, train_state_model, train_visual_model,
+    )
     from wmplan.platform.workflow import default_checkpoint, default_data_path
 
+    pixels = args.obs == "pixels"
     data = Path(args.data) if args.data else default_data_path(args.env)
-    out = Path(args.out) if args.out else default_checkpoint(args.env)
-    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, rollout_steps=args.rollout_steps,
-                         hidden=args.hidden, depth=args.depth, seed=args.seed, device=args.device)
+    out = Path(args.out) if args.out else default_checkpoint(args.env + ("-pixels" if pixels else ""))
+    common = dict(batch_size=args.batch_size, lr=args.lr, rollout_steps=args.rollout_steps, hidden=args.hidden, depth=args.depth,
+                  seed=args.seed, device=str(resolve_device(args.device)))
+    common.update({"steps": args.steps} if args.steps is not None else {})
     dataset = read_dataset(data)
     if dataset.env != args.env:
         raise ConfigError(f"data set {str(data)!r} is for task {dataset.env!r}, not {args.env!r}")
-    every = max(1, config.steps // 20)
-    model, metrics = train_state_model(dataset, config, progress=lambda step, total, loss: (
-        print(f"\rstep {step}/{total} loss {loss:.4g}", end="", file=sys.stderr, flush=True) if step % every == 0 or step == total else None))
-    print(file=sys.stderr)
+    if pixels:
+        config: TrainConfig = VisualTrainConfig(
+            **common, encoder_steps=args.encoder_steps, channels=args.channels, latent_channels=args.latent_channels,
+            decoder=not args.no_decoder and args.encoder == "builtin", encoder=args.encoder, encoder_weights=args.encoder_weights)
+    else:
+        config = TrainConfig(**common)
+    def progress(stage: str, step: int, total: int, loss: float) -> None:
+        if step % max(1, total // 20) == 0 or step == total:
+            end = "\n" if step == total else ""
+            print(f"\r{stage} step {step}/{total} loss {loss:.4g}", end=end, file=sys.stderr, flush=True)
+
+    if pixels:
+        model, metrics = train_visual_model(dataset, config, progress=progress)  # type: ignore[arg-type]
+    else:
+        model, metrics = train_state_model(dataset, config, progress=lambda step, total, loss: progress("model", step, total, loss))
     val = dataset.split("val")
     k = min([10] + [len(t.actions) // dataset.frameskip for t in val])
     evaluation = evaluate_model(model, dataset, k=k) if val and k >= 1 else None
     save_checkpoint(model, out, metrics={**metrics, "evaluation": evaluation})
-    summary = f"saved {out}: trained in {metrics['train_seconds']:.1f} s"
+    seconds = metrics.get("total_seconds", metrics["train_seconds"])
+    summary = f"saved {out}: trained in {seconds:.1f} s"
+    if pixels:
+        summary += f" (encoder {metrics.get('encoder_seconds') or 0:.1f} s, predictor {metrics['train_seconds']:.1f} s); latent {metrics['latent_dim']} values"
     if metrics.get("val_mse_before") is not None:
-        summary += f"; validation one-step MSE (normalised) {metrics['val_mse_before']:.4g} -> {metrics['val_mse_after']:.4g}"
+        space = "latent" if pixels else "normalised"
+        summary += f"; validation one-step MSE ({space}) {metrics['val_mse_before']:.4g} -> {metrics['val_mse_after']:.4g}"
     if evaluation:
-        summary += f"; one-step error {evaluation['one_step_error']:.4g}, {k}-step error {evaluation['k_step_error']:.4g} (env units)"
+        via = " via the state probe" if pixels else ""
+        summary += f"; one-step error {evaluation['one_step_error']:.4g}, {k}-step error {evaluation['k_step_error']:.4g} (env units{via})"
     print(summary)
     return 0
 
@@ -127,25 +163,36 @@ def _run_train(args: argparse.Namespace) -> int:
 def _add_eval_model(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval-model", help="one-step and k-step error of a world model on a data set's validation split")
     p.add_argument("--model", required=True, help="checkpoint directory")
-    p.add_argument("--data", required=True, help="data set")
+    p.add_argument("--data", required=True, help="data set (with frames for a visual model)")
     p.add_argument("--k", type=int, default=10, help="model steps of the open-loop rollouts (default: %(default)s)")
     p.add_argument("--split", choices=["val", "train"], default="val")
+    p.add_argument("--png", default=None, help="visual model with a decoder: write predicted-against-real frames to this PNG")
     p.set_defaults(func=_run_eval_model)
 
 
 def _run_eval_model(args: argparse.Namespace) -> int:
     from wmplan.platform.data import read_dataset
-    from wmplan.platform.models import evaluate_model, load_world_model
+    from wmplan.platform.models import evaluate_model, is_pixel_model, load_world_model
+    from wmplan.platform.models.visual import prediction_strip, write_png
 
     model = load_world_model(args.model)
+    dataset = read_dataset(args.data)
+    pixels = is_pixel_model(model)
+    if args.png and not (pixels and getattr(model, "decoder", None) is not None):
+        raise ConfigError("--png needs a visual model with a decoder")
     try:
-        result = evaluate_model(model, read_dataset(args.data), k=args.k, split=args.split)
+        result = evaluate_model(model, dataset, k=args.k, split=args.split)
+        strip = prediction_strip(model, dataset.split(args.split), k=args.k, frameskip=dataset.frameskip) if args.png else None  # type: ignore[arg-type]
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    print(f"| metric | value |\n|---|---|")
+    space, via = ("latent", " (state probe)") if pixels else ("normalised", "")
+    print("| metric | value |\n|---|---|")
     for key in ("one_step_error", "k_step_error", "one_step_mse", "k_step_mse", "wall_crossing_rate", "transitions", "windows"):
         value = result.get(key)
-        print(f"| {key.replace('k_step', f'{args.k}_step')} | {'-' if value is None else f'{value:.4g}' if isinstance(value, float) else value} |")
+        label = key.replace("k_step", f"{args.k}_step") + (f" ({space})" if key.endswith("mse") else via if key.endswith("error") else "")
+        print(f"| {label} | {'-' if value is None else f'{value:.4g}' if isinstance(value, float) else value} |")
+    if strip is not None:
+        print(f"wrote {write_png(args.png, strip)}: rows of real (top) and predicted (bottom) frames, model steps 0..{args.k}")
     return 0
 
 
@@ -324,6 +371,35 @@ def _run_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmarks that reproduce the paper's comparisons",
+                       description="Benchmarks that reproduce the GRASP paper's comparisons on the Ray pool.")
+    bench = p.add_subparsers(title="benchmarks", metavar="BENCHMARK", required=True)
+    s = bench.add_parser(
+        "sweep",
+        help="success against horizon for every planner, each tuned with the same budget",
+        description="For every horizon and planner: an Optuna study of the same number of trials on a tuning set "
+        "(trials: 0 runs the defaults), then the best options on held-out episodes; writes sweep.md (the paper's "
+        "table) and summary.parquet, records the sweep in MLflow and prints the table. Running it again resumes. "
+        "Horizons count model steps of 5 env steps.",
+    )
+    s.add_argument("--config", default=None, help="sweep config, YAML or TOML, e.g. benchmarks/sweep_wall.yaml (default: built-in defaults)")
+    s.add_argument("--set", "-s", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (repeatable): trials=2, horizons=5,10, planners=cem,grasp, "
+                   "options.grasp.iterations=200, space.grasp=-goal_weight")
+    s.set_defaults(func=_run_bench_sweep)
+
+
+def _run_bench_sweep(args: argparse.Namespace) -> int:
+    from wmplan.tuning.sweep import load_sweep_config, run_sweep
+
+    result = run_sweep(load_sweep_config(args.config, args.set))
+    print(result.markdown)
+    where = f"; MLflow run {result.mlflow_run_id} (experiment wmplan-sweeps)" if result.mlflow_run_id else ""
+    print(f"results in {result.directory} (sweep.md, summary.parquet, heldout/){where}")
+    return 0
+
+
 def _add_dashboard(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("dashboard", help="open optuna-dashboard on the study storage, bound to localhost")
     p.add_argument("--storage", default="studies.journal", help="Optuna storage URL or journal file (default: %(default)s)")
@@ -428,6 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ui(sub)
     _add_tune(sub)
     _add_dashboard(sub)
+    _add_bench(sub)
     _add_planners(sub)
     return parser
 

@@ -325,7 +325,8 @@ def read_dataset(path: str | os.PathLike[str]) -> Dataset:
     frames = None
     if "frame" in table.column_names:
         size = int(meta["config"]["frame_size"])
-        frames = np.frombuffer(b"".join(table["frame"].to_pylist()), dtype=np.uint8).reshape(-1, size, size, 3)
+        # A bytearray, so the frames are writable (torch refuses read-only buffers without a copy).
+        frames = np.frombuffer(bytearray(b"".join(table["frame"].to_pylist())), dtype=np.uint8).reshape(-1, size, size, 3)
     boundaries = np.flatnonzero(np.diff(episode)) + 1
     starts = np.concatenate([[0], boundaries])
     ends = np.concatenate([boundaries, [len(episode)]])

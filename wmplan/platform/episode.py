@@ -7,7 +7,7 @@ protocol") in one place:
   horizon (random valid pairs for Wall and PointMaze; for Push-T goals reached by replaying
   held-out data segments in the simulator, as DINO-WM does);
 - :func:`run_episodes` plans every episode in *one* batched planner call, in the world model's
-  own state space (:func:`to_model_space`), then executes the plan in the real simulator and
+  own state space (:func:`observe`), then executes the plan in the real simulator and
   judges success there, open loop or with a fixed budget of MPC replans;
 - :class:`EpisodeRecord` is the single definition of an episode's result;
 - :func:`summarize` turns records into the reported numbers (success rate with a Wald 95%
@@ -17,8 +17,10 @@ Planning sees only the world model: the simulator is never queried while plannin
 to stop early; every budget (planner iterations, replans) is fixed and recorded.
 
 A world model may define ``encode(env_state [..., D_env]) -> model_state [..., D]`` and
-``decode(model_state) -> env_state`` (a learned state model normalises, a visual model encodes);
-without them model states are env states. One model action is ``env.frameskip`` env actions
+``decode(model_state) -> env_state`` (a learned state model normalises); without them model
+states are env states. A pixel model (``observation = 'pixels'``) never sees a state: starts and
+goals are rendered and given to it as images, which it encodes; its ``decode`` is a state probe
+used only to report in-model success. One model action is ``env.frameskip`` env actions
 packed together (:func:`wmplan.platform.envs.pack_actions`), so ``model.action_dim`` must be
 ``env.frameskip * env.action_dim``.
 """
@@ -37,6 +39,7 @@ import torch
 from torch import Tensor
 
 from wmplan.platform.envs.base import Env, unpack_actions
+from wmplan.platform.models.visual import is_pixel_model, render_states
 from wmplan.platform.planners.base import Planner, PlanResult
 from wmplan.platform.stats import wald_interval
 from wmplan.platform.world_model import WorldModel
@@ -50,6 +53,7 @@ __all__ = [
     "summarize",
     "summarize_rows",
     "to_model_space",
+    "observe",
     "from_model_space",
     "success_coordinates",
     "check_action_packing",
@@ -225,6 +229,20 @@ def to_model_space(model: object, states: Tensor) -> Tensor:
     """Env states ``[..., D_env]`` to model states ``[..., D]`` with ``model.encode`` (identity without one)."""
     encode = getattr(model, "encode", None)
     return encode(states) if callable(encode) else states
+
+
+def observe(env: Env, model: object, states: Tensor) -> Tensor:
+    """What ``model`` sees of env states ``[N, D_env]``, as model states ``[N, D]``.
+
+    A pixel model (``model.observation == 'pixels'``, e.g. a visual world model) gets pictures:
+    the states are rendered in a scratch copy of ``env`` at the model's ``frame_size`` and encoded,
+    so the model never sees a state (a goal is given to it as an image). Any other model goes
+    through :func:`to_model_space`.
+    """
+    if is_pixel_model(model):
+        frames = render_states(env, states.detach().cpu().numpy(), model.frame_size)  # type: ignore[attr-defined]
+        return model.encode(frames).to(device=states.device, dtype=states.dtype)  # type: ignore[attr-defined]
+    return to_model_space(model, states)
 
 
 def from_model_space(model: object, states: Tensor) -> Tensor:
@@ -475,7 +493,7 @@ def run_episodes(
     def encode(states: Sequence[np.ndarray]) -> Tensor:
         x = torch.as_tensor(np.stack(states), dtype=dtype, device=device)
         with torch.no_grad():
-            return to_model_space(model, x).detach()
+            return observe(env, model, x).detach()
 
     episodes: list[_Episode] = []
     for spec in specs:

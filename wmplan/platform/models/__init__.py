@@ -13,11 +13,14 @@ from wmplan.platform.models.evaluation import evaluate_model, wall_crossings
 from wmplan.platform.models.mlp import ResidualMLP
 from wmplan.platform.models.state_model import StateModelConfig, StateWorldModel
 from wmplan.platform.models.training import TrainConfig, train_state_model, transition_windows
+from wmplan.platform.models.visual import VisualModelConfig, VisualWorldModel, is_pixel_model, render_states
+from wmplan.platform.models.visual_training import VisualTrainConfig, train_visual_model
 
 __all__ = [
     "ResidualMLP",
     "StateModelConfig", "StateWorldModel",
     "TrainConfig", "train_state_model", "transition_windows",
+    "VisualModelConfig", "VisualWorldModel", "VisualTrainConfig", "train_visual_model", "is_pixel_model", "render_states",
     "evaluate_model", "wall_crossings",
     "CheckpointError", "ModelKind", "MODEL_KINDS", "register_model_kind", "save_checkpoint",
     "load_world_model", "read_checkpoint_info",

@@ -34,6 +34,7 @@ from torch import nn
 
 from wmplan.platform.errors import ConfigError
 from wmplan.platform.models.state_model import StateModelConfig, StateWorldModel
+from wmplan.platform.models.visual import VisualModelConfig, VisualWorldModel, build_visual_model
 from wmplan.platform.options import build_options
 
 __all__ = [
@@ -88,6 +89,7 @@ def register_model_kind(name: str, model_class: type[nn.Module], config_class: t
 
 
 register_model_kind("state_mlp", StateWorldModel, StateModelConfig)
+register_model_kind("visual", VisualWorldModel, VisualModelConfig, build_visual_model)
 
 
 def _kind_of(model: nn.Module) -> ModelKind:

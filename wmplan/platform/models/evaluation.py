@@ -13,6 +13,7 @@ has no such crossing. A model with this fault lets planners walk through walls.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,6 +22,7 @@ from torch import Tensor
 
 from wmplan.platform.world_model import WorldModel, check_world_model
 from wmplan.platform.models.training import transition_windows
+from wmplan.platform.models.visual import is_pixel_model
 
 if TYPE_CHECKING:
     from wmplan.platform.data import Dataset
@@ -81,7 +83,9 @@ def evaluate_model(model: WorldModel, dataset: Dataset, *, k: int = 10, split: s
 
     ``model`` is any world model whose actions are the data set's packed env actions; when it has
     ``encode``/``decode`` (like :class:`StateWorldModel`) states are mapped through them, otherwise
-    its state space is taken to be the env's.
+    its state space is taken to be the env's. A pixel model (:class:`VisualWorldModel`) encodes the
+    recorded frames instead, its MSEs are in its normalised latent space, and its env-unit errors
+    go through its state probe (``decode``): they measure what the latent says about the state.
 
     Args:
         model: the world model.
@@ -110,16 +114,28 @@ def evaluate_model(model: WorldModel, dataset: Dataset, *, k: int = 10, split: s
     f = dataset.frameskip
     d = trajectories[0].states.shape[1]
     a_dim = f * trajectories[0].actions.shape[1]
-    if model.action_dim != a_dim or model.state_dim != d:
+    pixels = is_pixel_model(model)
+    env_dim = model.config.state_dim if pixels else model.state_dim  # type: ignore[attr-defined]
+    if model.action_dim != a_dim or env_dim != d:
         raise ValueError(
-            f"model (state_dim {model.state_dim}, action_dim {model.action_dim}) does not fit data set "
+            f"model (state_dim {env_dim}, action_dim {model.action_dim}) does not fit data set "
             f"{dataset.env!r} (state_dim {d}, packed action_dim {a_dim} at frameskip {f})"
         )
+    if pixels and any(t.frames is None for t in trajectories):
+        raise ValueError(f"data set {str(dataset.path)!r} has no frames, and the model sees only pictures "
+                         f"(generate data with 'wmplan data --frames')")
     encode, decode = _codec(model)
     device = model.action_low.device
+    with torch.no_grad():
+        if pixels:
+            latents = [model.encode(t.frames).cpu().numpy() for t in trajectories]  # type: ignore[attr-defined]
+        else:
+            latents = [encode(torch.as_tensor(t.states, dtype=torch.float32, device=device)).cpu().numpy() for t in trajectories]
+    latent_trajs = [SimpleNamespace(states=z, actions=t.actions) for z, t in zip(latents, trajectories)]
 
     def run(k_: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         states, actions = transition_windows(trajectories, f, k_)
+        z_windows, _ = transition_windows(latent_trajs, f, k_)  # type: ignore[arg-type]
         if len(states) == 0:
             raise ValueError(
                 f"the {split!r} trajectories ({len(trajectories[0].actions)} env steps) are too short "
@@ -128,9 +144,8 @@ def evaluate_model(model: WorldModel, dataset: Dataset, *, k: int = 10, split: s
         preds, sq = [], []
         with torch.no_grad():
             for lo in range(0, len(states), batch):
-                s = torch.as_tensor(states[lo : lo + batch], dtype=torch.float32, device=device)
+                z_true = torch.as_tensor(z_windows[lo : lo + batch], dtype=torch.float32, device=device)
                 a = torch.as_tensor(actions[lo : lo + batch], dtype=torch.float32, device=device)
-                z_true = encode(s)
                 z = _rollout(model, z_true[:, 0], a)
                 sq.append((z[:, 1:] - z_true[:, 1:]).pow(2).mean(-1).double().cpu().numpy())  # [n, k]
                 preds.append(decode(z).double().cpu().numpy())

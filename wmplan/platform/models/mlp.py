@@ -1,9 +1,22 @@
-"""A residual MLP world model over state vectors."""
+"""A residual MLP world model over state vectors, and the MLP that every learned model here uses."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+
+
+def mlp_layers(width_in: int, width_out: int, *, extra_in: int = 0, hidden: int, depth: int) -> nn.Sequential:
+    """``depth`` SiLU hidden layers of width ``hidden`` from ``width_in + extra_in`` inputs to ``width_out`` outputs."""
+    if depth < 1:
+        raise ValueError(f"depth must be >= 1, got {depth}")
+    layers: list[nn.Module] = []
+    width = width_in + extra_in
+    for _ in range(depth):
+        layers += [nn.Linear(width, hidden), nn.SiLU()]
+        width = hidden
+    layers.append(nn.Linear(width, width_out))
+    return nn.Sequential(*layers)
 
 
 class ResidualMLP(nn.Module):
@@ -20,18 +33,10 @@ class ResidualMLP(nn.Module):
 
     def __init__(self, state_dim: int, action_dim: int, *, hidden: int = 256, depth: int = 3, action_bound: float = 1.0, seed: int | None = None) -> None:
         super().__init__()
-        if depth < 1:
-            raise ValueError(f"depth must be >= 1, got {depth}")
         self.state_dim, self.action_dim = int(state_dim), int(action_dim)
         self.register_buffer("action_low", torch.full((action_dim,), -float(action_bound)))
         self.register_buffer("action_high", torch.full((action_dim,), float(action_bound)))
-        layers: list[nn.Module] = []
-        width = state_dim + action_dim
-        for _ in range(depth):
-            layers += [nn.Linear(width, hidden), nn.SiLU()]
-            width = hidden
-        layers.append(nn.Linear(width, state_dim))
-        self.net = nn.Sequential(*layers)
+        self.net = mlp_layers(state_dim, state_dim, extra_in=action_dim, hidden=hidden, depth=depth)
         if seed is not None:
             g = torch.Generator().manual_seed(seed)
             with torch.no_grad():

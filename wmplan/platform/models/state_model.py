@@ -21,19 +21,20 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from wmplan.platform.models.mlp import mlp_layers
 from wmplan.platform.options import require
 
-__all__ = ["StateModelConfig", "StateWorldModel"]
+__all__ = ["PackedActionConfig", "StateModelConfig", "StateWorldModel"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class StateModelConfig:
-    """Architecture of a :class:`StateWorldModel`; everything needed to rebuild it from its tensors."""
+class PackedActionConfig:
+    """What every learned model's config says about its task and its frameskip-packed actions."""
 
     env: str
     """Task the model was trained on (wall, pointmaze, pusht, or a user's own name)."""
     state_dim: int
-    """``D``: length of an env state vector (wall 2, pointmaze 4, pusht 7)."""
+    """Length of an env state vector (wall 2, pointmaze 4, pusht 7)."""
     action_dim: int
     """``A``: length of one packed model action, ``frameskip`` times the env action length."""
     frameskip: int = 5
@@ -42,10 +43,6 @@ class StateModelConfig:
     """Lower bound of one env action (length ``action_dim / frameskip``), in env units."""
     env_action_high: tuple[float, ...] = (1.0, 1.0)
     """Upper bound of one env action, in env units."""
-    hidden: int = 256
-    """Width of the hidden layers of the residual MLP."""
-    depth: int = 3
-    """Number of hidden layers of the residual MLP (>= 1)."""
 
     def __post_init__(self) -> None:
         require(self.state_dim >= 1, f"state_dim must be >= 1, got {self.state_dim}")
@@ -64,6 +61,25 @@ class StateModelConfig:
             all(math.isfinite(lo) and math.isfinite(hi) and hi > lo for lo, hi in zip(self.env_action_low, self.env_action_high)),
             f"env action bounds must be finite with high > low, got {self.env_action_low} and {self.env_action_high}",
         )
+
+    def action_bounds(self) -> tuple[Tensor, Tensor]:
+        """The packed action bounds ``[A]``: the env bounds tiled ``frameskip`` times."""
+        low = torch.tensor(self.env_action_low, dtype=torch.float32).repeat(self.frameskip)
+        high = torch.tensor(self.env_action_high, dtype=torch.float32).repeat(self.frameskip)
+        return low, high
+
+
+@dataclass(frozen=True, kw_only=True)
+class StateModelConfig(PackedActionConfig):
+    """Architecture of a :class:`StateWorldModel`; everything needed to rebuild it from its tensors."""
+
+    hidden: int = 256
+    """Width of the hidden layers of the residual MLP."""
+    depth: int = 3
+    """Number of hidden layers of the residual MLP (>= 1)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         require(self.hidden >= 1, f"hidden must be >= 1, got {self.hidden}")
         require(self.depth >= 1, f"depth must be >= 1, got {self.depth}")
 
@@ -95,17 +111,10 @@ class StateWorldModel(nn.Module):
         self.register_buffer("action_mean", torch.zeros(a))
         self.register_buffer("action_std", torch.ones(a))
         # Derived from the config, so not persistent: a checkpoint holds only learned/fitted tensors.
-        low = torch.tensor(config.env_action_low, dtype=torch.float32).repeat(config.frameskip)
-        high = torch.tensor(config.env_action_high, dtype=torch.float32).repeat(config.frameskip)
+        low, high = config.action_bounds()
         self.register_buffer("action_low", low, persistent=False)
         self.register_buffer("action_high", high, persistent=False)
-        layers: list[nn.Module] = []
-        width = d + a
-        for _ in range(config.depth):
-            layers += [nn.Linear(width, config.hidden), nn.SiLU()]
-            width = config.hidden
-        layers.append(nn.Linear(width, d))
-        self.net = nn.Sequential(*layers)
+        self.net = mlp_layers(d, d, extra_in=a, hidden=config.hidden, depth=config.depth)
         self._init_weights(seed)
 
     def _init_weights(self, seed: int | None) -> None:

@@ -29,7 +29,7 @@ from wmplan.platform.options import require
 if TYPE_CHECKING:  # pyarrow is imported only by code that reads data sets
     from wmplan.platform.data import Dataset, Trajectory
 
-__all__ = ["TrainConfig", "train_state_model", "transition_windows", "normalization_stats"]
+__all__ = ["TrainConfig", "train_state_model", "fit_rollouts", "one_step_mse", "transition_windows", "normalization_stats"]
 
 STD_FLOOR = 1e-6
 """Smallest standard deviation used for normalisation (a constant dimension would divide by 0)."""
@@ -112,12 +112,15 @@ def normalization_stats(trajectories: Sequence[Trajectory], frameskip: int) -> t
     return states.mean(0), s_std, np.tile(actions.mean(0), frameskip), np.tile(a_std, frameskip)
 
 
-def _one_step_mse(model: StateWorldModel, states: torch.Tensor, actions: torch.Tensor, batch: int = 8192) -> float:
-    """Mean over transitions and dimensions of the squared one-step error in normalised space."""
+def one_step_mse(model: torch.nn.Module, z_windows: torch.Tensor, actions: torch.Tensor, batch: int = 8192) -> float:
+    """Mean over transitions and dimensions of the squared one-step error in model space.
+
+    ``z_windows [N, 2, D]`` are model-space states one model step apart, ``actions [N, 1, A]``.
+    """
     total, count = 0.0, 0
     with torch.no_grad():
-        for lo in range(0, len(states), batch):
-            z = model.encode(states[lo : lo + batch])
+        for lo in range(0, len(z_windows), batch):
+            z = z_windows[lo : lo + batch]
             pred = model.step(z[:, 0], actions[lo : lo + batch, 0])
             total += (pred - z[:, 1]).pow(2).sum().item()
             count += pred.numel()
@@ -180,14 +183,58 @@ def train_state_model(
     z_all = model.encode(tensor(w_states))  # [N, k+1, D], normalised once
     a_all = tensor(w_actions)
     v_states, v_actions = transition_windows(val, f, 1) if val else (np.zeros((0, 2, 1)), np.zeros((0, 1, 1)))
-    v_states_t, v_actions_t = tensor(v_states), tensor(v_actions)
-    val_before = _one_step_mse(model, v_states_t, v_actions_t) if len(v_states) else None
+    v_z, v_actions_t = model.encode(tensor(v_states)), tensor(v_actions)
+    val_before = one_step_mse(model, v_z, v_actions_t) if len(v_states) else None
 
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    if config.lr_schedule == "cosine":
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1.0 + math.cos(math.pi * i / config.steps)))
-    else:
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0)
+    fit = fit_rollouts(model, z_all, a_all, config, progress=progress)
+
+    model.eval()
+    model.requires_grad_(False)
+    val_after = one_step_mse(model, v_z, v_actions_t) if len(v_states) else None
+    metrics: dict[str, Any] = {
+        **fit,
+        "val_mse_before": val_before,
+        "val_mse_after": val_after,
+        "val_transitions": len(v_states),
+    }
+    return model, metrics
+
+
+def make_optimizer(params: list[torch.nn.Parameter], *, lr: float, weight_decay: float, steps: int,
+                   schedule: str = "cosine") -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW with a cosine decay to zero over ``steps`` (or a constant rate), stepped once per gradient step."""
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if schedule == "cosine":
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1.0 + math.cos(math.pi * i / max(1, steps))))
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0)
+
+
+def fit_rollouts(
+    model: torch.nn.Module,
+    z_all: torch.Tensor,
+    a_all: torch.Tensor,
+    config: TrainConfig,
+    *,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> dict[str, Any]:
+    """Fit ``model.step`` to windows of model-space states by open-loop unrolls (the shared training loop).
+
+    Args:
+        model: a world model whose trainable parameters are the ones to fit (frozen ones stay).
+        z_all: ``[N, k+1, D]`` windows of model-space states on the training device.
+        a_all: ``[N, k, A]`` packed actions of the windows.
+        config: steps, batch size, learning rate and schedule, weight decay, clipping, seed.
+        progress: called after every step with ``(step, total_steps, loss)``.
+
+    Returns:
+        ``train_loss`` (mean of the last 5% of steps), ``train_loss_first``, ``train_seconds``,
+        ``transitions_per_s``, ``train_windows``, ``epochs``, ``steps``, ``rollout_steps``.
+    """
+    device = z_all.device
+    k = a_all.shape[1]
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt, sched = make_optimizer(params, lr=config.lr, weight_decay=config.weight_decay, steps=config.steps,
+                                schedule=config.lr_schedule)
     gen = torch.Generator().manual_seed(config.seed + 1)  # batch order; init used `seed`
     n = len(z_all)
     batch = min(config.batch_size, n)
@@ -213,7 +260,7 @@ def train_state_model(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         opt.step()
         sched.step()
         detached = loss.detach()
@@ -226,21 +273,14 @@ def train_state_model(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
-
     model.eval()
-    model.requires_grad_(False)
-    val_after = _one_step_mse(model, v_states_t, v_actions_t) if len(v_states) else None
-    metrics: dict[str, Any] = {
+    return {
         "train_loss": float(tail_sum) / tail,
         "train_loss_first": float(first_loss) if first_loss is not None else None,
-        "val_mse_before": val_before,
-        "val_mse_after": val_after,
         "train_seconds": seconds,
         "transitions_per_s": config.steps * batch * k / seconds if seconds > 0 else math.inf,
         "train_windows": n,
-        "val_transitions": len(v_states),
         "epochs": config.steps * batch / n,
         "steps": config.steps,
         "rollout_steps": k,
     }
-    return model, metrics

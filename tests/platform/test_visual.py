@@ -1,0 +1,218 @@
+"""Visual world models: encoder and predictor, training, checkpoints, a user's encoder, episodes from pixels."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from wmplan.platform.data import DataConfig, generate_dataset, read_dataset
+from wmplan.platform.envs import ENV_NAMES, make_env
+from wmplan.platform.episode import make_episode_specs, observe, run_episodes, summarize
+from wmplan.platform.errors import ConfigError
+from wmplan.platform.models import (
+    CheckpointError, VisualModelConfig, VisualTrainConfig, VisualWorldModel, evaluate_model, load_world_model,
+    render_states, save_checkpoint, train_visual_model,
+)
+from wmplan.platform.models.visual import prediction_strip, write_png
+from wmplan.platform.models.visual_training import _reconstruction_mse
+from wmplan.platform.planners import make_planner
+
+SIZE = 16  # frames of the tiny data sets: an 2x2 grid of 8 channels, D = 32
+TINY = dict(encoder_steps=120, encoder_batch_size=16, encoder_lr=5e-3, steps=60, batch_size=32, hidden=32, depth=1, rollout_steps=2,
+            channels=8)
+
+
+def config(**overrides) -> VisualModelConfig:
+    return VisualModelConfig(**{"env": "wall", "state_dim": 2, "action_dim": 10, "frame_size": SIZE, "channels": 8, **overrides})
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    """A tiny data set with frames for every task (Push-T's val trajectories are long enough for H = 2)."""
+    root = tmp_path_factory.mktemp("pixels")
+    out = {}
+    for env in ENV_NAMES:
+        path = root / f"{env}.parquet"
+        generate_dataset(DataConfig(env=env, episodes=8, steps=30, val_fraction=0.25, frames=True, frame_size=SIZE), path, workers=1)
+        out[env] = read_dataset(path)
+    return out
+
+
+@pytest.fixture(scope="module")
+def models(datasets):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    trained = {env: train_visual_model(ds, VisualTrainConfig(**TINY)) for env, ds in datasets.items()}
+    torch.set_num_threads(threads)
+    return trained
+
+
+def test_encoder_and_predictor_shapes_and_determinism():
+    state = torch.get_rng_state()
+    a, b = VisualWorldModel(config(), seed=3), VisualWorldModel(config(), seed=3)
+    assert torch.equal(torch.get_rng_state(), state)  # a seeded build leaves the global generator alone
+    for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(pa, pb), name
+    assert not torch.equal(a.encoder.net[0].weight, VisualWorldModel(config(), seed=4).encoder.net[0].weight)
+    frames = torch.randint(0, 256, (2, 3, SIZE, SIZE, 3), dtype=torch.uint8)
+    z = a.encode(frames)
+    assert z.shape == (2, 3, 8 * 2 * 2) == (2, 3, a.state_dim) and torch.equal(z, a.encode(frames))
+    assert torch.allclose(a.encode(frames.float() / 255), z)  # uint8 and [0, 1] floats are the same pictures
+    action = torch.zeros(2, 3, 10, requires_grad=True)
+    z = z.clone().requires_grad_(True)
+    nxt = a.step(z, action)
+    assert nxt.shape == z.shape
+    a.predictor[-1].weight.data.normal_()  # an untrained predictor predicts no motion; give it some
+    a.step(z, action).square().sum().backward()
+    assert z.grad is not None and action.grad is not None and action.grad.abs().sum() > 0
+    assert a.reconstruct(z.detach()).shape == (2, 3, SIZE, SIZE, 3)
+    with pytest.raises(ValueError, match=r"frames must be \[\.\.\., 16, 16, 3\]"):
+        a.encode(torch.zeros(1, 8, 8, 3))
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ConfigError, match="divisible by 8"):
+        config(frame_size=20)
+    with pytest.raises(ConfigError, match="encoder_latent_shape"):
+        config(encoder="tests.platform.user_encoder:make_encoder", decoder=False)
+    with pytest.raises(ConfigError, match="needs encoder_weights"):
+        VisualTrainConfig(encoder="tests.platform.user_encoder:make_encoder")
+
+
+def test_training_lowers_validation_error(models, datasets):
+    model, metrics = models["wall"]
+    assert metrics["latent_dim"] == 32 and model.state_dim == 32
+    assert metrics["val_mse_after"] < 0.9 * metrics["val_mse_before"]
+    assert metrics["encoder_loss"] < 0.7 * metrics["encoder_loss_first"]
+    untrained = VisualWorldModel(model.config, seed=0)
+    untrained.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith(("encoder.", "decoder."))}, strict=False)
+    assert metrics["val_reconstruction_mse"] < _reconstruction_mse(untrained, np.concatenate([t.frames for t in datasets["wall"].split("val")]))
+    # The state probe reads the dot's position from the latent better than guessing the mean does.
+    val_states = np.concatenate([t.states for t in datasets["wall"].split("val")])
+    assert np.mean(metrics["probe_val_rmse"]) < val_states.std(0).mean()
+    assert all(not p.requires_grad for p in model.parameters())
+    evaluation = evaluate_model(model, datasets["wall"], k=3)
+    assert np.isfinite(evaluation["k_step_mse"]) and evaluation["windows"] > 0
+
+
+def test_training_needs_frames(tmp_path):
+    path = generate_dataset(DataConfig(env="wall", episodes=3, steps=20), tmp_path / "states.parquet", workers=1)
+    with pytest.raises(ConfigError, match="has no frames: generate one with 'wmplan data --env wall --frames'"):
+        train_visual_model(read_dataset(path), VisualTrainConfig(**TINY))
+
+
+def test_checkpoint_round_trip(models, tmp_path):
+    model, metrics = models["pusht"]
+    save_checkpoint(model, tmp_path / "ckpt", metrics=metrics)
+    loaded = load_world_model(tmp_path / "ckpt")
+    assert isinstance(loaded, VisualWorldModel) and loaded.config == model.config
+    frames = torch.randint(0, 256, (4, SIZE, SIZE, 3), dtype=torch.uint8)
+    z = model.encode(frames)
+    torch.testing.assert_close(loaded.encode(frames), z, rtol=0, atol=0)
+    a = torch.rand(4, model.action_dim) * 2 - 1
+    torch.testing.assert_close(loaded.step(z, a), model.step(z, a), rtol=0, atol=0)
+    torch.testing.assert_close(loaded.decode(z), model.decode(z), rtol=0, atol=0)
+    weights = tmp_path / "ckpt" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    with pytest.raises(CheckpointError, match="sha256"):
+        load_world_model(tmp_path / "ckpt")
+
+
+def test_user_encoder_plugs_in_frozen(datasets, tmp_path):
+    from safetensors.torch import save_file
+
+    from tests.platform.user_encoder import make_encoder
+
+    enc = make_encoder()
+    torch.manual_seed(0)
+    for p in enc.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    save_file({k: v.contiguous() for k, v in enc.state_dict().items()}, tmp_path / "enc.safetensors")
+    spec = "tests.platform.user_encoder:make_encoder"
+    cfg = VisualTrainConfig(**{**TINY, "encoder": spec, "encoder_weights": str(tmp_path / "enc.safetensors"), "decoder": False})
+    model, metrics = train_visual_model(datasets["wall"], cfg)
+    assert model.config.encoder == spec and model.config.encoder_latent_shape == (4, 4, 4) and model.state_dim == 64
+    torch.testing.assert_close(model.encoder[0].weight, enc[0].weight)  # frozen: training left it alone
+    save_checkpoint(model, tmp_path / "ckpt", metrics=metrics)
+    loaded = load_world_model(tmp_path / "ckpt")
+    frames = torch.randint(0, 256, (2, SIZE, SIZE, 3), dtype=torch.uint8)
+    torch.testing.assert_close(loaded.encode(frames), model.encode(frames), rtol=0, atol=0)
+    save_file({"0.weight": torch.zeros(1)}, tmp_path / "bad.safetensors")
+    with pytest.raises(ConfigError, match="do not fit the encoder"):
+        train_visual_model(datasets["wall"], VisualTrainConfig(**{**TINY, "encoder": spec, "encoder_weights": str(tmp_path / "bad.safetensors"), "decoder": False}))
+    with pytest.raises(ConfigError, match="cannot import the encoder module 'no_such_pkg'"):
+        train_visual_model(datasets["wall"], VisualTrainConfig(**{**TINY, "encoder": "no_such_pkg:f", "encoder_weights": str(tmp_path / "enc.safetensors"), "decoder": False}))
+
+
+def test_the_model_sees_goals_as_pictures(models):
+    model, _ = models["wall"]
+    env = make_env("wall")
+    states = torch.tensor([[10.0, 10.0], [50.0, 40.0]])
+    frames = render_states(env, states.numpy(), SIZE)
+    assert frames.shape == (2, SIZE, SIZE, 3) and frames.dtype == np.uint8 and not np.array_equal(frames[0], frames[1])
+    torch.testing.assert_close(observe(env, model, states), model.encode(frames))
+
+
+FAST = {"cem": dict(iterations=3, samples=32, elites=4), "gd": dict(iterations=20), "grasp": dict(iterations=20, sync_interval=10),
+        "latco": dict(iterations=20)}
+
+
+@pytest.mark.parametrize("planner", ["grasp", "cem", "gd"])
+@pytest.mark.parametrize("task", ENV_NAMES)
+def test_visual_episode_end_to_end(models, datasets, task, planner):
+    model, _ = models[task]
+    env = make_env(task)
+    segments = [(t.states, t.actions) for t in datasets[task].split("val")] if task == "pusht" else None
+    specs = make_episode_specs(env, horizon=2, count=3, seed=0, segments=segments)
+    records = run_episodes(env, model, make_planner(planner, horizon=2, **FAST[planner]), specs, planner_name=planner,
+                           snapshot_iterations=(1, 2))
+    assert [r.episode_id for r in records] == [0, 1, 2]
+    for r, spec in zip(records, specs):
+        assert not r.failed and r.error is None
+        assert r.executed_states.shape == (2 * env.frameskip + 1, env.state_dim)
+        np.testing.assert_allclose(r.executed_states[0], spec.start)
+        assert r.actions.shape == (2 * env.frameskip, env.action_dim)
+        assert np.isfinite(r.final_distance) and np.isfinite(r.model_final_distance)
+        assert r.planning_time_s > 0 and r.iterations == FAST[planner]["iterations"]
+        assert r.success == bool(env.is_success(r.executed_states[-1], spec.goal))
+        assert r.snapshot_iterations == (1, 2) and len(r.success_by_iteration) == 2
+    assert summarize(records)["count"] == 3
+
+
+def test_prediction_strip_and_png(models, datasets, tmp_path):
+    model, _ = models["wall"]
+    strip = prediction_strip(model, datasets["wall"].split("val"), k=2, frameskip=5, count=2)
+    assert strip.shape == (2 * 2 * SIZE, 3 * SIZE, 3) and strip.dtype == np.uint8
+    real = datasets["wall"].split("val")[0].frames
+    np.testing.assert_array_equal(strip[:SIZE, :SIZE], real[0])
+    np.testing.assert_array_equal(strip[:SIZE, SIZE : 2 * SIZE], real[5])
+    png = write_png(tmp_path / "s.png", strip).read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(png[16:20], "big") == 3 * SIZE and int.from_bytes(png[20:24], "big") == 4 * SIZE
+
+
+def test_pixels_from_the_command_line(datasets, tmp_path):
+    wmplan = [sys.executable, "-m", "wmplan"]
+    data, ckpt = str(datasets["wall"].path), tmp_path / "ckpt"
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*wmplan, *args], capture_output=True, text=True, timeout=180)
+
+    out = run("train", "--env", "wall", "--obs", "pixels", "--data", data, "--out", str(ckpt), "--encoder-steps", "5",
+              "--steps", "5", "--hidden", "16", "--depth", "1", "--channels", "4")
+    assert out.returncode == 0, out.stderr
+    assert "latent 32 values" in out.stdout and (ckpt / "model.safetensors").exists()
+    out = run("eval-model", "--model", str(ckpt), "--data", data, "--k", "2", "--png", str(tmp_path / "strip.png"))
+    assert out.returncode == 0, out.stderr
+    assert "| one_step_mse (latent) |" in out.stdout and (tmp_path / "strip.png").read_bytes()[:4] == b"\x89PNG"
+    out = run("plan", "--env", "wall", "--model", str(ckpt), "--data", data, "--planner", "cem,grasp", "--horizon", "2",
+              "--episodes", "3", "--set", "cem.iterations=2", "--set", "grasp.iterations=5")
+    assert out.returncode == 0, out.stderr
+    assert sum(line.startswith(("| cem | 2 | 3 |", "| grasp | 2 | 3 |")) for line in out.stdout.splitlines()) == 2
+    states_only = str(tmp_path / "states.parquet")
+    assert run("data", "--env", "wall", "--episodes", "3", "--steps", "20", "--workers", "1", "--out", states_only).returncode == 0
+    out = run("train", "--env", "wall", "--obs", "pixels", "--data", states_only, "--out", str(tmp_path / "x"))
+    assert out.returncode == 2 and "has no frames" in out.stderr and "Traceback" not in out.stderr

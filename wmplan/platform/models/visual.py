@@ -1,0 +1,371 @@
+"""A world model that sees only pictures: a frozen image encoder, a latent predictor, a decoder.
+
+DINO-WM plans in the patch features of a frozen pretrained encoder; this is the same design in
+miniature, trained here from the task's own frames::
+
+    e  = Encoder(frame)                  # [C, g, g] grid of features ("patch tokens"), g = S / 8
+    z  = (flatten(e) - mean) / scale     # the planner's state: D = C * g * g numbers
+    z' = z + MLP([z, normalised action]) # the predictor, one model step = frameskip env steps
+    frame ~ Decoder(z)                   # optional: pictures of predicted latents
+
+The encoder is either the built-in convolutional one (trained first as an autoencoder, then frozen
+while the predictor learns, so the latent space cannot collapse), or a user's own frozen module
+(see :func:`load_user_encoder`): any ``nn.Module`` that maps ``[B, 3, S, S]`` float frames in
+``[0, 1]`` to a ``[B, ...]`` tensor of features.
+
+Planners see only ``step`` on ``z``. A goal is an image: the episode runner renders env states in a
+scratch copy of the simulator and encodes the pictures (:func:`wmplan.platform.episode.observe`),
+so the model never sees a state. For
+reporting only, a linear *state probe* fitted on the training latents (``decode``) maps a latent
+back to an estimate of the env state; it gives the in-model success of a plan and the env-unit
+errors of :func:`~wmplan.platform.models.evaluation.evaluate_model`, and never enters planning.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib
+import math
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from wmplan.platform.errors import ConfigError
+from wmplan.platform.models.mlp import mlp_layers
+from wmplan.platform.models.state_model import PackedActionConfig
+from wmplan.platform.options import require
+
+__all__ = [
+    "VisualModelConfig", "VisualWorldModel", "ConvEncoder", "ConvDecoder", "load_user_encoder",
+    "is_pixel_model", "render_states", "frames_to_tensor", "write_png", "prediction_strip",
+]
+
+
+@dataclass(frozen=True, kw_only=True)
+class VisualModelConfig(PackedActionConfig):
+    """Architecture of a :class:`VisualWorldModel`: everything needed to rebuild it from its tensors.
+
+    ``state_dim`` is the env state's length, which only the state probe estimates (never an input).
+    """
+
+    frame_size: int = 64
+    """Side ``S`` of the square RGB frames the encoder takes, in pixels."""
+    encoder: str = "builtin"
+    """'builtin' (the convolutional encoder below) or a user encoder 'package.module:factory'."""
+    encoder_latent_shape: tuple[int, ...] = ()
+    """Shape of one user encoder output (filled in at training time); empty for the built-in one."""
+    channels: int = 32
+    """Built-in encoder/decoder: channels of the hidden convolutions."""
+    latent_channels: int = 8
+    """Built-in encoder: feature channels ``C`` of the latent grid (``D = C * (S/8)^2``)."""
+    decoder: bool = True
+    """Has a decoder for pictures (built-in encoder only)."""
+    hidden: int = 256
+    """Predictor: width of the hidden layers of the residual MLP."""
+    depth: int = 3
+    """Predictor: number of hidden layers (>= 1)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(8 <= self.frame_size <= 512, f"frame_size must be in [8, 512], got {self.frame_size}")
+        if self.encoder == "builtin":
+            require(self.frame_size % 8 == 0, f"the built-in encoder needs frame_size divisible by 8, got {self.frame_size}")
+            require(self.channels >= 1 and self.latent_channels >= 1, "channels and latent_channels must be >= 1")
+            require(not self.encoder_latent_shape, "encoder_latent_shape is only for a user encoder")
+        else:
+            require(":" in self.encoder, f"encoder must be 'builtin' or 'package.module:factory', got {self.encoder!r}")
+            require(len(self.encoder_latent_shape) >= 1 and all(n >= 1 for n in self.encoder_latent_shape),
+                    f"a user encoder needs encoder_latent_shape (its output shape), got {self.encoder_latent_shape}")
+            require(not self.decoder, "a decoder is only trained for the built-in encoder: set decoder to false")
+        require(self.hidden >= 1 and self.depth >= 1, "hidden and depth must be >= 1")
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        """Shape of one encoder output (``[C, g, g]`` for the built-in encoder)."""
+        if self.encoder == "builtin":
+            g = self.frame_size // 8
+            return (self.latent_channels, g, g)
+        return tuple(self.encoder_latent_shape)
+
+    @property
+    def latent_dim(self) -> int:
+        """``D``: the number of values of a latent state, what planners optimise per step."""
+        return math.prod(self.latent_shape)
+
+
+class ConvEncoder(nn.Module):
+    """``[B, 3, S, S]`` frames in [0, 1] to a ``[B, C, S/8, S/8]`` feature grid (three stride-2 convolutions)."""
+
+    def __init__(self, *, channels: int = 32, latent_channels: int = 8) -> None:
+        super().__init__()
+        c = channels
+        self.net = nn.Sequential(
+            nn.Conv2d(3, c, 4, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(c, c, 4, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(c, c, 4, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(c, latent_channels, 1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class ConvDecoder(nn.Module):
+    """``[B, C, g, g]`` feature grids back to ``[B, 3, 8g, 8g]`` frames in [0, 1]."""
+
+    def __init__(self, *, channels: int = 32, latent_channels: int = 8) -> None:
+        super().__init__()
+        c = channels
+        self.net = nn.Sequential(
+            nn.Conv2d(latent_channels, c, 3, padding=1), nn.SiLU(),
+            nn.ConvTranspose2d(c, c, 4, stride=2, padding=1), nn.SiLU(),
+            nn.ConvTranspose2d(c, c, 4, stride=2, padding=1), nn.SiLU(),
+            nn.ConvTranspose2d(c, 3, 4, stride=2, padding=1),
+        )
+
+    def forward(self, e: Tensor) -> Tensor:
+        return torch.sigmoid(self.net(e))
+
+
+def load_user_encoder(spec: str) -> nn.Module:
+    """Build a user's encoder from ``'package.module:factory'``: import the module, call ``factory()``.
+
+    The factory returns an ``nn.Module`` mapping ``[B, 3, S, S]`` float frames in [0, 1] to
+    ``[B, ...]`` features. Its weights come from the user's own file at training time
+    (``--encoder-weights``) and are stored in the model's checkpoint; loading the checkpoint
+    imports the module again (it must be importable, e.g. on ``PYTHONPATH``).
+
+    Raises:
+        ConfigError: the spec is malformed, the module cannot be imported, or the factory is
+            missing or does not return an ``nn.Module``.
+    """
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"encoder must be 'package.module:factory', got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import the encoder module {module_name!r} ({exc}); is it on PYTHONPATH?") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ConfigError(f"encoder module {module_name!r} has no callable {attr!r}")
+    encoder = factory()
+    if not isinstance(encoder, nn.Module):
+        raise ConfigError(f"encoder factory {spec!r} returned a {type(encoder).__name__}, not a torch.nn.Module")
+    return encoder
+
+
+class VisualWorldModel(nn.Module):
+    """Encoder, latent predictor, optional decoder and state probe; a world model on ``z``.
+
+    Implements :class:`~wmplan.platform.world_model.WorldModel` with ``state_dim = D`` (the
+    flattened, normalised latent) and packed env actions. ``observation = 'pixels'`` tells the
+    episode runner to give it pictures (:func:`observe`), never states.
+
+    Buffers (saved in checkpoints): ``latent_mean [D]`` and ``latent_scale`` (a scalar: one scale
+    for every feature keeps their relative sizes), ``action_mean``/``action_std [A]``, and the
+    state probe ``probe_weight [D_env, D]``, ``probe_bias [D_env]``.
+    """
+
+    observation = "pixels"
+
+    def __init__(self, config: VisualModelConfig, *, seed: int | None = None, encoder: nn.Module | None = None) -> None:
+        super().__init__()
+        self.config = config
+        d, a = config.latent_dim, config.action_dim
+        self.state_dim = d
+        self.action_dim = a
+        self.frame_size = config.frame_size
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):  # leaves the global generator alone
+            if seed is not None:
+                torch.manual_seed(seed)
+            if config.encoder == "builtin":
+                self.encoder: nn.Module = ConvEncoder(channels=config.channels, latent_channels=config.latent_channels)
+            else:
+                self.encoder = encoder if encoder is not None else load_user_encoder(config.encoder)
+            self.decoder = ConvDecoder(channels=config.channels, latent_channels=config.latent_channels) if config.decoder else None
+            self.predictor = mlp_layers(d, d, extra_in=a, hidden=config.hidden, depth=config.depth)
+        with torch.no_grad():  # an untrained predictor says "nothing moves"
+            self.predictor[-1].weight.zero_()
+            self.predictor[-1].bias.zero_()
+        self.register_buffer("latent_mean", torch.zeros(d))
+        self.register_buffer("latent_scale", torch.ones(()))
+        self.register_buffer("action_mean", torch.zeros(a))
+        self.register_buffer("action_std", torch.ones(a))
+        self.register_buffer("probe_weight", torch.zeros(config.state_dim, d))
+        self.register_buffer("probe_bias", torch.zeros(config.state_dim))
+        low, high = config.action_bounds()
+        self.register_buffer("action_low", low, persistent=False)
+        self.register_buffer("action_high", high, persistent=False)
+
+    # -- pictures to latents -------------------------------------------------------------------------
+
+    def features(self, frames: Tensor | np.ndarray) -> Tensor:
+        """Raw encoder features, flattened: frames ``[..., S, S, 3]`` (uint8 or float in [0, 1]) to ``[..., D]``."""
+        x = frames_to_tensor(frames, device=self.latent_mean.device)
+        lead = x.shape[:-3]
+        if tuple(x.shape[-3:]) != (self.frame_size, self.frame_size, 3):
+            raise ValueError(f"frames must be [..., {self.frame_size}, {self.frame_size}, 3], got {tuple(x.shape)}")
+        e = self.encoder(x.reshape(-1, *x.shape[-3:]).permute(0, 3, 1, 2))
+        return e.reshape(*lead, -1)
+
+    def encode(self, frames: Tensor | np.ndarray, *, batch: int = 1024) -> Tensor:
+        """Frames ``[..., S, S, 3]`` (uint8 RGB, or float in [0, 1]) to latent states ``z [..., D]``.
+
+        Runs in chunks of ``batch`` frames on the model's device; no gradient flows to the encoder.
+        """
+        x = frames_to_tensor(frames, device=self.latent_mean.device)
+        lead = x.shape[:-3]
+        flat = x.reshape(-1, *x.shape[-3:])
+        with torch.no_grad():
+            out = torch.cat([self.features(flat[i : i + batch]) for i in range(0, len(flat), batch)]) if len(flat) else \
+                torch.zeros(0, self.state_dim, device=x.device)
+        return ((out - self.latent_mean) / self.latent_scale).reshape(*lead, self.state_dim)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """The state probe: latents ``[..., D]`` to estimated env states ``[..., D_env]`` (reporting only)."""
+        return z @ self.probe_weight.T.to(z.dtype) + self.probe_bias.to(z.dtype)
+
+    def reconstruct(self, z: Tensor) -> Tensor:
+        """Pictures of latents: ``[..., D]`` to frames ``[..., S, S, 3]`` in [0, 1] (needs the decoder)."""
+        if self.decoder is None:
+            raise ValueError("this visual model has no decoder (trained with a user encoder or decoder: false)")
+        lead = z.shape[:-1]
+        e = (z * self.latent_scale + self.latent_mean).reshape(-1, *self.config.latent_shape)
+        return self.decoder(e).permute(0, 2, 3, 1).reshape(*lead, self.frame_size, self.frame_size, 3)
+
+    # -- the world model -----------------------------------------------------------------------------
+
+    def step(self, state: Tensor, action: Tensor) -> Tensor:
+        """Predict the next latent: ``z [..., D]``, packed actions ``[..., A]`` (env units) -> ``z' [..., D]``."""
+        a = (action - self.action_mean) / self.action_std
+        return state + self.predictor(torch.cat([state, a.to(state.dtype)], dim=-1))
+
+    def forward(self, state: Tensor, action: Tensor) -> Tensor:
+        return self.step(state, action)
+
+    def set_buffers(self, **values: Any) -> None:
+        """Set fitted buffers by name (``latent_mean``, ``latent_scale``, ``action_mean``, ...), shape-checked."""
+        for name, value in values.items():
+            buf = getattr(self, name)
+            t = torch.as_tensor(np.asarray(value) if not isinstance(value, Tensor) else value, dtype=buf.dtype)
+            if tuple(t.shape) != tuple(buf.shape) or not torch.isfinite(t).all():
+                raise ValueError(f"{name} must be finite with shape {tuple(buf.shape)}, got {tuple(t.shape)}")
+            buf.copy_(t.to(buf.device))
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return f"env={c.env!r}, encoder={c.encoder!r}, latent={list(c.latent_shape)} (D={c.latent_dim}), hidden={c.hidden}, depth={c.depth}"
+
+
+def build_visual_model(config: VisualModelConfig) -> VisualWorldModel:
+    """An untrained model of ``config`` (used to load checkpoints; imports a user encoder's module)."""
+    return VisualWorldModel(config)
+
+
+# -- observations ------------------------------------------------------------------------------------
+
+
+def is_pixel_model(model: object) -> bool:
+    """Whether ``model`` observes pictures (its ``encode`` takes frames, not env states)."""
+    return getattr(model, "observation", "state") == "pixels"
+
+
+def frames_to_tensor(frames: Tensor | np.ndarray, *, device: torch.device | str = "cpu") -> Tensor:
+    """uint8 frames (0..255) or float frames (0..1) ``[..., S, S, 3]`` to float32 in [0, 1] on ``device``."""
+    x = torch.as_tensor(frames, device=device)
+    if x.dtype == torch.uint8:
+        return x.to(torch.float32) / 255.0
+    return x.to(torch.float32)
+
+
+def render_states(env: Any, states: np.ndarray, size: int) -> np.ndarray:
+    """Pictures of env states ``[N, D_env]``: ``[N, size, size, 3]`` uint8, drawn in a scratch copy of ``env``."""
+    scratch = copy.deepcopy(env)
+    frames = []
+    for s in np.asarray(states, dtype=np.float64).reshape(-1, np.shape(states)[-1]):
+        scratch.reset(state=s)
+        frames.append(scratch.render(size))
+    return np.stack(frames) if frames else np.zeros((0, size, size, 3), dtype=np.uint8)
+
+
+# -- user encoder weights -------------------------------------------------------------------------------
+
+
+def load_encoder_weights(encoder: nn.Module, path: str | os.PathLike[str]) -> str:
+    """Load a user's encoder weights from a safetensors file (strict); return the file's sha256.
+
+    Raises:
+        ConfigError: the file is missing, unreadable, or its tensors do not fit the module.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"encoder weights {str(path)!r} do not exist")
+    blob = path.read_bytes()
+    try:
+        tensors = load(blob)
+    except (SafetensorError, ValueError, RuntimeError, OSError) as exc:
+        raise ConfigError(f"encoder weights {str(path)!r} are not a readable safetensors file ({exc})") from None
+    try:
+        encoder.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise ConfigError(f"encoder weights {str(path)!r} do not fit the encoder: {str(exc).splitlines()[0]} ...") from None
+    return hashlib.sha256(blob).hexdigest()
+
+
+def prediction_strip(model: VisualWorldModel, trajectories: list[Any], *, k: int, frameskip: int, count: int = 4) -> np.ndarray:
+    """Predicted against real pictures: an ``[2 * n * S, (k + 1) * S, 3]`` uint8 image.
+
+    For each of the first ``n <= count`` trajectories long enough for ``k`` model steps, one row
+    pair: the recorded frames at model steps ``0..k`` (top) and the decoder's pictures of the
+    model's open-loop prediction from the first frame under the recorded actions (bottom).
+    """
+    from wmplan.platform.envs import pack_actions
+
+    rows = []
+    for traj in [t for t in trajectories if len(t.actions) >= k * frameskip][:count]:
+        real = traj.frames[: k * frameskip + 1 : frameskip]  # [k+1, S, S, 3]
+        actions = torch.tensor(pack_actions(traj.actions[: k * frameskip], frameskip), dtype=torch.float32,
+                                  device=model.latent_mean.device)
+        with torch.no_grad():
+            z = [model.encode(real[:1])]
+            for j in range(k):
+                z.append(model.step(z[-1], actions[j : j + 1]))
+            pred = model.reconstruct(torch.cat(z)).clamp(0, 1).mul(255).round().to(torch.uint8).cpu().numpy()
+        rows += [np.concatenate(list(real), axis=1), np.concatenate(list(pred), axis=1)]
+    if not rows:
+        raise ValueError(f"no trajectory is long enough for {k} model steps at frameskip {frameskip}")
+    return np.concatenate(rows, axis=0)
+
+
+# -- pictures to files ------------------------------------------------------------------------------------
+
+
+def write_png(path: str | os.PathLike[str], image: np.ndarray) -> Path:
+    """Write an ``[H, W, 3]`` uint8 image as a PNG file (no imaging library needed)."""
+    img = np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"image must be [H, W, 3] uint8, got {img.shape}")
+    h, w, _ = img.shape
+    raw = b"".join(b"\x00" + img[r].tobytes() for r in range(h))
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) + \
+        chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(png)
+    return path

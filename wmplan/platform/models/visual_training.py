@@ -1,0 +1,286 @@
+"""Training a :class:`~wmplan.platform.models.visual.VisualWorldModel` from a data set's frames.
+
+Three stages, each deterministic for a seed on the CPU:
+
+1. **Encoder** (built-in only): a convolutional autoencoder learns to reconstruct the training
+   frames. Small objects (the wall task's dot covers a few pixels) would be lost under a plain
+   pixel loss, so each pixel's squared error is weighted by ``1 + foreground_weight * |x - mean
+   frame|``: pixels that differ from the average picture count more. Then the encoder (and the
+   decoder) are frozen, as DINO-WM's pretrained encoder is; a frozen encoder cannot collapse the
+   latent space to make prediction easy. A user encoder (``encoder='module:factory'`` with
+   ``encoder_weights``) is loaded frozen and this stage is skipped.
+2. **Latents**: every frame is encoded once; the latent mean and one global scale are fitted on
+   the training split, and a ridge-regression *state probe* from latents to env states (for
+   reporting in-model success; it never enters planning).
+3. **Predictor**: the residual MLP learns ``z_t -> z_{t+frameskip}`` by open-loop unrolls of
+   ``rollout_steps`` model steps in the normalised latent space, with the same loop as the state
+   models (:func:`~wmplan.platform.models.training.fit_rollouts`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from wmplan.platform.envs import make_env
+from wmplan.platform.errors import ConfigError
+from wmplan.platform.models.training import (
+    STD_FLOOR, TrainConfig, fit_rollouts, make_optimizer, one_step_mse, transition_windows,
+)
+from wmplan.platform.models.visual import (
+    VisualModelConfig, VisualWorldModel, frames_to_tensor, load_encoder_weights, load_user_encoder,
+)
+from wmplan.platform.options import require
+
+if TYPE_CHECKING:
+    from wmplan.platform.data import Dataset, Trajectory
+
+__all__ = ["VisualTrainConfig", "train_visual_model", "train_autoencoder", "encode_trajectories"]
+
+Progress = Callable[[str, int, int, float], None]
+"""Called as ``progress(stage, step, total_steps, loss)`` with stage ``'encoder'`` or ``'predictor'``."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class VisualTrainConfig(TrainConfig):
+    """How to train a visual world model: the predictor's options (inherited) plus the encoder's."""
+
+    steps: int = 4000
+    """Predictor gradient steps."""
+    encoder_steps: int = 3000
+    """Autoencoder gradient steps (built-in encoder; 0 is allowed only for tests of the pipeline)."""
+    encoder_batch_size: int = 64
+    """Frames per autoencoder step."""
+    encoder_lr: float = 2e-3
+    """Peak learning rate of the autoencoder (AdamW, cosine decay)."""
+    channels: int = 32
+    """Built-in encoder/decoder: channels of the hidden convolutions."""
+    latent_channels: int = 8
+    """Built-in encoder: channels ``C`` of the latent grid; the latent has ``C * (S/8)^2`` values."""
+    foreground_weight: float = 10.0
+    """Extra weight of pixels that differ from the mean frame in the reconstruction loss."""
+    decoder: bool = True
+    """Keep the decoder for pictures of predictions (built-in encoder only)."""
+    encoder: str = "builtin"
+    """'builtin', or a frozen user encoder 'package.module:factory' (needs encoder_weights)."""
+    encoder_weights: str = ""
+    """A user encoder's weights: a safetensors file on the user's disk."""
+    probe_ridge: float = 1e-3
+    """Ridge penalty of the state probe's least squares (times the number of training frames)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.encoder_steps >= 0, f"encoder_steps must be >= 0, got {self.encoder_steps}")
+        require(self.encoder_batch_size >= 1, f"encoder_batch_size must be >= 1, got {self.encoder_batch_size}")
+        require(self.encoder_lr > 0, f"encoder_lr must be > 0, got {self.encoder_lr}")
+        require(self.foreground_weight >= 0, f"foreground_weight must be >= 0, got {self.foreground_weight}")
+        require(self.probe_ridge >= 0, f"probe_ridge must be >= 0, got {self.probe_ridge}")
+        if self.encoder == "builtin":
+            require(not self.encoder_weights, "encoder_weights is only for a user encoder (encoder='module:factory')")
+        else:
+            require(bool(self.encoder_weights), f"the user encoder {self.encoder!r} needs encoder_weights (a safetensors file)")
+
+
+def _frames_of(trajectories: list[Trajectory], dataset: Dataset) -> np.ndarray:
+    if any(t.frames is None for t in trajectories):
+        raise ConfigError(
+            f"data set {str(dataset.path)!r} has no frames: generate one with "
+            f"'wmplan data --env {dataset.env} --frames' for a visual model"
+        )
+    return np.concatenate([t.frames for t in trajectories])  # type: ignore[misc]
+
+
+def encode_trajectories(model: VisualWorldModel, trajectories: list[Trajectory], *, batch: int = 512) -> list[np.ndarray]:
+    """Latents ``[T+1, D]`` (float32) of every trajectory's frames, encoded in batches on the model's device."""
+    return [model.encode(t.frames, batch=batch).cpu().numpy() for t in trajectories]  # type: ignore[arg-type]
+
+
+def train_autoencoder(model: VisualWorldModel, frames: np.ndarray, config: VisualTrainConfig,
+                      progress: Progress | None = None) -> dict[str, Any]:
+    """Stage 1: fit the built-in encoder and decoder to reconstruct ``frames [N, S, S, 3]`` (uint8).
+
+    Returns ``encoder_loss`` (mean of the last 5% of steps), ``encoder_loss_first``,
+    ``encoder_seconds`` and ``encoder_frames_per_s``.
+    """
+    device = model.latent_mean.device
+    assert model.decoder is not None
+    params = list(model.encoder.parameters()) + list(model.decoder.parameters())
+    steps = config.encoder_steps
+    opt, sched = make_optimizer(params, lr=config.encoder_lr, weight_decay=config.weight_decay, steps=steps)
+    data = torch.as_tensor(frames)  # uint8 on the host; batches move to the device
+    mean_frame = frames_to_tensor(data[: min(len(data), 4096)], device=device).mean(0)  # [S, S, 3]
+    gen = torch.Generator().manual_seed(config.seed + 2)
+    batch = min(config.encoder_batch_size, len(data))
+    tail = max(1, steps // 20)
+    tail_sum = torch.zeros((), device=device)
+    first = None
+    model.encoder.train()
+    model.decoder.train()
+    t0 = time.perf_counter()
+    for step in range(steps):
+        idx = torch.randint(len(data), (batch,), generator=gen)
+        x = frames_to_tensor(data[idx], device=device)  # [B, S, S, 3]
+        e = model.encoder(x.permute(0, 3, 1, 2))
+        recon = model.decoder(e).permute(0, 2, 3, 1)
+        weight = 1.0 + config.foreground_weight * (x - mean_frame).abs().mean(-1, keepdim=True)
+        loss = (weight * (recon - x).pow(2)).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        opt.step()
+        sched.step()
+        if step == 0:
+            first = loss.detach().clone()
+        if step >= steps - tail:
+            tail_sum += loss.detach()
+        if progress is not None:
+            progress("encoder", step + 1, steps, float(loss.detach()))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - t0
+    return {
+        "encoder_loss": float(tail_sum) / tail if steps else None,
+        "encoder_loss_first": float(first) if first is not None else None,
+        "encoder_seconds": seconds,
+        "encoder_frames_per_s": steps * batch / seconds if seconds > 0 else None,
+    }
+
+
+def _reconstruction_mse(model: VisualWorldModel, frames: np.ndarray, batch: int = 512) -> float | None:
+    """Mean squared pixel error (values in [0, 1]) of encoding and decoding ``frames``."""
+    if model.decoder is None or len(frames) == 0:
+        return None
+    total = 0.0
+    with torch.no_grad():
+        for lo in range(0, len(frames), batch):
+            x = frames_to_tensor(frames[lo : lo + batch], device=model.latent_mean.device)
+            total += (model.reconstruct(model.encode(x)) - x).pow(2).mean().item() * len(x)
+    return total / len(frames)
+
+
+def _fit_probe(z: np.ndarray, states: np.ndarray, ridge: float) -> tuple[np.ndarray, np.ndarray]:
+    """Ridge regression ``states ~ z W^T + b``: returns ``W [D_env, D]`` and ``b [D_env]``."""
+    x = np.concatenate([z.astype(np.float64), np.ones((len(z), 1))], axis=1)
+    reg = ridge * len(z) * np.eye(x.shape[1])
+    reg[-1, -1] = 0.0  # the bias is not penalised
+    sol = np.linalg.solve(x.T @ x + reg, x.T @ states)  # [D + 1, D_env]
+    return sol[:-1].T, sol[-1]
+
+
+def train_visual_model(
+    dataset: Dataset,
+    config: VisualTrainConfig | None = None,
+    *,
+    progress: Progress | None = None,
+) -> tuple[VisualWorldModel, dict[str, Any]]:
+    """Train a :class:`VisualWorldModel` on the train split of a data set with frames.
+
+    Returns:
+        The model (on ``config.device``, eval mode, every parameter frozen) and metrics: the
+        encoder stage's ``encoder_loss`` (mean of the last 5% of steps), ``encoder_loss_first``, ``encoder_seconds``, ``encoder_frames_per_s`` and
+        ``val_reconstruction_mse`` (pixels in [0, 1]; None without a decoder); the predictor's
+        ``train_loss``, ``train_seconds``, ``transitions_per_s`` and ``val_mse_before`` /
+        ``val_mse_after`` (one-step MSE in the normalised latent space on the val split);
+        ``probe_val_rmse`` (the state probe's error per env state dimension, env units);
+        ``latent_dim``, ``latent_shape``, ``total_seconds``.
+
+    Raises:
+        ConfigError: the data set has no frames or no training trajectories, its trajectories are
+            too short for ``rollout_steps``, or a user encoder cannot be loaded.
+    """
+    config = config if config is not None else VisualTrainConfig()
+    t_start = time.perf_counter()
+    train, val = dataset.split("train"), dataset.split("val")
+    if not train:
+        raise ConfigError(f"data set {str(dataset.path)!r} has no training trajectories")
+    f, k = dataset.frameskip, config.rollout_steps
+    train_frames = _frames_of(train, dataset)
+    val_frames = _frames_of(val, dataset) if val else np.zeros((0,) + train_frames.shape[1:], dtype=np.uint8)
+    size = int(train_frames.shape[1])
+    device = torch.device(config.device)
+    env = make_env(dataset.env)
+    common = dict(
+        env=dataset.env, state_dim=int(dataset.meta["state_dim"]), action_dim=f * len(env.action_low), frameskip=f,
+        env_action_low=tuple(float(x) for x in env.action_low), env_action_high=tuple(float(x) for x in env.action_high),
+        frame_size=size, hidden=config.hidden, depth=config.depth,
+    )
+    metrics: dict[str, Any] = {}
+    if config.encoder == "builtin":
+        model_config = VisualModelConfig(**common, channels=config.channels, latent_channels=config.latent_channels, decoder=True)
+        model = VisualWorldModel(model_config, seed=config.seed).to(device)
+        metrics.update(train_autoencoder(model, train_frames, config, progress))
+        if not config.decoder:
+            model = _without_decoder(model)
+    else:
+        encoder = load_user_encoder(config.encoder)
+        metrics["encoder_sha256"] = load_encoder_weights(encoder, config.encoder_weights)
+        encoder.eval()
+        with torch.no_grad():
+            shape = tuple(encoder(torch.zeros(1, 3, size, size)).shape[1:])
+        model_config = VisualModelConfig(**common, encoder=config.encoder, encoder_latent_shape=shape, decoder=False)
+        model = VisualWorldModel(model_config, seed=config.seed, encoder=encoder).to(device)
+    model.encoder.requires_grad_(False)
+    if model.decoder is not None:
+        model.decoder.requires_grad_(False)
+    model.eval()
+
+    # Stage 2: latents, their normalisation and the state probe.
+    with torch.no_grad():
+        feats = torch.cat([model.features(train_frames[i : i + 512]) for i in range(0, len(train_frames), 512)])
+    mean = feats.mean(0)
+    scale = (feats - mean).pow(2).mean().sqrt().clamp_min(STD_FLOOR)
+    actions = np.concatenate([t.actions for t in train])
+    model.set_buffers(latent_mean=mean, latent_scale=scale,
+                      action_mean=np.tile(actions.mean(0), f), action_std=np.tile(np.maximum(actions.std(0), STD_FLOOR), f))
+    z_train = encode_trajectories(model, train)
+    z_val = encode_trajectories(model, val) if val else []
+    weight, bias = _fit_probe(np.concatenate(z_train), np.concatenate([t.states for t in train]), config.probe_ridge)
+    model.set_buffers(probe_weight=weight, probe_bias=bias)
+    if val:
+        pred = np.concatenate(z_val) @ weight.T + bias
+        metrics["probe_val_rmse"] = [float(x) for x in np.sqrt(((pred - np.concatenate([t.states for t in val])) ** 2).mean(0))]
+    metrics["val_reconstruction_mse"] = _reconstruction_mse(model, val_frames)
+
+    # Stage 3: the predictor on latent windows.
+    latent_trajs = [SimpleNamespace(states=z, actions=t.actions) for z, t in zip(z_train, train)]
+    w_z, w_a = transition_windows(latent_trajs, f, k)  # type: ignore[arg-type]
+    if len(w_z) == 0:
+        raise ConfigError(
+            f"trajectories of {len(train[0].actions)} env steps are too short for rollout_steps={k} at frameskip {f} "
+            f"(need at least {k * f}); lower rollout_steps or generate longer trajectories"
+        )
+
+    def tensor(x: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(x, dtype=torch.float32, device=device)
+
+    z_all, a_all = tensor(w_z), tensor(w_a)
+    if val:
+        v_z, v_a = transition_windows([SimpleNamespace(states=z, actions=t.actions) for z, t in zip(z_val, val)], f, 1)  # type: ignore[arg-type]
+        v_z_t, v_a_t = tensor(v_z), tensor(v_a)
+    metrics["val_mse_before"] = one_step_mse(model, v_z_t, v_a_t) if val else None
+    model.predictor.requires_grad_(True)
+    metrics.update(fit_rollouts(model, z_all, a_all, config, progress=(lambda s, n, loss: progress("predictor", s, n, loss)) if progress else None))
+    model.eval()
+    model.requires_grad_(False)
+    metrics["val_mse_after"] = one_step_mse(model, v_z_t, v_a_t) if val else None
+    metrics.update(latent_dim=model_config.latent_dim, latent_shape=list(model_config.latent_shape),
+                   train_frames=len(train_frames), total_seconds=time.perf_counter() - t_start)
+    return model, metrics
+
+
+def _without_decoder(model: VisualWorldModel) -> VisualWorldModel:
+    """The same model with its decoder dropped (config ``decoder=False``)."""
+    import dataclasses
+
+    config = dataclasses.replace(model.config, decoder=False)
+    slim = VisualWorldModel(config, encoder=model.encoder).to(model.latent_mean.device)
+    state = {n: t for n, t in model.state_dict().items() if not n.startswith("decoder.")}
+    slim.load_state_dict(state, strict=True)
+    return slim
