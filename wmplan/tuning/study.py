@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,6 +155,8 @@ class TuneResult:
     best_tuning_success: float
     test_summary: dict[str, Any]
     test_pairs_disjoint: bool
+    test_records: tuple[EpisodeRecord, ...] = ()
+    """The held-out episodes of the best options (as written to OUTPUT/STUDY/test)."""
 
 
 def _item(config: TuneConfig, options: dict[str, Any], specs: Sequence[EpisodeSpec], plan_seed: int) -> WorkItem:
@@ -279,6 +282,7 @@ def _optimize(config: TuneConfig, study: optuna.Study, tracker: Any, tuning: lis
 
         best = _best_trial(study, config)
         test_records: list[EpisodeRecord] = []
+        shutil.rmtree(out / "test", ignore_errors=True)  # a resumed study's test run replaces the earlier one
         for lo in range(0, len(test), config.chunk):
             pool.submit(_item(config, best.params_options, test[lo : lo + config.chunk], config.seed + TEST_SEED_OFFSET))
         while pool.pending:
@@ -294,7 +298,8 @@ def _optimize(config: TuneConfig, study: optuna.Study, tracker: Any, tuning: lis
     disjoint = {tuple(s.start) for s in tuning}.isdisjoint({tuple(s.start) for s in test})
     finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)))
     return TuneResult(study=config.name, finished_trials=finished, best_trial=best.number, best_options=best.params_options,
-                      best_tuning_success=best.success, test_summary=test_summary, test_pairs_disjoint=disjoint)
+                      best_tuning_success=best.success, test_summary=test_summary, test_pairs_disjoint=disjoint,
+                      test_records=tuple(test_records))
 
 
 @dataclass(frozen=True)
