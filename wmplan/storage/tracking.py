@@ -74,6 +74,7 @@ __all__ = [
     "track_positions",
     "draw_trajectory",
     "success_vs_horizon_png",
+    "success_time_vs_horizon_png",
     "success_vs_iterations_png",
     "success_curves",
     "residual_heatmap_png",
@@ -424,6 +425,27 @@ def _png(fig: Any, canvas: Any) -> bytes:
     return buf.getvalue()
 
 
+def _by_horizon(records: Sequence[EpisodeRecord]) -> dict[str, tuple[list[int], list[dict[str, Any]]]]:
+    """Per planner: its horizons in order and :func:`summarize` of its episodes at each."""
+    out = {}
+    for planner in sorted({r.planner for r in records}):
+        horizons = sorted({r.horizon for r in records if r.planner == planner})
+        out[planner] = (horizons, [summarize([r for r in records if r.planner == planner and r.horizon == h]) for h in horizons])
+    return out
+
+
+def _horizon_axes(ax: Any, records: Sequence[EpisodeRecord], *, ylabel: str, title: str) -> None:
+    horizons_all = sorted({r.horizon for r in records})
+    if horizons_all:
+        ax.set_xticks(horizons_all)
+    ax.set_xlabel("horizon H (model steps)")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if records:
+        ax.legend()
+    ax.set_title(f"{records[0].task if records else ''} {title}".strip())
+
+
 def success_vs_horizon_png(episodes: pa.Table) -> bytes:
     """PNG: success rate (Wald 95% interval as error bars) against horizon, one line per planner.
 
@@ -433,23 +455,28 @@ def success_vs_horizon_png(episodes: pa.Table) -> bytes:
     fig, canvas = _figure(6.0, 4.0)
     ax = fig.add_subplot()
     records = _records_from_episodes(episodes)
-    for planner in sorted({r.planner for r in records}):
-        horizons = sorted({r.horizon for r in records if r.planner == planner})
-        stats = [summarize([r for r in records if r.planner == planner and r.horizon == h]) for h in horizons]
+    for planner, (horizons, stats) in _by_horizon(records).items():
         rate = np.array([s["success_rate"] for s in stats], dtype=float)
         low = np.array([s["success_low"] for s in stats], dtype=float)
         high = np.array([s["success_high"] for s in stats], dtype=float)
         ax.errorbar(horizons, rate, yerr=[rate - low, high - rate], marker="o", capsize=4, label=planner)
-    horizons_all = sorted({r.horizon for r in records})
-    if horizons_all:
-        ax.set_xticks(horizons_all)
-    ax.set_xlabel("horizon H (model steps)")
-    ax.set_ylabel("success rate (95% Wald interval)")
     ax.set_ylim(-0.05, 1.05)
-    ax.grid(alpha=0.3)
-    if records:
-        ax.legend()
-    ax.set_title(f"{records[0].task if records else ''} success against horizon".strip())
+    _horizon_axes(ax, records, ylabel="success rate (95% Wald interval)", title="success against horizon")
+    fig.tight_layout()
+    return _png(fig, canvas)
+
+
+def success_time_vs_horizon_png(episodes: pa.Table) -> bytes:
+    """PNG: median planning time (s) of the successful episodes against horizon, one line per planner
+    (log scale; a horizon without a success has no point)."""
+    fig, canvas = _figure(6.0, 4.0)
+    ax = fig.add_subplot()
+    records = _records_from_episodes(episodes)
+    for planner, (horizons, stats) in _by_horizon(records).items():
+        ax.plot(horizons, [s["median_planning_time_s"] for s in stats], marker="o", label=planner)
+    if any(r.success and r.planning_time_s > 0 for r in records):
+        ax.set_yscale("log")
+    _horizon_axes(ax, records, ylabel="median time of successful episodes (s)", title="planning time against horizon")
     fig.tight_layout()
     return _png(fig, canvas)
 
@@ -762,6 +789,16 @@ class ExperimentTracker:
             if self.client.get_run(group.run_id).info.status == "RUNNING":
                 self.client.set_terminated(group.run_id, status=status)
         self.client.set_terminated(parent, status=status)
+
+    def log_metrics(self, metrics: Mapping[str, float], *, step: int = 0) -> None:
+        """Log ``metrics`` on the parent run at ``step`` (e.g. a horizon)."""
+        self._log_metrics(self._require_parent(), metrics, step=step)
+
+    def log_plot(self, name: str, make: Any) -> None:
+        """Log the PNG bytes ``make()`` returns as ``plots/NAME`` of the parent run (skipped with a
+        warning when it cannot be drawn)."""
+        with tempfile.TemporaryDirectory(prefix="wmplan-track-") as tmp:
+            self._log_png(self._require_parent(), Path(tmp) / name, make)
 
     @property
     def child_run_ids(self) -> dict[tuple[str, int], str]:
