@@ -150,6 +150,9 @@ def _run_train(args: argparse.Namespace) -> int:
     summary = f"saved {out}: trained in {seconds:.1f} s"
     if pixels:
         summary += f" (encoder {metrics.get('encoder_seconds') or 0:.1f} s, predictor {metrics['train_seconds']:.1f} s); latent {metrics['latent_dim']} values"
+        if metrics.get("val_reconstruction_mse") is not None:
+            summary += (f"; validation reconstruction MSE {metrics['val_reconstruction_mse']:.3g} "
+                        f"(the mean picture: {metrics['val_mean_picture_mse']:.3g})")
     if metrics.get("val_mse_before") is not None:
         space = "latent" if pixels else "normalised"
         summary += f"; validation one-step MSE ({space}) {metrics['val_mse_before']:.4g} -> {metrics['val_mse_after']:.4g}"

@@ -72,6 +72,8 @@ class VisualModelConfig(PackedActionConfig):
     """Predictor: width of the hidden layers of the residual MLP."""
     depth: int = 3
     """Predictor: number of hidden layers (>= 1)."""
+    probe_hidden: int = 256
+    """State probe: width of its two hidden layers."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -102,11 +104,16 @@ class VisualModelConfig(PackedActionConfig):
 
 
 class ConvEncoder(nn.Module):
-    """``[B, 3, S, S]`` frames in [0, 1] to a ``[B, C, S/8, S/8]`` feature grid (three stride-2 convolutions)."""
+    """``[B, 3, S, S]`` frames in [0, 1] to a ``[B, C, S/8, S/8]`` feature grid (three stride-2 convolutions).
 
-    def __init__(self, *, channels: int = 32, latent_channels: int = 8) -> None:
+    The training frames' mean picture (buffer ``frame_mean [3, S, S]``, set before training) is
+    subtracted first, so the features describe what differs from the usual picture.
+    """
+
+    def __init__(self, *, frame_size: int = 64, channels: int = 32, latent_channels: int = 8) -> None:
         super().__init__()
         c = channels
+        self.register_buffer("frame_mean", torch.zeros(3, frame_size, frame_size))
         self.net = nn.Sequential(
             nn.Conv2d(3, c, 4, stride=2, padding=1), nn.SiLU(),
             nn.Conv2d(c, c, 4, stride=2, padding=1), nn.SiLU(),
@@ -115,24 +122,31 @@ class ConvEncoder(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+        return self.net(x - self.frame_mean)
 
 
 class ConvDecoder(nn.Module):
-    """``[B, C, g, g]`` feature grids back to ``[B, 3, 8g, 8g]`` frames in [0, 1]."""
+    """``[B, C, g, g]`` feature grids back to ``[B, 3, 8g, 8g]`` frames: the mean picture plus a correction.
 
-    def __init__(self, *, channels: int = 32, latent_channels: int = 8) -> None:
+    The output is not squashed (a saturated sigmoid would stop learning); clamp it to [0, 1] to show it.
+    """
+
+    def __init__(self, *, frame_size: int = 64, channels: int = 32, latent_channels: int = 8) -> None:
         super().__init__()
         c = channels
+        self.register_buffer("frame_mean", torch.zeros(3, frame_size, frame_size))
         self.net = nn.Sequential(
             nn.Conv2d(latent_channels, c, 3, padding=1), nn.SiLU(),
             nn.ConvTranspose2d(c, c, 4, stride=2, padding=1), nn.SiLU(),
             nn.ConvTranspose2d(c, c, 4, stride=2, padding=1), nn.SiLU(),
             nn.ConvTranspose2d(c, 3, 4, stride=2, padding=1),
         )
+        with torch.no_grad():  # an untrained decoder draws the mean picture
+            self.net[-1].weight.zero_()
+            self.net[-1].bias.zero_()
 
     def forward(self, e: Tensor) -> Tensor:
-        return torch.sigmoid(self.net(e))
+        return self.frame_mean + self.net(e)
 
 
 def load_user_encoder(spec: str) -> nn.Module:
@@ -172,7 +186,8 @@ class VisualWorldModel(nn.Module):
 
     Buffers (saved in checkpoints): ``latent_mean [D]`` and ``latent_scale`` (a scalar: one scale
     for every feature keeps their relative sizes), ``action_mean``/``action_std [A]``, and the
-    state probe ``probe_weight [D_env, D]``, ``probe_bias [D_env]``.
+    state probe's output scaling ``state_mean``/``state_std [D_env]``; the probe itself is a small
+    MLP (``probe``) fitted after the encoder, frozen like everything else.
     """
 
     observation = "pixels"
@@ -188,10 +203,12 @@ class VisualWorldModel(nn.Module):
             if seed is not None:
                 torch.manual_seed(seed)
             if config.encoder == "builtin":
-                self.encoder: nn.Module = ConvEncoder(channels=config.channels, latent_channels=config.latent_channels)
+                self.encoder: nn.Module = ConvEncoder(frame_size=config.frame_size, channels=config.channels,
+                                                      latent_channels=config.latent_channels)
             else:
                 self.encoder = encoder if encoder is not None else load_user_encoder(config.encoder)
-            self.decoder = ConvDecoder(channels=config.channels, latent_channels=config.latent_channels) if config.decoder else None
+            self.decoder = ConvDecoder(frame_size=config.frame_size, channels=config.channels,
+                                       latent_channels=config.latent_channels) if config.decoder else None
             self.predictor = mlp_layers(d, d, extra_in=a, hidden=config.hidden, depth=config.depth)
         with torch.no_grad():  # an untrained predictor says "nothing moves"
             self.predictor[-1].weight.zero_()
@@ -200,8 +217,12 @@ class VisualWorldModel(nn.Module):
         self.register_buffer("latent_scale", torch.ones(()))
         self.register_buffer("action_mean", torch.zeros(a))
         self.register_buffer("action_std", torch.ones(a))
-        self.register_buffer("probe_weight", torch.zeros(config.state_dim, d))
-        self.register_buffer("probe_bias", torch.zeros(config.state_dim))
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed + 1)
+            self.probe = mlp_layers(d, config.state_dim, hidden=config.probe_hidden, depth=2)
+        self.register_buffer("state_mean", torch.zeros(config.state_dim))
+        self.register_buffer("state_std", torch.ones(config.state_dim))
         low, high = config.action_bounds()
         self.register_buffer("action_low", low, persistent=False)
         self.register_buffer("action_high", high, persistent=False)
@@ -232,7 +253,7 @@ class VisualWorldModel(nn.Module):
 
     def decode(self, z: Tensor) -> Tensor:
         """The state probe: latents ``[..., D]`` to estimated env states ``[..., D_env]`` (reporting only)."""
-        return z @ self.probe_weight.T.to(z.dtype) + self.probe_bias.to(z.dtype)
+        return self.state_mean.to(z.dtype) + self.state_std.to(z.dtype) * self.probe(z)
 
     def reconstruct(self, z: Tensor) -> Tensor:
         """Pictures of latents: ``[..., D]`` to frames ``[..., S, S, 3]`` in [0, 1] (needs the decoder)."""
@@ -240,7 +261,7 @@ class VisualWorldModel(nn.Module):
             raise ValueError("this visual model has no decoder (trained with a user encoder or decoder: false)")
         lead = z.shape[:-1]
         e = (z * self.latent_scale + self.latent_mean).reshape(-1, *self.config.latent_shape)
-        return self.decoder(e).permute(0, 2, 3, 1).reshape(*lead, self.frame_size, self.frame_size, 3)
+        return self.decoder(e).clamp(0, 1).permute(0, 2, 3, 1).reshape(*lead, self.frame_size, self.frame_size, 3)
 
     # -- the world model -----------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ Three stages, each deterministic for a seed on the CPU:
    latent space to make prediction easy. A user encoder (``encoder='module:factory'`` with
    ``encoder_weights``) is loaded frozen and this stage is skipped.
 2. **Latents**: every frame is encoded once; the latent mean and one global scale are fitted on
-   the training split, and a ridge-regression *state probe* from latents to env states (for
+   the training split, and a *state probe*, a small MLP regressing env states on latents (for
    reporting in-model success; it never enters planning).
 3. **Predictor**: the residual MLP learns ``z_t -> z_{t+frameskip}`` by open-loop unrolls of
    ``rollout_steps`` model steps in the normalised latent space, with the same loop as the state
@@ -71,8 +71,8 @@ class VisualTrainConfig(TrainConfig):
     """'builtin', or a frozen user encoder 'package.module:factory' (needs encoder_weights)."""
     encoder_weights: str = ""
     """A user encoder's weights: a safetensors file on the user's disk."""
-    probe_ridge: float = 1e-3
-    """Ridge penalty of the state probe's least squares (times the number of training frames)."""
+    probe_steps: int = 3000
+    """Gradient steps of the state probe (an MLP from latents to env states, for reporting only)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -80,7 +80,7 @@ class VisualTrainConfig(TrainConfig):
         require(self.encoder_batch_size >= 1, f"encoder_batch_size must be >= 1, got {self.encoder_batch_size}")
         require(self.encoder_lr > 0, f"encoder_lr must be > 0, got {self.encoder_lr}")
         require(self.foreground_weight >= 0, f"foreground_weight must be >= 0, got {self.foreground_weight}")
-        require(self.probe_ridge >= 0, f"probe_ridge must be >= 0, got {self.probe_ridge}")
+        require(self.probe_steps >= 1, f"probe_steps must be >= 1, got {self.probe_steps}")
         if self.encoder == "builtin":
             require(not self.encoder_weights, "encoder_weights is only for a user encoder (encoder='module:factory')")
         else:
@@ -114,7 +114,10 @@ def train_autoencoder(model: VisualWorldModel, frames: np.ndarray, config: Visua
     steps = config.encoder_steps
     opt, sched = make_optimizer(params, lr=config.encoder_lr, weight_decay=config.weight_decay, steps=steps)
     data = torch.as_tensor(frames)  # uint8 on the host; batches move to the device
-    mean_frame = frames_to_tensor(data[: min(len(data), 4096)], device=device).mean(0)  # [S, S, 3]
+    mean_frame = mean_picture(frames, device=device)  # [S, S, 3]
+    with torch.no_grad():
+        model.encoder.frame_mean.copy_(mean_frame.permute(2, 0, 1))
+        model.decoder.frame_mean.copy_(mean_frame.permute(2, 0, 1))
     gen = torch.Generator().manual_seed(config.seed + 2)
     batch = min(config.encoder_batch_size, len(data))
     tail = max(1, steps // 20)
@@ -153,25 +156,50 @@ def train_autoencoder(model: VisualWorldModel, frames: np.ndarray, config: Visua
     }
 
 
-def _reconstruction_mse(model: VisualWorldModel, frames: np.ndarray, batch: int = 512) -> float | None:
-    """Mean squared pixel error (values in [0, 1]) of encoding and decoding ``frames``."""
+def mean_picture(frames: np.ndarray, *, device: torch.device | str = "cpu", batch: int = 4096) -> torch.Tensor:
+    """The mean of ``frames [N, S, S, 3]`` (uint8) as ``[S, S, 3]`` floats in [0, 1]."""
+    total = torch.zeros(frames.shape[1:], dtype=torch.float64, device=device)
+    for lo in range(0, len(frames), batch):
+        total += frames_to_tensor(frames[lo : lo + batch], device=device).sum(0, dtype=torch.float64)
+    return (total / max(1, len(frames))).float()
+
+
+def _reconstruction_mse(model: VisualWorldModel, frames: np.ndarray, batch: int = 512) -> tuple[float, float] | None:
+    """Mean squared pixel error (values in [0, 1]) of encoding and decoding ``frames``, and that of
+    drawing the training frames' mean picture instead (what a collapsed autoencoder scores)."""
     if model.decoder is None or len(frames) == 0:
         return None
-    total = 0.0
+    total, baseline = 0.0, 0.0
+    mean = model.decoder.frame_mean.permute(1, 2, 0)
     with torch.no_grad():
         for lo in range(0, len(frames), batch):
             x = frames_to_tensor(frames[lo : lo + batch], device=model.latent_mean.device)
             total += (model.reconstruct(model.encode(x)) - x).pow(2).mean().item() * len(x)
-    return total / len(frames)
+            baseline += (mean - x).pow(2).mean().item() * len(x)
+    return total / len(frames), baseline / len(frames)
 
 
-def _fit_probe(z: np.ndarray, states: np.ndarray, ridge: float) -> tuple[np.ndarray, np.ndarray]:
-    """Ridge regression ``states ~ z W^T + b``: returns ``W [D_env, D]`` and ``b [D_env]``."""
-    x = np.concatenate([z.astype(np.float64), np.ones((len(z), 1))], axis=1)
-    reg = ridge * len(z) * np.eye(x.shape[1])
-    reg[-1, -1] = 0.0  # the bias is not penalised
-    sol = np.linalg.solve(x.T @ x + reg, x.T @ states)  # [D + 1, D_env]
-    return sol[:-1].T, sol[-1]
+def fit_probe(model: VisualWorldModel, z: np.ndarray, states: np.ndarray, config: VisualTrainConfig) -> dict[str, Any]:
+    """Fit the state probe (latents ``z [N, D]`` to env states ``[N, D_env]``) by regression in normalised state units."""
+    device = model.latent_mean.device
+    mean, std = states.mean(0), np.maximum(states.std(0), STD_FLOOR)
+    model.set_buffers(state_mean=mean, state_std=std)
+    x = torch.as_tensor(z, dtype=torch.float32, device=device)
+    y = torch.as_tensor((states - mean) / std, dtype=torch.float32, device=device)
+    params = list(model.probe.parameters())
+    model.probe.requires_grad_(True)
+    opt, sched = make_optimizer(params, lr=config.lr, weight_decay=config.weight_decay, steps=config.probe_steps)
+    gen = torch.Generator().manual_seed(config.seed + 3)
+    t0 = time.perf_counter()
+    for _ in range(config.probe_steps):
+        idx = torch.randint(len(x), (min(config.batch_size, len(x)),), generator=gen).to(device)
+        loss = (model.probe(x[idx]) - y[idx]).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    model.probe.requires_grad_(False)
+    return {"probe_seconds": time.perf_counter() - t0}
 
 
 def train_visual_model(
@@ -185,7 +213,9 @@ def train_visual_model(
     Returns:
         The model (on ``config.device``, eval mode, every parameter frozen) and metrics: the
         encoder stage's ``encoder_loss`` (mean of the last 5% of steps), ``encoder_loss_first``, ``encoder_seconds``, ``encoder_frames_per_s`` and
-        ``val_reconstruction_mse`` (pixels in [0, 1]; None without a decoder); the predictor's
+        ``val_reconstruction_mse`` (pixels in [0, 1]; None without a decoder) beside
+        ``val_mean_picture_mse`` (drawing the mean training picture: an autoencoder that does not
+        beat it has collapsed); the predictor's
         ``train_loss``, ``train_seconds``, ``transitions_per_s`` and ``val_mse_before`` /
         ``val_mse_after`` (one-step MSE in the normalised latent space on the val split);
         ``probe_val_rmse`` (the state probe's error per env state dimension, env units);
@@ -241,12 +271,13 @@ def train_visual_model(
                       action_mean=np.tile(actions.mean(0), f), action_std=np.tile(np.maximum(actions.std(0), STD_FLOOR), f))
     z_train = encode_trajectories(model, train)
     z_val = encode_trajectories(model, val) if val else []
-    weight, bias = _fit_probe(np.concatenate(z_train), np.concatenate([t.states for t in train]), config.probe_ridge)
-    model.set_buffers(probe_weight=weight, probe_bias=bias)
+    metrics.update(fit_probe(model, np.concatenate(z_train), np.concatenate([t.states for t in train]), config))
     if val:
-        pred = np.concatenate(z_val) @ weight.T + bias
+        with torch.no_grad():
+            pred = model.decode(torch.as_tensor(np.concatenate(z_val), device=device)).cpu().numpy()
         metrics["probe_val_rmse"] = [float(x) for x in np.sqrt(((pred - np.concatenate([t.states for t in val])) ** 2).mean(0))]
-    metrics["val_reconstruction_mse"] = _reconstruction_mse(model, val_frames)
+    recon = _reconstruction_mse(model, val_frames)
+    metrics["val_reconstruction_mse"], metrics["val_mean_picture_mse"] = recon if recon else (None, None)
 
     # Stage 3: the predictor on latent windows.
     latent_trajs = [SimpleNamespace(states=z, actions=t.actions) for z, t in zip(z_train, train)]
