@@ -29,7 +29,7 @@ from wmplan.platform.options import require
 if TYPE_CHECKING:  # pyarrow is imported only by code that reads data sets
     from wmplan.platform.data import Dataset, Trajectory
 
-__all__ = ["TrainConfig", "train_state_model", "fit_rollouts", "one_step_mse", "transition_windows", "normalization_stats"]
+__all__ = ["TrainConfig", "train_state_model", "fit_rollouts", "descend", "one_step_mse", "transition_windows", "normalization_stats"]
 
 STD_FLOOR = 1e-6
 """Smallest standard deviation used for normalisation (a constant dimension would divide by 0)."""
@@ -209,6 +209,53 @@ def make_optimizer(params: list[torch.nn.Parameter], *, lr: float, weight_decay:
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0)
 
 
+def descend(
+    params: list[torch.nn.Parameter],
+    batch_loss: Callable[[int], torch.Tensor],
+    *,
+    steps: int,
+    lr: float,
+    weight_decay: float,
+    grad_clip: float = 0.0,
+    schedule: str = "cosine",
+    device: torch.device,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> tuple[float | None, float | None, float]:
+    """The one gradient-descent loop of every training stage: ``steps`` AdamW steps on ``batch_loss(step)``.
+
+    Clips the gradient's global norm to ``grad_clip`` (0: off) and calls ``progress(step, steps, loss)``
+    after every step (reading the loss synchronises the device; nothing else does).
+
+    Returns:
+        The first step's loss, the mean loss of the last 5% of steps (None for no steps) and the
+        seconds the loop took.
+    """
+    opt, sched = make_optimizer(params, lr=lr, weight_decay=weight_decay, steps=steps, schedule=schedule)
+    tail = max(1, steps // 20)
+    tail_sum = torch.zeros((), device=device)
+    first = None
+    t0 = time.perf_counter()
+    for step in range(steps):
+        loss = batch_loss(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        opt.step()
+        sched.step()
+        detached = loss.detach()
+        if step == 0:
+            first = detached.clone()
+        if step >= steps - tail:
+            tail_sum += detached
+        if progress is not None:
+            progress(step + 1, steps, float(detached))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - t0
+    return (float(first) if first is not None else None), (float(tail_sum) / tail if steps else None), seconds
+
+
 def fit_rollouts(
     model: torch.nn.Module,
     z_all: torch.Tensor,
@@ -232,51 +279,33 @@ def fit_rollouts(
     """
     device = z_all.device
     k = a_all.shape[1]
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt, sched = make_optimizer(params, lr=config.lr, weight_decay=config.weight_decay, steps=config.steps,
-                                schedule=config.lr_schedule)
     gen = torch.Generator().manual_seed(config.seed + 1)  # batch order; init used `seed`
     n = len(z_all)
     batch = min(config.batch_size, n)
-    perm, pos = torch.randperm(n, generator=gen), 0
-    tail = max(1, config.steps // 20)
-    tail_sum = torch.zeros((), device=device)
-    first_loss = None
+    order = {"perm": torch.randperm(n, generator=gen), "pos": 0}
 
-    model.train()
-    t0 = time.perf_counter()
-    for step in range(config.steps):
-        if pos + batch > n:
-            perm, pos = torch.randperm(n, generator=gen), 0
-        idx = perm[pos : pos + batch].to(device)
-        pos += batch
+    def batch_loss(step: int) -> torch.Tensor:
+        if order["pos"] + batch > n:
+            order["perm"], order["pos"] = torch.randperm(n, generator=gen), 0
+        idx = order["perm"][order["pos"] : order["pos"] + batch].to(device)
+        order["pos"] += batch
         z_true, a = z_all[idx], a_all[idx]
         z = z_true[:, 0]
         loss = torch.zeros((), device=device)
         for j in range(k):
             z = model.step(z, a[:, j])
             loss = loss + (z - z_true[:, j + 1]).pow(2).mean()
-        loss = loss / k
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-        opt.step()
-        sched.step()
-        detached = loss.detach()
-        if step == 0:
-            first_loss = detached.clone()
-        if step >= config.steps - tail:
-            tail_sum += detached
-        if progress is not None:
-            progress(step + 1, config.steps, float(detached))
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - t0
+        return loss / k
+
+    model.train()
+    first_loss, tail_loss, seconds = descend(
+        [p for p in model.parameters() if p.requires_grad], batch_loss, steps=config.steps, lr=config.lr,
+        weight_decay=config.weight_decay, grad_clip=config.grad_clip, schedule=config.lr_schedule, device=device,
+        progress=progress)
     model.eval()
     return {
-        "train_loss": float(tail_sum) / tail,
-        "train_loss_first": float(first_loss) if first_loss is not None else None,
+        "train_loss": tail_loss,
+        "train_loss_first": first_loss,
         "train_seconds": seconds,
         "transitions_per_s": config.steps * batch * k / seconds if seconds > 0 else math.inf,
         "train_windows": n,

@@ -31,7 +31,7 @@ import torch
 from wmplan.platform.envs import make_env
 from wmplan.platform.errors import ConfigError
 from wmplan.platform.models.training import (
-    STD_FLOOR, TrainConfig, fit_rollouts, make_optimizer, one_step_mse, transition_windows,
+    STD_FLOOR, TrainConfig, descend, fit_rollouts, one_step_mse, transition_windows,
 )
 from wmplan.platform.models.visual import (
     VisualModelConfig, VisualWorldModel, frames_to_tensor, load_encoder_weights, load_user_encoder,
@@ -110,9 +110,7 @@ def train_autoencoder(model: VisualWorldModel, frames: np.ndarray, config: Visua
     """
     device = model.latent_mean.device
     assert model.decoder is not None
-    params = list(model.encoder.parameters()) + list(model.decoder.parameters())
     steps = config.encoder_steps
-    opt, sched = make_optimizer(params, lr=config.encoder_lr, weight_decay=config.weight_decay, steps=steps)
     data = torch.as_tensor(frames)  # uint8 on the host; batches move to the device
     mean_frame = mean_picture(frames, device=device)  # [S, S, 3]
     with torch.no_grad():
@@ -120,37 +118,24 @@ def train_autoencoder(model: VisualWorldModel, frames: np.ndarray, config: Visua
         model.decoder.frame_mean.copy_(mean_frame.permute(2, 0, 1))
     gen = torch.Generator().manual_seed(config.seed + 2)
     batch = min(config.encoder_batch_size, len(data))
-    tail = max(1, steps // 20)
-    tail_sum = torch.zeros((), device=device)
-    first = None
-    model.encoder.train()
-    model.decoder.train()
-    t0 = time.perf_counter()
-    for step in range(steps):
+    decoder = model.decoder
+
+    def batch_loss(step: int) -> torch.Tensor:
         idx = torch.randint(len(data), (batch,), generator=gen)
         x = frames_to_tensor(data[idx], device=device)  # [B, S, S, 3]
-        e = model.encoder(x.permute(0, 3, 1, 2))
-        recon = model.decoder(e).permute(0, 2, 3, 1)
+        recon = decoder(model.encoder(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
         weight = 1.0 + config.foreground_weight * (x - mean_frame).abs().mean(-1, keepdim=True)
-        loss = (weight * (recon - x).pow(2)).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-        opt.step()
-        sched.step()
-        if step == 0:
-            first = loss.detach().clone()
-        if step >= steps - tail:
-            tail_sum += loss.detach()
-        if progress is not None:
-            progress("encoder", step + 1, steps, float(loss.detach()))
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - t0
+        return (weight * (recon - x).pow(2)).mean()
+
+    model.encoder.train()
+    decoder.train()
+    first, tail, seconds = descend(
+        list(model.encoder.parameters()) + list(decoder.parameters()), batch_loss, steps=steps, lr=config.encoder_lr,
+        weight_decay=config.weight_decay, grad_clip=config.grad_clip, device=device,
+        progress=(lambda s, n, loss: progress("encoder", s, n, loss)) if progress else None)
     return {
-        "encoder_loss": float(tail_sum) / tail if steps else None,
-        "encoder_loss_first": float(first) if first is not None else None,
+        "encoder_loss": tail,
+        "encoder_loss_first": first,
         "encoder_seconds": seconds,
         "encoder_frames_per_s": steps * batch / seconds if seconds > 0 else None,
     }
@@ -186,20 +171,17 @@ def fit_probe(model: VisualWorldModel, z: np.ndarray, states: np.ndarray, config
     model.set_buffers(state_mean=mean, state_std=std)
     x = torch.as_tensor(z, dtype=torch.float32, device=device)
     y = torch.as_tensor((states - mean) / std, dtype=torch.float32, device=device)
-    params = list(model.probe.parameters())
     model.probe.requires_grad_(True)
-    opt, sched = make_optimizer(params, lr=config.lr, weight_decay=config.weight_decay, steps=config.probe_steps)
     gen = torch.Generator().manual_seed(config.seed + 3)
-    t0 = time.perf_counter()
-    for _ in range(config.probe_steps):
+
+    def batch_loss(step: int) -> torch.Tensor:
         idx = torch.randint(len(x), (min(config.batch_size, len(x)),), generator=gen).to(device)
-        loss = (model.probe(x[idx]) - y[idx]).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        return (model.probe(x[idx]) - y[idx]).pow(2).mean()
+
+    _, _, seconds = descend(list(model.probe.parameters()), batch_loss, steps=config.probe_steps, lr=config.lr,
+                            weight_decay=config.weight_decay, device=device)
     model.probe.requires_grad_(False)
-    return {"probe_seconds": time.perf_counter() - t0}
+    return {"probe_seconds": seconds}
 
 
 def train_visual_model(
