@@ -99,7 +99,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hidden", type=int, default=256, help="predictor hidden width (default: 256)")
     p.add_argument("--depth", type=int, default=3, help="predictor hidden layers (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto: the GPU when there is one (default: %(default)s)")
     g = p.add_argument_group("pixels")
     g.add_argument("--encoder-steps", type=int, default=3000, help="autoencoder steps (default: %(default)s)")
     g.add_argument("--channels", type=int, default=32, help="encoder/decoder channels (default: %(default)s)")
