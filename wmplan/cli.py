@@ -48,14 +48,15 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
         "(train/val split by trajectory; the configuration is stored in the file).",
     )
     p.add_argument("--env", required=True, help="task: wall, pointmaze or pusht")
-    p.add_argument("--episodes", type=int, default=1000, help="number of trajectories (default: %(default)s)")
+    p.add_argument("--episodes", type=int, default=None,
+                   help="number of trajectories (default: 1000; with --frames, the task's visual recipe: wall 200)")
     p.add_argument("--steps", type=int, default=0, help="env steps per trajectory (default: the task's, 100)")
     p.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="held-out fraction of trajectories (default: %(default)s)")
     p.add_argument("--frames", action="store_true", help="store a rendered RGB frame with every step")
     p.add_argument("--frame-size", type=int, default=64, help="frame side in pixels (default: %(default)s)")
     p.add_argument("--workers", type=int, default=0, help="processes (default: one per core)")
-    p.add_argument("--out", default=None, help="output file (default: data/ENV.parquet)")
+    p.add_argument("--out", default=None, help="output file (default: data/ENV.parquet, with --frames data/ENV-pixels.parquet)")
     p.set_defaults(func=_run_data)
 
 
@@ -63,12 +64,18 @@ def _run_data(args: argparse.Namespace) -> int:
     import time
 
     from wmplan.platform.data import DataConfig, generate_dataset
+    from wmplan.platform.envs import ENV_NAMES
+    from wmplan.platform.errors import unknown_name_error
+    from wmplan.platform.workflow import default_data_config, default_data_path
 
+    if args.env not in ENV_NAMES:
+        raise unknown_name_error("task", args.env, ENV_NAMES)
+    obs = "pixels" if args.frames else "state"
     config = DataConfig(
-        env=args.env, episodes=args.episodes, steps=args.steps, seed=args.seed,
-        val_fraction=args.val_fraction, frames=args.frames, frame_size=args.frame_size,
+        env=args.env, episodes=args.episodes or default_data_config(args.env, obs=obs).episodes, steps=args.steps,
+        seed=args.seed, val_fraction=args.val_fraction, frames=args.frames, frame_size=args.frame_size,
     )
-    out = args.out or f"data/{args.env}.parquet"
+    out = args.out or default_data_path(args.env, obs=obs)
     t0 = time.perf_counter()
     path = generate_dataset(config, out, workers=args.workers,
                             progress=lambda done, total: print(f"\r{done}/{total} trajectories", end="", file=sys.stderr, flush=True))
@@ -90,9 +97,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--env", required=True, help="task: wall, pointmaze or pusht")
     p.add_argument("--obs", choices=["state", "pixels"], default="state", help="what the model sees (default: %(default)s)")
-    p.add_argument("--data", default=None, help="data set (default: data/ENV.parquet)")
+    p.add_argument("--data", default=None, help="data set (default: data/ENV.parquet, or data/ENV-pixels.parquet)")
     p.add_argument("--out", default=None, help="checkpoint directory (default: checkpoints/ENV, or checkpoints/ENV-pixels)")
-    p.add_argument("--steps", type=int, default=None, help="predictor gradient steps (default: 8000/4000)")
+    p.add_argument("--steps", type=int, default=None, help="predictor gradient steps (default: 8000/4000, Push-T pixels 12000)")
     p.add_argument("--batch-size", type=int, default=256, help="windows per step (default: %(default)s)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: %(default)s)")
     p.add_argument("--rollout-steps", type=int, default=3, help="model steps unrolled in the loss (default: %(default)s)")
@@ -113,39 +120,37 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     from wmplan.platform.data import read_dataset
     from wmplan.platform.demo import resolve_device
-    from wmplan.platform.models import (
-        TrainConfig, VisualTrainConfig, evaluate_model, save_checkpoint, train_state_model, train_visual_model,
-    )
-    from wmplan.platform.workflow import default_checkpoint, default_data_path
+    from wmplan.platform.envs import ENV_NAMES
+    from wmplan.platform.errors import unknown_name_error
+    from wmplan.platform.workflow import default_checkpoint, default_data_path, default_train_config, train_model
 
+    if args.env not in ENV_NAMES:
+        raise unknown_name_error("task", args.env, ENV_NAMES)
     pixels = args.obs == "pixels"
-    data = Path(args.data) if args.data else default_data_path(args.env)
-    out = Path(args.out) if args.out else default_checkpoint(args.env + ("-pixels" if pixels else ""))
-    common = dict(batch_size=args.batch_size, lr=args.lr, rollout_steps=args.rollout_steps, hidden=args.hidden, depth=args.depth,
-                  seed=args.seed, device=str(resolve_device(args.device)))
-    common.update({"steps": args.steps} if args.steps is not None else {})
+    data = Path(args.data) if args.data else default_data_path(args.env, obs=args.obs)
+    out = Path(args.out) if args.out else default_checkpoint(args.env, obs=args.obs)
+    options = dict(batch_size=args.batch_size, lr=args.lr, rollout_steps=args.rollout_steps, hidden=args.hidden, depth=args.depth,
+                   seed=args.seed)
+    options.update({"steps": args.steps} if args.steps is not None else {})
+    if pixels:
+        options.update(encoder_steps=args.encoder_steps, channels=args.channels, latent_channels=args.latent_channels,
+                       decoder=not args.no_decoder and args.encoder == "builtin", encoder=args.encoder,
+                       encoder_weights=args.encoder_weights)
+    config = default_train_config(args.env, obs=args.obs, device=str(resolve_device(args.device)), **options)
+    if not data.exists():
+        raise ConfigError(f"data set {str(data)!r} does not exist; generate it with "
+                          f"'wmplan data --env {args.env}{' --frames' if pixels else ''} --out {data}'")
     dataset = read_dataset(data)
     if dataset.env != args.env:
         raise ConfigError(f"data set {str(data)!r} is for task {dataset.env!r}, not {args.env!r}")
-    if pixels:
-        config: TrainConfig = VisualTrainConfig(
-            **common, encoder_steps=args.encoder_steps, channels=args.channels, latent_channels=args.latent_channels,
-            decoder=not args.no_decoder and args.encoder == "builtin", encoder=args.encoder, encoder_weights=args.encoder_weights)
-    else:
-        config = TrainConfig(**common)
+
     def progress(stage: str, step: int, total: int, loss: float) -> None:
         if step % max(1, total // 20) == 0 or step == total:
             end = "\n" if step == total else ""
             print(f"\r{stage} step {step}/{total} loss {loss:.4g}", end=end, file=sys.stderr, flush=True)
 
-    if pixels:
-        model, metrics = train_visual_model(dataset, config, progress=progress)  # type: ignore[arg-type]
-    else:
-        model, metrics = train_state_model(dataset, config, progress=lambda step, total, loss: progress("model", step, total, loss))
-    val = dataset.split("val")
-    k = min([10] + [len(t.actions) // dataset.frameskip for t in val])
-    evaluation = evaluate_model(model, dataset, k=k) if val and k >= 1 else None
-    save_checkpoint(model, out, metrics={**metrics, "evaluation": evaluation})
+    model, metrics = train_model(dataset, config, out, progress=progress)
+    evaluation = metrics["evaluation"]
     seconds = metrics.get("total_seconds", metrics["train_seconds"])
     summary = f"saved {out}: trained in {seconds:.1f} s"
     if pixels:
@@ -158,7 +163,7 @@ def _run_train(args: argparse.Namespace) -> int:
         summary += f"; validation one-step MSE ({space}) {metrics['val_mse_before']:.4g} -> {metrics['val_mse_after']:.4g}"
     if evaluation:
         via = " via the state probe" if pixels else ""
-        summary += f"; one-step error {evaluation['one_step_error']:.4g}, {k}-step error {evaluation['k_step_error']:.4g} (env units{via})"
+        summary += f"; one-step error {evaluation['one_step_error']:.4g}, {evaluation['k']}-step error {evaluation['k_step_error']:.4g} (env units{via})"
     print(summary)
     return 0
 
@@ -208,8 +213,10 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
         "checkpoint is used, and created (data generated, model trained) when it does not exist.",
     )
     p.add_argument("--env", required=True, help="task: wall, pointmaze or pusht")
-    p.add_argument("--model", default=None, help="checkpoint directory (default: checkpoints/ENV, trained if missing)")
-    p.add_argument("--data", default=None, help="data set (default: data/ENV.parquet; Push-T goals come from its validation split)")
+    p.add_argument("--model", default=None, help="checkpoint directory (default: checkpoints/ENV or checkpoints/ENV-pixels by --obs, trained if missing)")
+    p.add_argument("--obs", choices=["state", "pixels"], default="state",
+                   help="what the default model sees, when no --model is given (default: %(default)s)")
+    p.add_argument("--data", default=None, help="data set (default: data/ENV.parquet or data/ENV-pixels.parquet by --obs; Push-T goals come from its validation split)")
     p.add_argument("--planner", default="cem,gd,grasp", help="comma-separated planners (default: %(default)s)")
     p.add_argument("--horizon", default="5", help="comma-separated horizons in model steps, 5 env steps each (default: %(default)s)")
     p.add_argument("--episodes", type=int, default=50, help="episodes per planner and horizon (default: %(default)s)")
@@ -245,12 +252,13 @@ def _run_plan(args: argparse.Namespace) -> int:
         for h in horizons:
             make_planner(p, horizon=h, **overrides[p])
     device = resolve_device(args.device)
-    data = Path(args.data) if args.data else default_data_path(args.env)
+    data = Path(args.data) if args.data else default_data_path(args.env, obs=args.obs)
     say = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     if args.model:
         model = load_world_model(args.model, device=device)
     else:
-        model = prepare_model(args.env, data_path=data, checkpoint=default_checkpoint(args.env), device=str(device), progress=say)
+        model = prepare_model(args.env, data_path=data, checkpoint=default_checkpoint(args.env, obs=args.obs), obs=args.obs,
+                              device=str(device), progress=say)
     dataset = read_dataset(data) if data.exists() else None
     outcomes = plan_task(env_name=args.env, model=model, planners=planners, options=overrides, horizons=horizons,
                          episodes=args.episodes, seed=args.seed, dataset=dataset, mode=args.mode,
@@ -336,7 +344,8 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--planner", default="grasp", help="planner whose options are searched (default: %(default)s)")
     p.add_argument("--horizon", type=int, default=5, help="horizon in model steps (default: %(default)s)")
     p.add_argument("--model", default="auto", help="checkpoint directory, or auto (default: %(default)s)")
-    p.add_argument("--data", default="", help="data set (default: data/TASK.parquet)")
+    p.add_argument("--obs", choices=["state", "pixels"], default="state", help="what the auto model sees (default: %(default)s)")
+    p.add_argument("--data", default="", help="data set (default: data/TASK.parquet, or data/TASK-pixels.parquet)")
     p.add_argument("--study", default="", help="study name (default: TASK-PLANNER-hH)")
     p.add_argument("--trials", type=int, default=30, help="finished trials wanted (default: %(default)s)")
     p.add_argument("--parallel", type=int, default=2, help="trials at once (default: %(default)s)")
@@ -357,7 +366,7 @@ def _run_tune(args: argparse.Namespace) -> int:
     from wmplan.tuning.study import TuneConfig, run_study
 
     config = TuneConfig(
-        study=args.study, task=args.task, model=args.model, data=args.data, planner=args.planner, horizon=args.horizon,
+        study=args.study, task=args.task, model=args.model, obs=args.obs, data=args.data, planner=args.planner, horizon=args.horizon,
         trials=args.trials, parallel=args.parallel, tuning_episodes=args.tuning_episodes, chunk=args.chunk,
         test_episodes=args.test_episodes, seed=args.seed, storage=args.storage, time_objective=args.time_objective,
         space=tuple(args.space), actors=args.actors, output=args.output,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -234,3 +235,24 @@ def test_pixels_from_the_command_line(datasets, tmp_path):
     assert run("data", "--env", "wall", "--episodes", "3", "--steps", "20", "--workers", "1", "--out", states_only).returncode == 0
     out = run("train", "--env", "wall", "--obs", "pixels", "--data", states_only, "--out", str(tmp_path / "x"))
     assert out.returncode == 2 and "has no frames" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_prepare_model_with_pixels_generates_frames_and_trains_a_visual_model(tmp_path):
+    """What 'model: auto' with 'obs: pixels' does for wmplan run, tune and bench sweep."""
+    from wmplan.platform.workflow import default_checkpoint, default_data_path, prepare_model
+
+    assert default_checkpoint("wall", obs="pixels").as_posix() == "checkpoints/wall-pixels"
+    assert default_data_path("pusht", obs="pixels").as_posix() == "data/pusht-pixels.parquet"
+    with pytest.raises(ConfigError, match="unknown obs 'pixel' .*did you mean 'pixels'"):
+        default_checkpoint("wall", obs="pixel")
+    data, ckpt, said = tmp_path / "d.parquet", tmp_path / "c", []
+    model = prepare_model("wall", data_path=data, checkpoint=ckpt, obs="pixels", progress=said.append,
+                          data_config=DataConfig(env="wall", episodes=6, steps=20, val_fraction=0.3, frames=True, frame_size=SIZE),
+                          train_config=VisualTrainConfig(**TINY))
+    assert isinstance(model, VisualWorldModel) and read_dataset(data).trajectories[0].frames.shape[1:] == (SIZE, SIZE, 3)
+    assert any("with 16x16 frames" in m for m in said) and any("training a visual model" in m for m in said)
+    info = json.loads((ckpt / "config.json").read_text())
+    assert info["kind"] == "visual" and info["metrics"]["evaluation"]["k"] == 4  # evaluated on 20-step trajectories
+    again = prepare_model("wall", data_path=data, checkpoint=ckpt, obs="pixels", progress=said.append)
+    z, a = torch.zeros(1, model.state_dim), torch.zeros(1, model.action_dim)
+    torch.testing.assert_close(again.step(z, a), model.step(z, a))

@@ -173,3 +173,22 @@ def test_device_auto_takes_the_gpus_of_the_cluster_and_names_them(tmp_path):
                          env={**os.environ, "RAY_AUTH_MODE": "disabled"})
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "cuda (H100)"
+
+
+def test_the_cpu_sweep_configs_name_a_visual_model_that_the_sweep_trains_when_missing():
+    """One command from a clean checkout: the configs ask for the 'auto' visual model, not a path
+    that only exists after the README's commands, and the sweep, its studies and its held-out runs
+    all resolve it to the same checkpoint and frame data."""
+    from wmplan.platform.workflow import PIXEL_RECIPES, default_data_config, default_train_config
+
+    for task in ("wall", "pusht"):
+        config = load_sweep_config(ROOT / "benchmarks" / f"sweep_{task}.yaml")
+        assert (config.model, config.obs) == ("auto", "pixels")
+        runs = [config.experiment(), config.experiment("grasp", 5), config.tune_config("cem", 10).experiment()]
+        assert {(str(r.checkpoint), str(r.data_path), r.obs) for r in runs} == {
+            (f"checkpoints/{task}-pixels", f"data/{task}-pixels.parquet", "pixels")}
+        data, train = default_data_config(task, obs="pixels"), default_train_config(task, obs="pixels")
+        assert data.frames and (data.episodes, train.steps) == PIXEL_RECIPES[task]
+    assert PIXEL_RECIPES["pusht"] == (1000, 12000)  # the README's Push-T commands
+    with pytest.raises(ConfigError, match=r"option 'obs' must be one of \['state', 'pixels'\], got 'pixel'"):
+        load_sweep_config(None, ["obs=pixel"])

@@ -20,6 +20,7 @@ from wmplan.platform.envs import ENV_NAMES
 from wmplan.platform.errors import ConfigError, unknown_name_error
 from wmplan.platform.options import build_options, parse_value, require
 from wmplan.platform.planners import make_planner, planner_class
+from wmplan.platform.workflow import default_checkpoint, default_data_path
 
 __all__ = ["ExperimentConfig", "load_config", "apply_overrides"]
 
@@ -33,9 +34,11 @@ class ExperimentConfig:
     task: str = "wall"
     """Task: wall, pointmaze or pusht."""
     model: str = "auto"
-    """World-model checkpoint directory; 'auto': checkpoints/TASK, trained first when it does not exist."""
+    """World-model checkpoint directory; 'auto': checkpoints/TASK (or checkpoints/TASK-pixels), trained first when it does not exist."""
+    obs: Literal["state", "pixels"] = "state"
+    """What the 'auto' model sees: env states, or rendered frames (a visual model, data with frames)."""
     data: str = ""
-    """Data set (default data/TASK.parquet): trains the 'auto' model, and holds Push-T's goal segments."""
+    """Data set (default data/TASK.parquet, or data/TASK-pixels.parquet): trains the 'auto' model, and holds Push-T's goal segments."""
     planners: dict[str, dict[str, Any]] = field(default_factory=lambda: {"cem": {}, "gd": {}, "grasp": {}})
     """Planner name -> its options (horizon is set per run from 'horizons')."""
     horizons: list[int] = field(default_factory=lambda: [5])
@@ -98,11 +101,11 @@ class ExperimentConfig:
 
     @property
     def checkpoint(self) -> Path:
-        return Path(f"checkpoints/{self.task}") if self.model == "auto" else Path(self.model)
+        return default_checkpoint(self.task, obs=self.obs) if self.model == "auto" else Path(self.model)
 
     @property
     def data_path(self) -> Path:
-        return Path(self.data) if self.data else Path(f"data/{self.task}.parquet")
+        return Path(self.data) if self.data else default_data_path(self.task, obs=self.obs)
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))

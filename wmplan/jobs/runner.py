@@ -241,7 +241,7 @@ def run_experiment(
 
     # Everything that can fail on the user's input fails here, before Ray starts.
     env = make_env(config.task)
-    prepare_model(config.task, data_path=config.data_path, checkpoint=config.checkpoint, progress=say)
+    prepare_model(config.task, data_path=config.data_path, checkpoint=config.checkpoint, obs=config.obs, progress=say)
     checkpoint_info = read_checkpoint_info(config.checkpoint)
     dataset = read_dataset(config.data_path) if config.task == "pusht" else None
     specs = {h: episode_specs(env, horizon=h, count=config.episodes, seed=config.seed, dataset=dataset) for h in config.horizons}

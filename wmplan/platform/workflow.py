@@ -13,27 +13,88 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from wmplan.platform.data import DataConfig, Dataset, generate_dataset, read_dataset
 from wmplan.platform.envs import Env, make_env
 from wmplan.platform.episode import EpisodeRecord, EpisodeSpec, make_episode_specs, run_episodes, summarize
-from wmplan.platform.errors import ConfigError
-from wmplan.platform.models import TrainConfig, load_world_model, save_checkpoint, train_state_model
+from wmplan.platform.errors import ConfigError, unknown_name_error
+from wmplan.platform.models import (
+    TrainConfig, VisualTrainConfig, evaluate_model, load_world_model, save_checkpoint, train_state_model, train_visual_model,
+)
 from wmplan.platform.planners import make_planner
 
 Progress = Callable[[str], None]
+TrainProgress = Callable[[str, int, int, float], None]
 
 
-def default_data_path(env: str, root: str | Path = ".") -> Path:
-    """Where ``wmplan data`` writes a task's data set by default."""
-    return Path(root) / "data" / f"{env}.parquet"
+OBS = ("state", "pixels")
+"""What a task's default world model sees: env states, or rendered frames (a visual model)."""
+
+PIXEL_RECIPES: dict[str, tuple[int, int]] = {"wall": (200, 4000), "pointmaze": (1000, 4000), "pusht": (1000, 12000)}
+"""Per task, the default visual model's data and budget: trajectories of the task's default length
+(with 64x64 frames) and predictor steps. These are the models the README measures; Push-T's
+predictor needs more of both."""
 
 
-def default_checkpoint(env: str, root: str | Path = ".") -> Path:
-    """Where ``wmplan train`` writes a task's state model by default."""
-    return Path(root) / "checkpoints" / env
+def _check_obs(obs: str) -> None:
+    if obs not in OBS:
+        raise unknown_name_error("obs", obs, OBS)
+
+
+def default_data_path(env: str, root: str | Path = ".", *, obs: str = "state") -> Path:
+    """Where ``wmplan data`` writes a task's data set by default (``data/ENV-pixels.parquet`` with frames)."""
+    _check_obs(obs)
+    return Path(root) / "data" / f"{env}{'-pixels' if obs == 'pixels' else ''}.parquet"
+
+
+def default_checkpoint(env: str, root: str | Path = ".", *, obs: str = "state") -> Path:
+    """Where ``wmplan train`` writes a task's model by default (``checkpoints/ENV-pixels`` for a visual one)."""
+    _check_obs(obs)
+    return Path(root) / "checkpoints" / f"{env}{'-pixels' if obs == 'pixels' else ''}"
+
+
+def default_data_config(env: str, *, obs: str = "state") -> DataConfig:
+    """The data set a task's default model is trained on (with frames for ``obs='pixels'``)."""
+    _check_obs(obs)
+    if obs == "pixels":
+        return DataConfig(env=env, episodes=PIXEL_RECIPES[env][0], frames=True)
+    return DataConfig(env=env)
+
+
+def default_train_config(env: str, *, obs: str = "state", device: str = "cpu", **options: Any) -> TrainConfig:
+    """The training options of a task's default model; ``options`` override them (checked by the config)."""
+    _check_obs(obs)
+    if obs == "pixels":
+        return VisualTrainConfig(**{"steps": PIXEL_RECIPES[env][1], "device": device, **options})
+    return TrainConfig(**{"device": device, **options})
+
+
+def train_model(
+    dataset: Dataset,
+    config: TrainConfig,
+    checkpoint: Path,
+    *,
+    progress: TrainProgress | None = None,
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Train a state model (``TrainConfig``) or a visual one (``VisualTrainConfig``) on ``dataset``,
+    evaluate it on the validation split (k = 10 model steps, or fewer when trajectories are
+    shorter) and save it with its metrics and evaluation under ``checkpoint``.
+
+    ``progress(stage, step, total, loss)`` is called after every gradient step.
+    """
+    if isinstance(config, VisualTrainConfig):
+        model, metrics = train_visual_model(dataset, config, progress=progress)
+    else:
+        model, metrics = train_state_model(
+            dataset, config, progress=None if progress is None else lambda step, total, loss: progress("model", step, total, loss))
+    val = dataset.split("val")
+    k = min([10] + [len(t.actions) // dataset.frameskip for t in val])
+    metrics = {**metrics, "evaluation": evaluate_model(model, dataset, k=k) if val and k >= 1 else None}
+    save_checkpoint(model, checkpoint, metrics=metrics)
+    return model, metrics
 
 
 def prepare_model(
@@ -41,6 +102,7 @@ def prepare_model(
     *,
     data_path: Path,
     checkpoint: Path,
+    obs: str = "state",
     data_config: DataConfig | None = None,
     train_config: TrainConfig | None = None,
     device: str = "cpu",
@@ -48,26 +110,32 @@ def prepare_model(
 ) -> torch.nn.Module:
     """Load the checkpoint, or create it: generate the data set if it is missing, then train.
 
-    An existing but broken checkpoint is an error (never silently overwritten).
+    ``obs`` says what a model created here sees: ``state``, or ``pixels`` (frames are generated
+    with the data, and a visual model is trained with :data:`PIXEL_RECIPES`' budget). An existing
+    but broken checkpoint is an error (never silently overwritten).
     """
     say = progress or (lambda msg: None)
+    _check_obs(obs)
     if (checkpoint / "config.json").exists():
         return load_world_model(checkpoint, device=device)
     if not data_path.exists():
-        config = data_config or DataConfig(env=env)
+        config = data_config or default_data_config(env, obs=obs)
         if config.env != env:
             raise ConfigError(f"data config is for {config.env!r}, not {env!r}")
         t0 = time.perf_counter()
-        say(f"no data set at {data_path}: generating {config.episodes} trajectories of {env} ...")
+        frames = f" with {config.frame_size}x{config.frame_size} frames" if config.frames else ""
+        say(f"no data set at {data_path}: generating {config.episodes} trajectories of {env}{frames} ...")
         generate_dataset(config, data_path)
         say(f"  data set written in {time.perf_counter() - t0:.1f} s")
     dataset = read_dataset(data_path)
     if dataset.env != env:
         raise ConfigError(f"data set {str(data_path)!r} is for task {dataset.env!r}, not {env!r}")
-    say(f"no model at {checkpoint}: training a state model on {data_path} ...")
-    model, metrics = train_state_model(dataset, train_config)
-    save_checkpoint(model, checkpoint, metrics=metrics)
-    say(f"  trained in {metrics['train_seconds']:.1f} s; validation one-step MSE {metrics['val_mse_before']:.4g} -> {metrics['val_mse_after']:.4g}")
+    config = train_config or default_train_config(env, obs=obs, device=device)
+    kind = "visual" if isinstance(config, VisualTrainConfig) else "state"
+    say(f"no model at {checkpoint}: training a {kind} model on {data_path} ({config.steps} predictor steps) ...")
+    model, metrics = train_model(dataset, config, checkpoint)
+    say(f"  trained in {metrics.get('total_seconds', metrics['train_seconds']):.1f} s; validation one-step MSE "
+        f"{metrics['val_mse_before']:.4g} -> {metrics['val_mse_after']:.4g}")
     return model.to(device)
 
 

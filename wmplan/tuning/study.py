@@ -34,7 +34,7 @@ from wmplan.platform.episode import EpisodeRecord, EpisodeSpec, summarize
 from wmplan.platform.errors import ConfigError, unknown_name_error
 from wmplan.platform.options import require
 from wmplan.platform.planners import PLANNERS, make_planner
-from wmplan.platform.workflow import episode_specs, prepare_model
+from wmplan.platform.workflow import OBS, episode_specs, prepare_model
 from wmplan.storage.parquet import write_records
 from wmplan.tuning.spaces import DEFAULT_SPACES, options_from_params, parse_space_overrides, suggest
 
@@ -54,9 +54,11 @@ class TuneConfig:
     task: str = "wall"
     """Task: wall, pointmaze or pusht."""
     model: str = "auto"
-    """World-model checkpoint directory; 'auto': checkpoints/TASK, trained when missing."""
+    """World-model checkpoint directory; 'auto': checkpoints/TASK (or checkpoints/TASK-pixels), trained when missing."""
+    obs: str = "state"
+    """What the 'auto' model sees: 'state', or 'pixels' (a visual model trained on frames)."""
     data: str = ""
-    """Data set (default data/TASK.parquet)."""
+    """Data set (default data/TASK.parquet, or data/TASK-pixels.parquet)."""
     planner: str = "grasp"
     """The planner whose options are searched."""
     horizon: int = 5
@@ -95,6 +97,8 @@ class TuneConfig:
             raise unknown_name_error("task", self.task, ENV_NAMES)
         if self.planner not in PLANNERS:
             raise unknown_name_error("planner", self.planner, PLANNERS)
+        if self.obs not in OBS:
+            raise unknown_name_error("obs", self.obs, OBS)
         for name in ("horizon", "trials", "parallel", "tuning_episodes", "chunk", "test_episodes", "actors"):
             require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         parse_space_overrides(self.planner, list(self.space))  # validated now
@@ -109,7 +113,7 @@ class TuneConfig:
 
     def experiment(self) -> ExperimentConfig:
         """The execution settings shared with experiment runs (model, actors, cluster)."""
-        return ExperimentConfig(task=self.task, model=self.model, data=self.data, planners={self.planner: {}},
+        return ExperimentConfig(task=self.task, model=self.model, obs=self.obs, data=self.data, planners={self.planner: {}},  # type: ignore[arg-type]
                                 horizons=[self.horizon], actors=self.actors, device=self.device,  # type: ignore[arg-type]
                                 address=self.address, output=self.output, tracking=False)
 
@@ -177,7 +181,7 @@ def run_study(config: TuneConfig, *, say: Callable[[str], None] = lambda m: None
     """Run the study to ``config.trials`` finished trials, then the best options on the test set."""
     experiment = config.experiment()
     env = make_env(config.task)
-    prepare_model(config.task, data_path=experiment.data_path, checkpoint=experiment.checkpoint, progress=say)
+    prepare_model(config.task, data_path=experiment.data_path, checkpoint=experiment.checkpoint, obs=config.obs, progress=say)
     dataset = read_dataset(experiment.data_path) if config.task == "pusht" else None
     tuning = episode_specs(env, horizon=config.horizon, count=config.tuning_episodes, seed=config.seed, dataset=dataset)
     test = episode_specs(env, horizon=config.horizon, count=config.test_episodes, seed=config.seed + TEST_SEED_OFFSET, dataset=dataset)

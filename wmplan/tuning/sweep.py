@@ -71,9 +71,13 @@ class SweepConfig:
     task: str = "wall"
     """Task: wall, pointmaze or pusht."""
     model: str = "auto"
-    """World-model checkpoint directory (any kind the platform loads); 'auto': checkpoints/TASK, trained when missing."""
+    """World-model checkpoint directory (any kind the platform loads); 'auto': checkpoints/TASK (or
+    checkpoints/TASK-pixels), trained when missing."""
+    obs: Literal["state", "pixels"] = "state"
+    """What the 'auto' model sees: env states, or rendered frames (a visual model, trained with the
+    README's recipe on data with frames when missing)."""
     data: str = ""
-    """Data set (default data/TASK.parquet): trains the 'auto' model, and holds Push-T's goal segments."""
+    """Data set (default data/TASK.parquet, or data/TASK-pixels.parquet): trains the 'auto' model, and holds Push-T's goal segments."""
     planners: list[str] = field(default_factory=lambda: ["cem", "gd", "grasp", "latco"])
     """Planners compared (one column each)."""
     horizons: list[int] = field(default_factory=lambda: [5, 10])
@@ -160,7 +164,7 @@ class SweepConfig:
 
     def tune_config(self, planner: str, horizon: int) -> TuneConfig:
         """The study of one cell."""
-        return TuneConfig(study=self.group(planner, horizon), task=self.task, model=self.model, data=self.data,
+        return TuneConfig(study=self.group(planner, horizon), task=self.task, model=self.model, obs=self.obs, data=self.data,
                           planner=planner, horizon=horizon, trials=self.trials, parallel=self.parallel,
                           tuning_episodes=self.tuning_episodes, chunk=self.chunk, test_episodes=self.test_episodes,
                           seed=self.seed, storage=self.storage_url, space=tuple(self.space_items(planner)),
@@ -171,7 +175,7 @@ class SweepConfig:
         """The untuned held-out run of one cell on the actor pool (the same pairs a study tests on);
         without a cell, the sweep's execution settings (model, actors, cluster)."""
         planners = {planner: dict(self.options.get(planner, {}))} if planner else {p: dict(self.options.get(p, {})) for p in self.planners}
-        return ExperimentConfig(name=self.name, task=self.task, model=self.model, data=self.data, planners=planners,
+        return ExperimentConfig(name=self.name, task=self.task, model=self.model, obs=self.obs, data=self.data, planners=planners,
                                 horizons=[horizon] if horizon else list(self.horizons), episodes=self.test_episodes,
                                 seed=self.seed + TEST_SEED_OFFSET, actors=self.actors, batch_size=self.chunk,
                                 device=self.device, output=str(self.directory / "heldout"), address=self.address,
@@ -231,8 +235,9 @@ def check_horizons(config: SweepConfig) -> None:
     frameskip = make_env(config.task).frameskip
     path = config.experiment().data_path
     need = frameskip * max(config.horizons)
-    how = (f"generate longer data with 'wmplan data --env {config.task} --steps {need} --out {path}' "
-           f"(and train a model on it: 'wmplan train --env {config.task} --data {path}')")
+    pixels = " --frames" if config.obs == "pixels" else ""
+    how = (f"generate longer data with 'wmplan data --env {config.task}{pixels} --steps {need} --out {path}' "
+           f"(and train a model on it: 'wmplan train --env {config.task} --obs {config.obs} --data {path}')")
     if path.exists():
         longest = max((len(t.actions) for t in read_dataset(path).split("val")), default=0)
         have = f"the longest validation trajectory of {str(path)!r} has {longest}"
@@ -446,7 +451,7 @@ def run_sweep(config: SweepConfig, *, say: Callable[[str], None] = lambda m: pri
         raise ConfigError(f"model checkpoint {config.model!r} does not exist (no config.json there); "
                           f"train one with 'wmplan train --env {config.task}' or use model: auto")
     check_horizons(config)
-    prepare_model(config.task, data_path=execution.data_path, checkpoint=execution.checkpoint, progress=say)
+    prepare_model(config.task, data_path=execution.data_path, checkpoint=execution.checkpoint, obs=config.obs, progress=say)
     sha = read_checkpoint_info(execution.checkpoint).get("sha256")
     _check_resumable(config, sha)
     ray = _start_ray(execution)

@@ -130,7 +130,7 @@ def evaluate_model(model: WorldModel, dataset: Dataset, *, k: int = 10, split: s
         if pixels:
             latents = [model.encode(t.frames).cpu().numpy() for t in trajectories]  # type: ignore[attr-defined]
         else:
-            latents = [encode(torch.as_tensor(t.states, dtype=torch.float32, device=device)).cpu().numpy() for t in trajectories]
+            latents = [encode(torch.tensor(t.states, dtype=torch.float32, device=device)).cpu().numpy() for t in trajectories]
     latent_trajs = [SimpleNamespace(states=z, actions=t.actions) for z, t in zip(latents, trajectories)]
 
     def run(k_: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
