@@ -251,6 +251,9 @@ def test_prepare_model_with_pixels_generates_frames_and_trains_a_visual_model(tm
                           train_config=VisualTrainConfig(**TINY))
     assert isinstance(model, VisualWorldModel) and read_dataset(data).trajectories[0].frames.shape[1:] == (SIZE, SIZE, 3)
     assert any("with 16x16 frames" in m for m in said) and any("training a visual model" in m for m in said)
+    steps = [m for m in said if " step " in m]  # progress in tenths of each stage, ending at its last step
+    assert steps[-1].startswith(f"  predictor step {TINY['steps']}/{TINY['steps']}") and any("encoder step 120/120" in m for m in steps)
+    assert len(steps) <= 2 * 11
     info = json.loads((ckpt / "config.json").read_text())
     assert info["kind"] == "visual" and info["metrics"]["evaluation"]["k"] == 4  # evaluated on 20-step trajectories
     again = prepare_model("wall", data_path=data, checkpoint=ckpt, obs="pixels", progress=said.append)

@@ -88,6 +88,7 @@ def test_sweep_tables_studies_mlflow_and_resume(ray_cluster, tmp_path, tiny_wall
         if row["planner"] == "cem":  # a fixed option is not searched
             assert {t.user_attrs["options"]["samples"] for t in finished} == {32}
     assert "## In-model success beside real success" in result.markdown
+    assert f"Model {config.model}, device cpu;" in result.markdown  # the checkpoint the cells planned with
 
     # MLflow: one parent run with the config, per-cell metrics at step H, the tables and the two plots.
     from mlflow import MlflowClient

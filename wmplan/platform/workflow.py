@@ -133,7 +133,12 @@ def prepare_model(
     config = train_config or default_train_config(env, obs=obs, device=device)
     kind = "visual" if isinstance(config, VisualTrainConfig) else "state"
     say(f"no model at {checkpoint}: training a {kind} model on {data_path} ({config.steps} predictor steps) ...")
-    model, metrics = train_model(dataset, config, checkpoint)
+
+    def tenths(stage: str, step: int, total: int, loss: float) -> None:
+        if step == total or step % max(1, total // 10) == 0:
+            say(f"  {stage} step {step}/{total}, loss {loss:.4g}")
+
+    model, metrics = train_model(dataset, config, checkpoint, progress=tenths if progress else None)
     say(f"  trained in {metrics.get('total_seconds', metrics['train_seconds']):.1f} s; validation one-step MSE "
         f"{metrics['val_mse_before']:.4g} -> {metrics['val_mse_after']:.4g}")
     return model.to(device)

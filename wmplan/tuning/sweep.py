@@ -373,7 +373,7 @@ def format_sweep(config: SweepConfig, rows: Sequence[Mapping[str, Any]], *, devi
     lines = [
         f"# Sweep {config.name}: {config.task}, open loop, success in the real simulator",
         "",
-        f"Model {config.model}, device {device}; {tuning}; {config.test_episodes} held-out episodes per cell "
+        f"Model {config.experiment().checkpoint.as_posix()}{' (auto)' if config.model == 'auto' else ''}, device {device}; {tuning}; {config.test_episodes} held-out episodes per cell "
         f"(other pairs than the tuning set). H in model steps of {frameskip} env steps each. Time: median planning "
         f"wall time of the successful episodes (each planned in a batch of up to {config.chunk}).",
         "",
