@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from wmplan.jobs.actor import PlanActor, WorkItem
 from wmplan.jobs.experiment import ExperimentConfig
@@ -313,12 +313,17 @@ class _Best:
     success: float
 
 
+def best_trial(complete: Sequence[FrozenTrial]) -> FrozenTrial:
+    """The best of complete trials: the highest tuning success; on a tie (or on the Pareto front
+    of a time objective) the faster one. The one rule for the held-out test and the records."""
+    return max(complete, key=lambda t: (t.values[0], -(t.values[1] if len(t.values) > 1 else 0.0)))
+
+
 def _best_trial(study: optuna.Study, config: TuneConfig) -> _Best:
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
         raise RuntimeError(f"study {config.name!r} has no complete trial to test")
-    # Highest tuning success; on a tie (or on the Pareto front) the faster one.
-    trial = max(complete, key=lambda t: (t.values[0], -(t.values[1] if len(t.values) > 1 else 0.0)))
+    trial = best_trial(complete)
     options = trial.user_attrs.get("options")
     if options is None:
         space = parse_space_overrides(config.planner, list(config.space)) if config.space else DEFAULT_SPACES[config.planner]

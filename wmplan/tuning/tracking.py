@@ -226,7 +226,9 @@ class StudyTracker:
             if key in test_summary and test_summary[key] is not None:
                 metrics[name] = float(test_summary[key])
         if complete:
-            best = max(complete, key=lambda t: (t.values[0], -(t.values[1] if len(t.values) > 1 else 0.0)))
+            from wmplan.tuning.study import best_trial
+
+            best = best_trial(complete)
             metrics["best_tuning_success"] = float(best.values[0])
             metrics["best_trial"] = float(best.number)
             options = best.user_attrs.get("options")
