@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -20,7 +20,7 @@ from wmplan.platform.envs import ENV_NAMES
 from wmplan.platform.errors import ConfigError, unknown_name_error
 from wmplan.platform.options import build_options, parse_value, require
 from wmplan.platform.planners import make_planner, planner_class
-from wmplan.platform.workflow import default_checkpoint, default_data_path
+from wmplan.platform.workflow import default_checkpoint, default_data_path, prepare_model
 
 __all__ = ["ExperimentConfig", "load_config", "apply_overrides"]
 
@@ -106,6 +106,11 @@ class ExperimentConfig:
     @property
     def data_path(self) -> Path:
         return Path(self.data) if self.data else default_data_path(self.task, obs=self.obs)
+
+    def prepare_model(self, progress: Callable[[str], None] | None = None) -> None:
+        """Make sure the checkpoint exists: with ``model: auto``, generate the data and train it
+        (a visual model for ``obs: pixels``) when missing; an existing checkpoint is only checked."""
+        prepare_model(self.task, data_path=self.data_path, checkpoint=self.checkpoint, obs=self.obs, progress=progress)
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))

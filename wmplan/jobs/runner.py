@@ -34,7 +34,7 @@ from wmplan.platform.episode import EpisodeRecord, EpisodeSpec, summarize_rows
 from wmplan.platform.errors import ConfigError
 from wmplan.platform.models import read_checkpoint_info
 from wmplan.platform.options import build_options
-from wmplan.platform.workflow import episode_specs, prepare_model
+from wmplan.platform.workflow import episode_specs
 from wmplan.storage.parquet import completed_episodes, read_table, write_records
 
 __all__ = ["RunResult", "run_experiment", "new_run_id", "code_version"]
@@ -241,7 +241,7 @@ def run_experiment(
 
     # Everything that can fail on the user's input fails here, before Ray starts.
     env = make_env(config.task)
-    prepare_model(config.task, data_path=config.data_path, checkpoint=config.checkpoint, obs=config.obs, progress=say)
+    config.prepare_model(say)
     checkpoint_info = read_checkpoint_info(config.checkpoint)
     dataset = read_dataset(config.data_path) if config.task == "pusht" else None
     specs = {h: episode_specs(env, horizon=h, count=config.episodes, seed=config.seed, dataset=dataset) for h in config.horizons}

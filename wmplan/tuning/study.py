@@ -34,7 +34,7 @@ from wmplan.platform.episode import EpisodeRecord, EpisodeSpec, summarize
 from wmplan.platform.errors import ConfigError, unknown_name_error
 from wmplan.platform.options import require
 from wmplan.platform.planners import PLANNERS, make_planner
-from wmplan.platform.workflow import OBS, episode_specs, prepare_model
+from wmplan.platform.workflow import OBS, episode_specs
 from wmplan.storage.parquet import write_records
 from wmplan.tuning.spaces import DEFAULT_SPACES, options_from_params, parse_space_overrides, suggest
 
@@ -181,7 +181,7 @@ def run_study(config: TuneConfig, *, say: Callable[[str], None] = lambda m: None
     """Run the study to ``config.trials`` finished trials, then the best options on the test set."""
     experiment = config.experiment()
     env = make_env(config.task)
-    prepare_model(config.task, data_path=experiment.data_path, checkpoint=experiment.checkpoint, obs=config.obs, progress=say)
+    experiment.prepare_model(say)
     dataset = read_dataset(experiment.data_path) if config.task == "pusht" else None
     tuning = episode_specs(env, horizon=config.horizon, count=config.tuning_episodes, seed=config.seed, dataset=dataset)
     test = episode_specs(env, horizon=config.horizon, count=config.test_episodes, seed=config.seed + TEST_SEED_OFFSET, dataset=dataset)

@@ -49,7 +49,7 @@ from wmplan.platform.errors import ConfigError, unknown_name_error
 from wmplan.platform.models import read_checkpoint_info
 from wmplan.platform.options import build_options, parse_value, require
 from wmplan.platform.planners import make_planner, planner_class
-from wmplan.platform.workflow import format_summaries, prepare_model
+from wmplan.platform.workflow import format_summaries
 from wmplan.storage.parquet import read_table, write_records
 from wmplan.tuning.spaces import parse_space_overrides
 from wmplan.tuning.study import TEST_SEED_OFFSET, TuneConfig, open_study, run_study
@@ -451,7 +451,7 @@ def run_sweep(config: SweepConfig, *, say: Callable[[str], None] = lambda m: pri
         raise ConfigError(f"model checkpoint {config.model!r} does not exist (no config.json there); "
                           f"train one with 'wmplan train --env {config.task}' or use model: auto")
     check_horizons(config)
-    prepare_model(config.task, data_path=execution.data_path, checkpoint=execution.checkpoint, obs=config.obs, progress=say)
+    execution.prepare_model(say)
     sha = read_checkpoint_info(execution.checkpoint).get("sha256")
     _check_resumable(config, sha)
     ray = _start_ray(execution)
