@@ -102,11 +102,11 @@ def test_killed_actor_loses_and_duplicates_nothing(ray_cluster, tmp_path, tiny_w
     assert result.failed_batches == 0
 
 
-def test_killed_driver_resumes_to_a_complete_run(ray_cluster, tmp_path, tiny_wall_model):
+def test_killed_driver_resumes_to_a_complete_run(ray_cluster, tmp_path, tiny_wall_model, mlflow_store):
     ckpt, data = tiny_wall_model
     args = [sys.executable, "-m", "wmplan", "run", "--run-id", "driver", "--set", f"model={ckpt}", "--set", f"data={data}",
             "--set", f"output={tmp_path}", "--set", "horizons=2", "--set", "episodes=24", "--set", "batch_size=2",
-            "--set", "planners=grasp", "--set", "planners.grasp.iterations=300", "--set", "actors=1", "--set", "tracking=false"]
+            "--set", "planners=grasp", "--set", "planners.grasp.iterations=300", "--set", "actors=1"]
     driver = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**__import__("os").environ, "RAY_AUTH_MODE": "disabled"})
     parts = tmp_path / "driver" / "episodes"
     deadline = time.monotonic() + 120
@@ -119,7 +119,23 @@ def test_killed_driver_resumes_to_a_complete_run(ray_cluster, tmp_path, tiny_wal
     result = run_experiment(load_config(None, [f"output={tmp_path}", "actors=2"], check_model=False), resume="driver", say=lambda m: None)
     assert json.loads((tmp_path / "driver" / "run.json").read_text())["config"]["actors"] == 1  # as started
     assert result.planned == 24 - stored
-    assert_each_episode_once(result.directory, ["grasp"], [2], 24)
+    rows = assert_each_episode_once(result.directory, ["grasp"], [2], 24)
+
+    # MLflow reports the whole run, not the resumed invocation: metrics from every stored episode,
+    # episodes/s over the planning time of every stored batch (the first driver's included).
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_store)
+    runs = client.search_runs([client.get_experiment_by_name("wmplan").experiment_id])
+    child = [r for r in runs if r.data.tags.get("wmplan.planner") == "grasp"]
+    parent = [r for r in runs if r.data.tags.get("wmplan.role") == "parent"]
+    assert len(child) == 1 and len(parent) == 1 and parent[0].info.status == "FINISHED"
+    batch_seconds = sum({r["plan_seed"]: r["planning_time_s"] for r in rows}.values())  # one time per batch
+    for run in (child[0], parent[0]):
+        m = run.data.metrics
+        assert m["episodes"] == 24 and m["successes"] == sum(r["success"] for r in rows)
+        assert m["success_rate"] == pytest.approx(sum(r["success"] for r in rows) / 24)
+        assert m["episodes_per_s"] == pytest.approx(24 / batch_seconds)
 
 
 @pytest.mark.parametrize("setting, message", [

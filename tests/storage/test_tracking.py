@@ -34,6 +34,7 @@ mlflow = pytest.importorskip("mlflow")
 
 def record(episode_id: int, *, planner: str, horizon: int, success: bool, residual: bool, time_s: float = 1.0) -> EpisodeRecord:
     rng = np.random.default_rng(episode_id + 10 * horizon)
+    batch = int(episode_id >= 3)  # episodes 0-2 and 3-5 were planned as two batches (two planner calls)
     steps = 5 * horizon
     start = np.array([8.0 + episode_id, 10.0])
     end = np.array([25.0, 50.0 - episode_id])
@@ -44,8 +45,8 @@ def record(episode_id: int, *, planner: str, horizon: int, success: bool, residu
         res[:, -1] = np.nan  # a padded step: NaN-aware means
     return EpisodeRecord(
         task="wall", planner=planner, horizon=horizon, episode_id=episode_id, seed=100 + episode_id,
-        mode="open_loop", plan_seed=7, success=success, model_success=episode_id % 3 == 0,
-        final_distance=0.5 if success else 9.0, model_final_distance=1.0, planning_time_s=time_s + episode_id,
+        mode="open_loop", plan_seed=7 + batch, success=success, model_success=episode_id % 3 == 0,
+        final_distance=0.5 if success else 9.0, model_final_distance=1.0, planning_time_s=time_s + batch,
         iterations=4, replans=1, failed=episode_id == 5, error="model produced NaN or inf" if episode_id == 5 else None,
         executed_states=states, actions=rng.normal(size=(steps, 2)), residual=res,
     )
@@ -55,6 +56,11 @@ GROUPS = {
     ("grasp", 3): [record(i, planner="grasp", horizon=3, success=i % 2 == 0, residual=True) for i in range(6)],
     ("cem", 5): [record(i, planner="cem", horizon=5, success=i < 2, residual=False, time_s=2.0) for i in range(4)],
 }
+def batch_seconds(records) -> float:
+    """Planning seconds of the batches the records came from, each batch counted once."""
+    return sum(t for _, t in {(r.plan_seed, r.planning_time_s) for r in records})
+
+
 CONFIG = {"task": "wall", "planner": {"grasp": {"iterations": 300, "lr": 0.05}}, "horizons": [3, 5], "seed": 0}
 
 
@@ -89,7 +95,7 @@ def _run_experiment(uri: str, results: Path, *, run_id: str = "run-1") -> Experi
         write_records(results, run_id, recs[3:])
         goals = {r.episode_id: np.array([50.0, 50.0]) for r in recs}
         tracker.log_group(planner=planner, horizon=horizon, options={"iterations": 4, "lr": 0.1},
-                          results_dir=results, wall_time_s=2.0, goals=goals)
+                          results_dir=results, goals=goals)
     return tracker
 
 
@@ -129,7 +135,7 @@ def test_run_with_two_groups(uri, tmp_path):
         assert m["median_success_time_s"] == pytest.approx(s["median_planning_time_s"])
         assert m["mean_planning_time_s"] == pytest.approx(np.mean([r.planning_time_s for r in GROUPS[key]]))
         assert m["episodes"] == s["count"] and m["failures"] == s["failures"]
-        assert m["episodes_per_s"] == pytest.approx(s["count"] / 2.0)
+        assert m["episodes_per_s"] == pytest.approx(s["count"] / batch_seconds(GROUPS[key]))
         arts = _artifacts(client, child.info.run_id)
         assert {"preview/episodes.json", "preview/episodes.html", "plots/trajectories.png"} <= set(arts)
         assert ("plots/residual_heatmap.png" in arts) == (key[0] == "grasp")  # only a lifted planner has residuals
@@ -138,7 +144,7 @@ def test_run_with_two_groups(uri, tmp_path):
     overall = summarize(everything)
     assert parent.data.metrics["success_rate"] == pytest.approx(overall["success_rate"])
     assert parent.data.metrics["episodes"] == len(everything)
-    assert parent.data.metrics["episodes_per_s"] == pytest.approx(len(everything) / 4.0)
+    assert parent.data.metrics["episodes_per_s"] == pytest.approx(len(everything) / sum(batch_seconds(g) for g in GROUPS.values()))
     history = client.get_metric_history(parent.info.run_id, "grasp/success_rate")
     assert [(h.step, h.value) for h in history] == [(3, pytest.approx(summarize(GROUPS[("grasp", 3)])["success_rate"]))]
 
@@ -177,7 +183,7 @@ def test_failed_run_keeps_its_metrics(uri, tmp_path):
     tracker.start_run(run_id="run-f", task="wall", code_version="dev", checkpoint_sha256=None, config={"a": 1})
     recs = GROUPS[("cem", 5)]
     write_records(tmp_path / "r", "run-f", recs)
-    child = tracker.log_group(planner="cem", horizon=5, options={}, results_dir=tmp_path / "r", wall_time_s=1.0)
+    child = tracker.log_group(planner="cem", horizon=5, options={}, results_dir=tmp_path / "r")
     tracker.finish(status="FAILED")
     client = mlflow.MlflowClient(tracking_uri=uri)
     parent = client.get_run(tracker.parent_run_id)
@@ -196,7 +202,7 @@ def test_a_continued_run_reuses_its_mlflow_runs(uri, tmp_path):
     again = ExperimentTracker(tracking_uri=uri, experiment="test-exp")
     assert again.start_run(run_id="run-1", task="wall", code_version="0123abcd", checkpoint_sha256=None, config=CONFIG) == first.parent_run_id
     assert again.child_run_ids == first.child_run_ids
-    again.log_group(planner="cem", horizon=5, options={"iterations": 4, "lr": 0.1}, results_dir=results, wall_time_s=1.0)
+    again.log_group(planner="cem", horizon=5, options={"iterations": 4, "lr": 0.1}, results_dir=results)
     again.finish(status="FINISHED")
     client = mlflow.MlflowClient(tracking_uri=uri)
     assert len(client.search_runs([again.experiment_id])) == 3

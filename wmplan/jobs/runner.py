@@ -122,7 +122,7 @@ class _Progress:
 
 
 def _plan(config: ExperimentConfig, run_id: str, directory: Path, items: list[WorkItem], total: int,
-          group_seconds: dict[tuple[str, int], float], say: Callable[[str], None]) -> int:
+          say: Callable[[str], None]) -> int:
     """Plan every item on the actor pool, storing each batch as it arrives; returns the failed batches."""
     if not items:
         return 0
@@ -146,8 +146,6 @@ def _plan(config: ExperimentConfig, run_id: str, directory: Path, items: list[Wo
                 failed_batches += 1
                 result = _failed_records(item, f"batch failed after {result.attempts} attempt(s): {result.reason}")
             write_records(directory, run_id, result)
-            key = (item.planner, item.horizon)
-            group_seconds[key] = group_seconds.get(key, 0.0) + (result[0].planning_time_s if result else 0.0)
             progress.update(result)
     finally:
         progress.close()
@@ -166,7 +164,7 @@ def _start_tracking(config: ExperimentConfig, run_id: str, meta: dict[str, Any],
 
 
 def _log_groups(tracker: Any, config: ExperimentConfig, directory: Path, specs: dict[int, list[EpisodeSpec]],
-                group_seconds: dict[tuple[str, int], float], env: Any, say: Callable[[str], None]) -> None:
+                env: Any, say: Callable[[str], None]) -> None:
     """Record every (planner, horizon) group that has stored episodes as a child run."""
     stored = {(p, h) for p, h, _ in completed_episodes(directory)}
     for h in config.horizons:
@@ -174,7 +172,7 @@ def _log_groups(tracker: Any, config: ExperimentConfig, directory: Path, specs: 
         for name, options in config.planners.items():
             if (name, h) in stored:
                 tracker.log_group(planner=name, horizon=h, options=options, results_dir=directory,
-                                  wall_time_s=group_seconds.get((name, h), 0.0), goals=goals, env=env)
+                                  goals=goals, env=env)
 
 
 def _start_ray(config: ExperimentConfig) -> Any:
@@ -257,18 +255,17 @@ def run_experiment(
     say(f"run {run_id}: {total} episodes to plan ({len(done)} already stored) in {len(items)} batches -> {directory}")
 
     tracker = _start_tracking(config, run_id, meta, checkpoint_info) if config.tracking else None
-    group_seconds: dict[tuple[str, int], float] = {}
     t0 = time.monotonic()
     failed_batches = 0
     status = "FAILED"
     tracking_error = None
     try:
-        failed_batches = _plan(config, run_id, directory, items, total, group_seconds, say)
+        failed_batches = _plan(config, run_id, directory, items, total, say)
         status = "FINISHED"
     finally:
         if tracker is not None:
             try:
-                _log_groups(tracker, config, directory, specs, group_seconds, env, say)
+                _log_groups(tracker, config, directory, specs, env, say)
             except Exception as exc:  # noqa: BLE001 - the results are safe in Parquet; say why the record is not
                 tracking_error = f"{type(exc).__name__}: {exc}"
                 say(f"recording the run in MLflow failed ({tracking_error}); the results are complete in {directory}")

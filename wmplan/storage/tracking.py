@@ -31,7 +31,7 @@ Typical use from a driver::
     tracker.start_run(run_id=run_id, task="wall", code_version=commit, checkpoint_sha256=sha, config=cfg)
     for group in groups:
         ...  # run the episodes, write_records(results_dir, run_id, records)
-        tracker.log_group(planner="grasp", horizon=25, options=opts, results_dir=results_dir, wall_time_s=dt)
+        tracker.log_group(planner="grasp", horizon=25, options=opts, results_dir=results_dir)
     tracker.finish(status="FINISHED")  # or "FAILED": the metrics logged so far stay
 """
 
@@ -70,6 +70,7 @@ __all__ = [
     "get_or_create_experiment",
     "flatten_params",
     "group_metrics",
+    "planning_seconds",
     "world_to_pixel",
     "track_positions",
     "draw_trajectory",
@@ -279,6 +280,21 @@ def _records_from_episodes(table: pa.Table) -> list[EpisodeRecord]:
             executed_states=empty, actions=empty,
         ))
     return records
+
+
+def planning_seconds(table: pa.Table) -> float:
+    """Seconds the stored episodes' batches spent planning: each batch (one planner call, or one
+    MPC episode set, identified by ``planner``, ``horizon`` and ``plan_seed``) counted once.
+
+    Every episode row carries its batch's planning time, so this is a function of the stored rows
+    alone: a run resumed after its driver died reports the same number as one that never stopped.
+    """
+    if table.num_rows == 0:
+        return 0.0
+    batches = table.select(["planner", "horizon", "plan_seed", "planning_time_s"]).group_by(
+        ["planner", "horizon", "plan_seed"]).aggregate([("planning_time_s", "max")])
+    times = [t for t in batches["planning_time_s_max"].to_pylist() if t is not None and math.isfinite(t)]
+    return float(sum(times))
 
 
 def group_metrics(records: Sequence[EpisodeRecord], *, wall_time_s: float | None = None) -> dict[str, float]:
@@ -617,7 +633,6 @@ def _pick_episodes(episodes: pa.Table, count: int) -> list[dict[str, Any]]:
 @dataclass
 class _Group:
     run_id: str
-    wall_time_s: float
 
 
 class ExperimentTracker:
@@ -709,7 +724,6 @@ class ExperimentTracker:
         horizon: int,
         options: Mapping[str, Any],
         results_dir: str | os.PathLike[str],
-        wall_time_s: float,
         goals: Mapping[int, np.ndarray] | None = None,
         env: Any | None = None,
     ) -> str:
@@ -717,8 +731,10 @@ class ExperimentTracker:
 
         Call it after the group's records are written (:func:`wmplan.storage.parquet.write_records`).
         Calling it again for the same group (more episodes, or a continued run) updates the same
-        child run from the whole results directory; its wall times add up, and parameters already
-        logged are kept (MLflow parameters cannot change).
+        child run from the whole results directory, and parameters already logged are kept (MLflow
+        parameters cannot change). Every metric is computed from the stored episodes alone
+        (``episodes_per_s`` over :func:`planning_seconds`), so a resumed run reports the same numbers
+        as one that never stopped.
         Logs the child's params, metrics and artifacts (see the module docstring), then updates the
         parent: its overall metrics, its ``<planner>/<metric>`` metrics at step ``horizon``, the new
         Parquet parts, its preview and its plots. Plots that cannot be drawn (e.g. the task's
@@ -729,7 +745,6 @@ class ExperimentTracker:
             horizon: ``H``, as in the records.
             options: the planner's options (logged flattened as the child's params).
             results_dir: the run's results directory (episodes/, residuals/, trajectories/).
-            wall_time_s: the group's wall time in seconds (for ``episodes_per_s``).
             goals: goal states ``[D_env]`` by episode id, to mark on the trajectory plot.
             env: a simulator of the task to render the trajectories on; by default
                 ``make_env(task)``.
@@ -748,16 +763,15 @@ class ExperimentTracker:
                 TAG_PLANNER: planner, TAG_HORIZON: str(int(horizon)),
             }
             run = self.client.create_run(self.experiment_id, tags=tags, run_name=f"{planner}-h{int(horizon)}")
-            group = _Group(run.info.run_id, 0.0)
+            group = _Group(run.info.run_id)
             self._groups[key] = group
             old: dict[str, str] = {}
         else:
             old = dict(self.client.get_run(group.run_id).data.params)
             self.client.update_run(group.run_id, status="RUNNING")
-        group.wall_time_s += float(wall_time_s)
         params = {"planner": planner, "horizon": str(int(horizon)), **flatten_params(options)}
         self._batch(group.run_id, params=[Param(k, v) for k, v in params.items() if k not in old], tags=[RunTag(TAG_ROLE, "group")])
-        metrics = group_metrics(_records_from_episodes(mine), wall_time_s=group.wall_time_s)
+        metrics = group_metrics(_records_from_episodes(mine), wall_time_s=planning_seconds(mine))
         self._log_metrics(group.run_id, metrics)
 
         with tempfile.TemporaryDirectory(prefix="wmplan-track-") as tmp:
@@ -822,11 +836,7 @@ class ExperimentTracker:
         for run in runs:
             tags = run.data.tags
             if TAG_PLANNER in tags and TAG_HORIZON in tags:
-                wall = 0.0
-                episodes, rate = run.data.metrics.get("episodes"), run.data.metrics.get("episodes_per_s")
-                if episodes and rate:
-                    wall = episodes / rate
-                out[(tags[TAG_PLANNER], int(tags[TAG_HORIZON]))] = _Group(run.info.run_id, wall)
+                out[(tags[TAG_PLANNER], int(tags[TAG_HORIZON]))] = _Group(run.info.run_id)
         return out
 
     def _artifact_paths(self, run_id: str, path: str) -> list[str]:
@@ -909,8 +919,7 @@ class ExperimentTracker:
         parent = self._require_parent()
         self._log_metrics(parent, {f"{planner}/{k}": v for k, v in metrics.items()}, step=int(horizon))
         episodes = read_table(results_dir, "episodes")
-        wall = sum(g.wall_time_s for g in self._groups.values())
-        self._log_metrics(parent, group_metrics(_records_from_episodes(episodes), wall_time_s=wall))
+        self._log_metrics(parent, group_metrics(_records_from_episodes(episodes), wall_time_s=planning_seconds(episodes)))
         for name in TABLES:
             folder = results_dir / name
             for part in sorted(folder.glob("part-*.parquet")) if folder.exists() else []:
