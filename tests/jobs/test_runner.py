@@ -191,3 +191,49 @@ def test_actor_resources_follow_the_cluster(resources, actors, expected):
     if "GPU" not in resources:
         with pytest.raises(ConfigError, match="has no GPU"):
             _actor_resources(Cluster, load_config(None, [f"actors={actors}", "device=cuda"]))
+
+
+def test_ctrl_c_leaves_a_resumable_run_and_one_line(ray_cluster, tmp_path, tiny_wall_model, mlflow_store):
+    import os
+    import signal
+
+    ckpt, data = tiny_wall_model
+    args = [sys.executable, "-m", "wmplan", "run", "--run-id", "stopped", "--set", f"model={ckpt}", "--set", f"data={data}",
+            "--set", f"output={tmp_path}", "--set", "horizons=2", "--set", "episodes=24", "--set", "batch_size=2",
+            "--set", "planners=grasp", "--set", "planners.grasp.iterations=300", "--set", "actors=1"]
+    environment = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    environment.pop("WMPLAN_DEBUG", None)
+    driver = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
+    parts = tmp_path / "stopped" / "episodes"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and len(list(parts.glob("part-*.parquet"))) < 2:
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGINT)
+    _, err = driver.communicate(timeout=300)
+    stored = len(read_table(tmp_path / "stopped"))
+    assert driver.returncode == 130 and 0 < stored < 24, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    last = err.strip().splitlines()[-1]
+    assert last == (f"wmplan: interrupted: {stored} episodes of run stopped are stored in {tmp_path / 'stopped'}; "
+                    f"continue with: wmplan run --resume stopped --set output={tmp_path}")
+    result = run_experiment(load_config(None, [f"output={tmp_path}"], check_model=False), resume="stopped", say=lambda m: None)
+    assert result.planned == 24 - stored
+    assert_each_episode_once(result.directory, ["grasp"], [2], 24)
+
+
+def test_resume_sets_aside_an_unreadable_part_and_plans_it_again(ray_cluster, tmp_path, tiny_wall_model):
+    config = config_for(tmp_path, tiny_wall_model, "episodes=6", "batch_size=2", "planners=gd", "tracking=false")
+    first = run_experiment(config, run_id="damaged", say=lambda m: None)
+    part = sorted((first.directory / "episodes").glob("part-*.parquet"))[0]
+    part.write_bytes(part.read_bytes()[:100])  # truncated, as a full disk or a killed copy leaves it
+    with pytest.raises(Exception, match="cannot read"):
+        read_table(first.directory)
+    messages = []
+    result = run_experiment(load_config(None, [f"output={tmp_path}"], check_model=False), resume="damaged", say=messages.append)
+    assert result.planned == 2  # the damaged batch, planned again
+    assert_each_episode_once(result.directory, ["gd"], [2], 6)
+    assert any(f"set aside the unreadable episodes/{part.name}" in m for m in messages)
+    for table in ("episodes", "trajectories"):  # the batch's other tables went aside with it: no duplicates
+        assert (first.directory / table / (part.name + ".unreadable")).exists()
+    traj = read_table(result.directory, "trajectories").to_pylist()
+    assert len({(r["episode_id"], r["step"]) for r in traj}) == len(traj)

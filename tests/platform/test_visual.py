@@ -157,9 +157,23 @@ def test_user_encoder_plugs_in_frozen(datasets, tmp_path):
     assert model.config.encoder == spec and model.config.encoder_latent_shape == (4, 4, 4) and model.state_dim == 64
     torch.testing.assert_close(model.encoder[0].weight, enc[0].weight)  # frozen: training left it alone
     save_checkpoint(model, tmp_path / "ckpt", metrics=metrics)
-    loaded = load_world_model(tmp_path / "ckpt")
+    # Code named in a checkpoint runs only when the user names it too.
+    with pytest.raises(CheckpointError, match=f"names code to run \\('{spec}' as its encoder\\).*--encoder {spec}"):
+        load_world_model(tmp_path / "ckpt")
+    loaded = load_world_model(tmp_path / "ckpt", allow_code=[spec])
     frames = torch.randint(0, 256, (2, SIZE, SIZE, 3), dtype=torch.uint8)
     torch.testing.assert_close(loaded.encode(frames), model.encode(frames), rtol=0, atol=0)
+    # A checkpoint edited to name other code: refused before anything is imported, by every command's check.
+    info = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    info["config"]["encoder"] = "tests.platform.code_trap:make"
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(info))
+    from wmplan.jobs.experiment import load_config
+
+    for load in (lambda: load_world_model(tmp_path / "ckpt", allow_code=[spec]),
+                 lambda: load_config(None, [f"model={tmp_path / 'ckpt'}", f"encoder={spec}"])):
+        with pytest.raises(CheckpointError, match="tests.platform.code_trap:make"):
+            load()
+    assert "tests.platform.code_trap" not in sys.modules
     save_file({"0.weight": torch.zeros(1)}, tmp_path / "bad.safetensors")
     with pytest.raises(ConfigError, match="do not fit the encoder"):
         train_visual_model(datasets["wall"], VisualTrainConfig(**{**TINY, "encoder": spec, "encoder_weights": str(tmp_path / "bad.safetensors"), "decoder": False}))
@@ -218,12 +232,14 @@ def test_pixels_from_the_command_line(datasets, tmp_path):
     data, ckpt = str(datasets["wall"].path), tmp_path / "ckpt"
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([*wmplan, *args], capture_output=True, text=True, timeout=180)
+        # Seconds when idle; the limit is for a machine that is busy with other work.
+        return subprocess.run([*wmplan, *args], capture_output=True, text=True, timeout=900)
 
     out = run("train", "--env", "wall", "--obs", "pixels", "--data", data, "--out", str(ckpt), "--encoder-steps", "5",
-              "--steps", "5", "--hidden", "16", "--depth", "1", "--channels", "4")
+              "--probe-steps", "5", "--steps", "5", "--batch-size", "16", "--hidden", "16", "--depth", "1", "--channels", "4")
     assert out.returncode == 0, out.stderr
     assert "latent 32 values" in out.stdout and (ckpt / "model.safetensors").exists()
+    assert "\r" not in out.stderr and "training probe: 5/5 steps (100%)" in out.stderr
     out = run("eval-model", "--model", str(ckpt), "--data", data, "--k", "2", "--png", str(tmp_path / "strip.png"))
     assert out.returncode == 0, out.stderr
     assert "| one_step_mse (latent) |" in out.stdout and (tmp_path / "strip.png").read_bytes()[:4] == b"\x89PNG"
@@ -251,9 +267,12 @@ def test_prepare_model_with_pixels_generates_frames_and_trains_a_visual_model(tm
                           train_config=VisualTrainConfig(**TINY))
     assert isinstance(model, VisualWorldModel) and read_dataset(data).trajectories[0].frames.shape[1:] == (SIZE, SIZE, 3)
     assert any("with 16x16 frames" in m for m in said) and any("training a visual model" in m for m in said)
-    steps = [m for m in said if " step " in m]  # progress in tenths of each stage, ending at its last step
-    assert steps[-1].startswith(f"  predictor step {TINY['steps']}/{TINY['steps']}") and any("encoder step 120/120" in m for m in steps)
-    assert len(steps) <= 2 * 11
+    # Data and every training stage end with a progress line: done/total, rate, elapsed, "done".
+    stages = [m for m in said if m.startswith(("data:", "training "))]
+    assert [m.split(":")[0] for m in stages if m.endswith("done") or ", done, " in m] == [
+        "data", "training encoder", "training probe", "training predictor"]
+    assert any(m.startswith(f"training predictor: {TINY['steps']}/{TINY['steps']} steps (100%)") and " steps/s, " in m for m in stages)
+    assert all("\r" not in m for m in said)
     info = json.loads((ckpt / "config.json").read_text())
     assert info["kind"] == "visual" and info["metrics"]["evaluation"]["k"] == 4  # evaluated on 20-step trajectories
     again = prepare_model("wall", data_path=data, checkpoint=ckpt, obs="pixels", progress=said.append)

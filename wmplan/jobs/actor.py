@@ -38,13 +38,14 @@ class PlanActor:
         checkpoint: the world model's checkpoint directory (loaded once, here).
         device: ``cpu`` or ``cuda`` (Ray gives a GPU actor exactly one visible device).
         threads: torch CPU threads for this actor (its share of the node's cores).
+        allow_code: the ``package.module:callable`` code the user named, which the checkpoint may run.
     """
 
-    def __init__(self, *, task: str, checkpoint: str, device: str, threads: int) -> None:
+    def __init__(self, *, task: str, checkpoint: str, device: str, threads: int, allow_code: tuple[str, ...] = ()) -> None:
         torch.set_num_threads(max(1, threads))
         self.device = "cuda" if device == "cuda" else "cpu"
         self.env = make_env(task)
-        self.model = load_world_model(checkpoint, device=self.device)
+        self.model = load_world_model(checkpoint, device=self.device, allow_code=allow_code)
 
     def run(self, item: WorkItem) -> list[EpisodeRecord]:
         planner = make_planner(item.planner, horizon=item.horizon, **item.options)

@@ -16,13 +16,14 @@ from typing import Any, Literal
 
 import yaml
 
-from wmplan.platform.envs import ENV_NAMES
+from wmplan.platform.envs import ENV_NAMES, make_env
 from wmplan.platform.errors import ConfigError, unknown_name_error
+from wmplan.platform.models import check_checkpoint_code, check_checkpoint_task, read_checkpoint_info
 from wmplan.platform.options import build_options, parse_value, require
 from wmplan.platform.planners import make_planner, planner_class
 from wmplan.platform.workflow import default_checkpoint, default_data_path, prepare_model
 
-__all__ = ["ExperimentConfig", "load_config", "apply_overrides"]
+__all__ = ["ExperimentConfig", "load_config", "apply_overrides", "read_config_file"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,7 +37,11 @@ class ExperimentConfig:
     model: str = "auto"
     """World-model checkpoint directory; 'auto': checkpoints/TASK (or checkpoints/TASK-pixels), trained first when it does not exist."""
     obs: Literal["state", "pixels"] = "state"
-    """What the 'auto' model sees: env states, or rendered frames (a visual model, data with frames)."""
+    """What the 'auto' model sees: env states, or rendered frames (a visual model, data with frames); 'pixels' with a
+    checkpoint of a state model is an error."""
+    encoder: str = ""
+    """A user encoder, package.module:factory, that the model's checkpoint names: code named in a checkpoint runs only
+    when it is named here too."""
     data: str = ""
     """Data set (default data/TASK.parquet, or data/TASK-pixels.parquet): trains the 'auto' model, and holds Push-T's goal segments."""
     planners: dict[str, dict[str, Any]] = field(default_factory=lambda: {"cem": {}, "gd": {}, "grasp": {}})
@@ -111,15 +116,47 @@ class ExperimentConfig:
         """Make sure the checkpoint exists: with ``model: auto``, generate the data and train it
         (a visual model for ``obs: pixels``) when missing; an existing checkpoint is only checked."""
         prepare_model(self.task, data_path=self.data_path, checkpoint=self.checkpoint, obs=self.obs, progress=progress)
+        self.check_model()
+
+    @property
+    def allowed_code(self) -> tuple[str, ...]:
+        """The ``package.module:callable`` code the user named, which a checkpoint may ask to run."""
+        return (self.encoder,) if self.encoder else ()
+
+    def check_model(self) -> None:
+        """Check that the checkpoint fits the task (state and action sizes, frameskip, what it sees) and names no
+        code the user did not name, without loading its weights or running anything.
+
+        Raises:
+            CheckpointError: naming the mismatch.
+        """
+        info = read_checkpoint_info(self.checkpoint)
+        where = repr(str(self.checkpoint))
+        env = make_env(self.task)
+        check_checkpoint_task(info, task=self.task, state_dim=env.state_dim, action_dim=env.action_dim,
+                              frameskip=env.frameskip, obs="pixels" if self.obs == "pixels" else None, where=where)
+        check_checkpoint_code(info, allow_code=self.allowed_code, where=where)
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
-def _read(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    text = path.read_text()
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The mapping a YAML (or ``.toml``) config file holds.
+
+    Raises:
+        ConfigError: the file is missing, is not UTF-8 text, does not parse, or holds no mapping.
+    """
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist" if not path.exists() else f"config {str(path)!r} is not a file")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+                          f"give a YAML or TOML file") from None
+    if "\x00" in text:
+        raise ConfigError(f"config file {str(path)!r} is binary (it holds NUL bytes); give a YAML or TOML file")
     try:
         if path.suffix == ".toml":
             import tomllib
@@ -170,10 +207,12 @@ def load_config(path: str | os.PathLike[str] | None, overrides: list[str] = (), 
 
     With ``check_model``, a checkpoint other than 'auto' must exist.
     """
-    values = _read(Path(path)) if path else {}
+    values = read_config_file(Path(path)) if path else {}
     values = apply_overrides(values, list(overrides))
     config = build_options(ExperimentConfig, values, owner="experiment config", item="key")
     if check_model and config.model != "auto" and not (config.checkpoint / "config.json").exists():
         raise ConfigError(f"model checkpoint {config.model!r} does not exist (no config.json there); "
                           f"train one with 'wmplan train --env {config.task}' or use model: auto")
+    if check_model and config.model != "auto":
+        config.check_model()
     return config

@@ -21,3 +21,7 @@ def unknown_name_error(kind: str, name: str, valid: Iterable[str], *, where: str
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     place = f" {where}" if where else ""
     return ConfigError(f"unknown {kind} {name!r}{place}{hint}; valid: {', '.join(valid)}")
+
+
+class RunInterrupted(Exception):
+    """A run stopped by the user (Ctrl-C): what it had finished is stored, and the message says how to resume it."""

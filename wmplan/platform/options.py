@@ -16,6 +16,7 @@ import ast
 import dataclasses
 import functools
 import inspect
+import math
 import textwrap
 import types
 import typing
@@ -118,6 +119,10 @@ def build_options(cls: type[T], values: Mapping[str, Any], *, owner: str, item: 
             converted[key] = _check_type(key, value, hints[key])
         except ConfigError as exc:
             raise ConfigError(f"{owner}: {exc}") from None
+        number = converted[key]
+        if isinstance(number, float) and not math.isfinite(number) and number != fields[key].default:
+            # NaN never; an infinity only where the field's own default is that infinity (e.g. "no cap").
+            raise ConfigError(f"{owner}: {item} {key!r} must be a finite number, got {number}")
     try:
         return cls(**converted)
     except ConfigError as exc:

@@ -20,7 +20,11 @@ import pyarrow.parquet as pq
 from wmplan.platform.episode import EpisodeRecord
 from wmplan.storage.schemas import METADATA_KEY, SCHEMA_VERSION, TABLES
 
-__all__ = ["records_to_tables", "write_records", "read_table", "read_runs", "completed_episodes", "StorageError"]
+__all__ = ["records_to_tables", "write_records", "read_table", "read_runs", "completed_episodes", "set_aside_unreadable",
+           "StorageError", "SET_ASIDE_SUFFIX"]
+
+SET_ASIDE_SUFFIX = ".unreadable"
+"""Appended to the name of a part file that :func:`set_aside_unreadable` moved out of the way."""
 
 
 class StorageError(RuntimeError):
@@ -109,6 +113,35 @@ def read_table(directory: str | os.PathLike[str], name: str = "episodes") -> pa.
     if not tables:
         return TABLES[name].empty_table()
     return pa.concat_tables(tables)
+
+
+def set_aside_unreadable(directory: str | os.PathLike[str]) -> dict[str, str]:
+    """Rename every part that cannot be read (truncated, not Parquet, another schema) out of the way.
+
+    A batch's records are one part per table under the same file name, so when any table's part of
+    a batch is unreadable, that batch's parts in every table are set aside together (renamed to
+    ``part-....parquet.unreadable``): its episodes count as not done and a resumed run plans them
+    again, without duplicating the rows of the tables that were readable.
+
+    Returns:
+        ``{"TABLE/PART": reason}`` for each unreadable file found (empty when all are readable).
+    """
+    directory = Path(directory)
+    bad: dict[str, str] = {}
+    for name in TABLES:
+        folder = directory / name
+        for path in sorted(folder.glob("part-*.parquet")) if folder.exists() else []:
+            try:
+                _check_version(path, name)
+                pq.read_table(path, schema=TABLES[name])
+            except (pa.ArrowInvalid, OSError, StorageError) as exc:
+                bad[f"{name}/{path.name}"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    for part in {key.split("/", 1)[1] for key in bad}:
+        for name in TABLES:
+            path = directory / name / part
+            if path.exists():
+                path.replace(path.with_name(path.name + SET_ASIDE_SUFFIX))
+    return bad
 
 
 def read_runs(directories: Iterable[str | os.PathLike[str]], name: str = "episodes") -> pa.Table:

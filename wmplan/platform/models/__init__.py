@@ -4,6 +4,10 @@ from wmplan.platform.models.checkpoint import (
     MODEL_KINDS,
     CheckpointError,
     ModelKind,
+    check_checkpoint_code,
+    check_checkpoint_task,
+    checkpoint_code,
+    checkpoint_obs,
     load_world_model,
     read_checkpoint_info,
     register_model_kind,
@@ -23,5 +27,6 @@ __all__ = [
     "VisualModelConfig", "VisualWorldModel", "VisualTrainConfig", "train_visual_model", "is_pixel_model", "render_states",
     "evaluate_model", "wall_crossings",
     "CheckpointError", "ModelKind", "MODEL_KINDS", "register_model_kind", "save_checkpoint",
-    "load_world_model", "read_checkpoint_info",
+    "load_world_model", "read_checkpoint_info", "checkpoint_code", "check_checkpoint_code", "checkpoint_obs",
+    "check_checkpoint_task",
 ]

@@ -10,7 +10,9 @@ Loading checks everything before building anything: a missing file, a file whose
 match (truncated or modified), a safetensors file that does not parse, an unknown format version
 or model kind, a config the kind rejects, and tensors that do not fit the config (missing,
 unexpected or wrong-shape names) each raise :class:`CheckpointError` naming the problem. Nothing
-in a checkpoint is ever executed.
+in a checkpoint is ever executed: a config that names code (a user encoder's
+``package.module:factory``) loads only when the caller names the same code in ``allow_code`` (the
+user wrote it in the command or the experiment config), and is refused before any import otherwise.
 
 Model kinds are registered in :data:`MODEL_KINDS` (see :func:`register_model_kind`), so other
 model families (e.g. a visual model) can use the same format.
@@ -24,7 +26,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +41,8 @@ from wmplan.platform.options import build_options
 
 __all__ = [
     "CheckpointError", "ModelKind", "MODEL_KINDS", "register_model_kind", "save_checkpoint",
-    "load_world_model", "read_checkpoint_info", "FORMAT_VERSION", "WEIGHTS_FILE", "CONFIG_FILE",
+    "load_world_model", "read_checkpoint_info", "checkpoint_code", "check_checkpoint_code", "checkpoint_obs",
+    "check_checkpoint_task", "FORMAT_VERSION", "WEIGHTS_FILE", "CONFIG_FILE",
 ]
 
 FORMAT_VERSION = 1
@@ -62,34 +65,40 @@ class ModelKind:
         model_class: the ``nn.Module`` class; its instances have a ``config`` attribute.
         config_class: the frozen options dataclass of the model's config.
         build: makes an untrained model (right shapes) from a config.
+        code: the code (``package.module:callable`` strings) that building from a config would
+            import and call; empty for models built from wmplan's own classes alone.
     """
 
     name: str
     model_class: type[nn.Module]
     config_class: type
     build: Callable[[Any], nn.Module]
+    code: Callable[[Any], tuple[str, ...]] = lambda config: ()
 
 
 MODEL_KINDS: dict[str, ModelKind] = {}
 """Every registered model kind by name."""
 
 
-def register_model_kind(name: str, model_class: type[nn.Module], config_class: type, build: Callable[[Any], nn.Module] | None = None) -> ModelKind:
+def register_model_kind(name: str, model_class: type[nn.Module], config_class: type, build: Callable[[Any], nn.Module] | None = None,
+                        *, code: Callable[[Any], tuple[str, ...]] | None = None) -> ModelKind:
     """Register a model family for :func:`save_checkpoint` / :func:`load_world_model`.
 
-    ``build`` defaults to ``model_class(config)``. Registering a name twice with a different class
+    ``build`` defaults to ``model_class(config)``; ``code`` says which user code a config names
+    (see :class:`ModelKind`). Registering a name twice with a different class
     is an error (re-registering the same class, e.g. on module reload, is allowed).
     """
     existing = MODEL_KINDS.get(name)
     if existing is not None and existing.model_class.__qualname__ != model_class.__qualname__:
         raise ValueError(f"model kind {name!r} is already registered for {existing.model_class.__qualname__}")
-    kind = ModelKind(name, model_class, config_class, build or model_class)
+    kind = ModelKind(name, model_class, config_class, build or model_class, code or (lambda config: ()))
     MODEL_KINDS[name] = kind
     return kind
 
 
 register_model_kind("state_mlp", StateWorldModel, StateModelConfig)
-register_model_kind("visual", VisualWorldModel, VisualModelConfig, build_visual_model)
+register_model_kind("visual", VisualWorldModel, VisualModelConfig, build_visual_model,
+                    code=lambda config: () if config.encoder == "builtin" else (config.encoder,))
 
 
 def _kind_of(model: nn.Module) -> ModelKind:
@@ -256,8 +265,69 @@ def _describe_mismatch(expected: dict[str, tuple[int, ...]], found: dict[str, tu
     return "; ".join(problems)
 
 
-def load_world_model(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> nn.Module:
+def checkpoint_code(info: Mapping[str, Any]) -> tuple[str, ...]:
+    """The user code (``package.module:callable``) that loading the checkpoint described by
+    ``info`` (:func:`read_checkpoint_info`) would import and call; nothing is imported here."""
+    kind = MODEL_KINDS[info["kind"]]
+    return kind.code(_build_config(kind, info["config"], f"{CONFIG_FILE} of kind {kind.name!r}"))
+
+
+def check_checkpoint_code(info: Mapping[str, Any], *, allow_code: Collection[str], where: str) -> None:
+    """Refuse a checkpoint whose config names code the user did not name themselves.
+
+    Raises:
+        CheckpointError: naming the code and how to allow it.
+    """
+    named = [spec for spec in checkpoint_code(info) if spec not in set(allow_code)]
+    if named:
+        raise CheckpointError(
+            f"checkpoint {where} names code to run ({', '.join(repr(c) for c in named)} as its encoder); wmplan never runs "
+            f"code named in a data file: if you trust it, name it yourself (--encoder {named[0]}, or 'encoder: {named[0]}' "
+            f"in the experiment config)"
+        )
+
+
+def checkpoint_obs(info: Mapping[str, Any]) -> str:
+    """What the checkpoint's model sees: ``'pixels'`` for a model of frames, else ``'state'``."""
+    return "pixels" if "frame_size" in info.get("config", {}) else "state"
+
+
+def check_checkpoint_task(info: Mapping[str, Any], *, task: str, state_dim: int, action_dim: int, frameskip: int,
+                          obs: str | None = None, where: str) -> None:
+    """Refuse a checkpoint trained for another task than the one it is asked to plan.
+
+    Args:
+        info: the checkpoint's :func:`read_checkpoint_info`.
+        task: the task's name; state_dim, action_dim and frameskip: its state length, env action
+            length and env steps per model step.
+        obs: ``'state'`` or ``'pixels'`` when the user asked for one; None accepts either.
+        where: how to name the checkpoint in the message.
+
+    Raises:
+        CheckpointError: one line naming every mismatch.
+    """
+    config = info.get("config", {})
+    found = {"task": config.get("env"), "state size": config.get("state_dim"), "frameskip": config.get("frameskip"),
+             "action size": None, "observation": checkpoint_obs(info)}
+    if isinstance(config.get("action_dim"), int) and isinstance(config.get("frameskip"), int) and config["frameskip"] > 0:
+        found["action size"] = config["action_dim"] // config["frameskip"]
+    wanted = {"task": task, "state size": state_dim, "frameskip": frameskip, "action size": action_dim, "observation": obs}
+    wrong = [f"{key} {found[key]!r} (the task needs {value!r})" for key, value in wanted.items()
+             if value is not None and found[key] != value]
+    if wrong:
+        raise CheckpointError(f"checkpoint {where} was trained for another task: " + ", ".join(wrong))
+
+
+def load_world_model(path: str | os.PathLike[str], *, device: str | torch.device = "cpu",
+                     allow_code: Collection[str] = ()) -> nn.Module:
     """Load the checkpoint at ``path`` (its directory or its config.json).
+
+    Args:
+        path: the checkpoint directory or its config.json.
+        device: where the model goes.
+        allow_code: ``package.module:callable`` specs the user named (command line or experiment
+            config). A checkpoint whose config names other code (e.g. a user encoder) is refused
+            before anything is imported.
 
     Returns:
         The model on ``device``, in eval mode, with ``requires_grad`` False on every parameter
@@ -289,6 +359,7 @@ def load_world_model(path: str | os.PathLike[str], *, device: str | torch.device
         raise CheckpointError(f"corrupt checkpoint {str(directory)!r}: {weights.name} is not a readable safetensors file ({exc})") from None
 
     config = _build_config(kind, info["config"], f"{str(directory / CONFIG_FILE)!r}")
+    check_checkpoint_code(info, allow_code=allow_code, where=repr(str(directory)))
     try:
         model = kind.build(config)
     except (ConfigError, ValueError) as exc:
