@@ -16,7 +16,9 @@ from pathlib import Path
 
 from wmplan.platform.errors import ConfigError
 
+EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -72,15 +74,17 @@ def _run_data(args: argparse.Namespace) -> int:
         raise unknown_name_error("task", args.env, ENV_NAMES)
     obs = "pixels" if args.frames else "state"
     config = DataConfig(
-        env=args.env, episodes=args.episodes or default_data_config(args.env, obs=obs).episodes, steps=args.steps,
+        env=args.env, episodes=default_data_config(args.env, obs=obs).episodes if args.episodes is None else args.episodes,
+        steps=args.steps,
         seed=args.seed, val_fraction=args.val_fraction, frames=args.frames, frame_size=args.frame_size,
     )
     out = args.out or default_data_path(args.env, obs=obs)
+    from wmplan.platform.progress import Progress
+
     t0 = time.perf_counter()
-    path = generate_dataset(config, out, workers=args.workers,
-                            progress=lambda done, total: print(f"\r{done}/{total} trajectories", end="", file=sys.stderr, flush=True))
+    with Progress(stage="data", total=config.episodes, unit="trajectories") as shown:
+        path = generate_dataset(config, out, workers=args.workers, progress=lambda done, total: shown.update_to(done))
     seconds = time.perf_counter() - t0
-    print(file=sys.stderr)
     steps = config.episodes * config.steps_per_episode
     print(f"wrote {path}: {config.episodes} trajectories, {steps} steps in {seconds:.1f} s ({steps / seconds:.0f} steps/s)")
     return 0
@@ -107,8 +111,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--depth", type=int, default=3, help="predictor hidden layers (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto: the GPU when there is one (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (0: one per available core; default: %(default)s, measured fastest on a busy machine)")
     g = p.add_argument_group("pixels")
     g.add_argument("--encoder-steps", type=int, default=3000, help="autoencoder steps (default: %(default)s)")
+    g.add_argument("--probe-steps", type=int, default=3000, help="steps of the state probe, for reporting only (default: %(default)s)")
     g.add_argument("--channels", type=int, default=32, help="encoder/decoder channels (default: %(default)s)")
     g.add_argument("--latent-channels", type=int, default=8, help="channels of the 8x-downsampled latent grid (default: %(default)s)")
     g.add_argument("--no-decoder", action="store_true", help="drop the decoder after training the encoder")
@@ -130,10 +137,10 @@ def _run_train(args: argparse.Namespace) -> int:
     data = Path(args.data) if args.data else default_data_path(args.env, obs=args.obs)
     out = Path(args.out) if args.out else default_checkpoint(args.env, obs=args.obs)
     options = dict(batch_size=args.batch_size, lr=args.lr, rollout_steps=args.rollout_steps, hidden=args.hidden, depth=args.depth,
-                   seed=args.seed)
+                   seed=args.seed, threads=args.threads)
     options.update({"steps": args.steps} if args.steps is not None else {})
     if pixels:
-        options.update(encoder_steps=args.encoder_steps, channels=args.channels, latent_channels=args.latent_channels,
+        options.update(encoder_steps=args.encoder_steps, probe_steps=args.probe_steps, channels=args.channels, latent_channels=args.latent_channels,
                        decoder=not args.no_decoder and args.encoder == "builtin", encoder=args.encoder,
                        encoder_weights=args.encoder_weights)
     config = default_train_config(args.env, obs=args.obs, device=str(resolve_device(args.device)), **options)
@@ -144,12 +151,13 @@ def _run_train(args: argparse.Namespace) -> int:
     if dataset.env != args.env:
         raise ConfigError(f"data set {str(data)!r} is for task {dataset.env!r}, not {args.env!r}")
 
-    def progress(stage: str, step: int, total: int, loss: float) -> None:
-        if step % max(1, total // 20) == 0 or step == total:
-            end = "\n" if step == total else ""
-            print(f"\r{stage} step {step}/{total} loss {loss:.4g}", end=end, file=sys.stderr, flush=True)
+    from wmplan.platform.progress import StageProgress
 
-    model, metrics = train_model(dataset, config, out, progress=progress)
+    progress = StageProgress()  # each stage on stderr: redrawn on a terminal, a line every 10 s in a file
+    try:
+        model, metrics = train_model(dataset, config, out, progress=progress)
+    finally:
+        progress.close()
     evaluation = metrics["evaluation"]
     seconds = metrics.get("total_seconds", metrics["train_seconds"])
     summary = f"saved {out}: trained in {seconds:.1f} s"
@@ -175,6 +183,8 @@ def _add_eval_model(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=int, default=10, help="model steps of the open-loop rollouts (default: %(default)s)")
     p.add_argument("--split", choices=["val", "train"], default="val")
     p.add_argument("--png", default=None, help="visual model with a decoder: write predicted-against-real frames to this PNG")
+    p.add_argument("--encoder", default="", metavar="MOD:FACTORY",
+                   help="the user encoder the checkpoint names: code named in a checkpoint runs only when named here too")
     p.set_defaults(func=_run_eval_model)
 
 
@@ -183,7 +193,7 @@ def _run_eval_model(args: argparse.Namespace) -> int:
     from wmplan.platform.models import evaluate_model, is_pixel_model, load_world_model
     from wmplan.platform.models.visual import prediction_strip, write_png
 
-    model = load_world_model(args.model)
+    model = load_world_model(args.model, allow_code=[args.encoder] if args.encoder else [])
     dataset = read_dataset(args.data)
     pixels = is_pixel_model(model)
     if args.png and not (pixels and getattr(model, "decoder", None) is not None):
@@ -225,6 +235,8 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the episodes and planners (default: %(default)s)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
     p.add_argument("--set", "-s", action="append", default=[], metavar="PLANNER.OPTION=VALUE", help="override a planner option (repeatable)")
+    p.add_argument("--encoder", default="", metavar="MOD:FACTORY",
+                   help="the user encoder the checkpoint names: code named in a checkpoint runs only when named here too")
     p.set_defaults(func=_run_plan)
 
 
@@ -255,7 +267,13 @@ def _run_plan(args: argparse.Namespace) -> int:
     data = Path(args.data) if args.data else default_data_path(args.env, obs=args.obs)
     say = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     if args.model:
-        model = load_world_model(args.model, device=device)
+        from wmplan.platform.envs import make_env
+        from wmplan.platform.models import check_checkpoint_task, read_checkpoint_info
+
+        env = make_env(args.env)
+        check_checkpoint_task(read_checkpoint_info(args.model), task=args.env, state_dim=env.state_dim, action_dim=env.action_dim,
+                              frameskip=env.frameskip, obs="pixels" if args.obs == "pixels" else None, where=repr(args.model))
+        model = load_world_model(args.model, device=device, allow_code=[args.encoder] if args.encoder else [])
     else:
         model = prepare_model(args.env, data_path=data, checkpoint=default_checkpoint(args.env, obs=args.obs), obs=args.obs,
                               device=str(device), progress=say)
@@ -346,6 +364,8 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="auto", help="checkpoint directory, or auto (default: %(default)s)")
     p.add_argument("--obs", choices=["state", "pixels"], default="state", help="what the auto model sees (default: %(default)s)")
     p.add_argument("--data", default="", help="data set (default: data/TASK.parquet, or data/TASK-pixels.parquet)")
+    p.add_argument("--encoder", default="", metavar="MOD:FACTORY",
+                   help="the user encoder the checkpoint names: code named in a checkpoint runs only when named here too")
     p.add_argument("--study", default="", help="study name (default: TASK-PLANNER-hH)")
     p.add_argument("--trials", type=int, default=30, help="finished trials wanted (default: %(default)s)")
     p.add_argument("--parallel", type=int, default=2, help="trials at once (default: %(default)s)")
@@ -366,13 +386,16 @@ def _run_tune(args: argparse.Namespace) -> int:
     from wmplan.tuning.study import TuneConfig, run_study
 
     config = TuneConfig(
-        study=args.study, task=args.task, model=args.model, obs=args.obs, data=args.data, planner=args.planner, horizon=args.horizon,
+        study=args.study, task=args.task, model=args.model, obs=args.obs, data=args.data, encoder=args.encoder,
+        planner=args.planner, horizon=args.horizon,
         trials=args.trials, parallel=args.parallel, tuning_episodes=args.tuning_episodes, chunk=args.chunk,
         test_episodes=args.test_episodes, seed=args.seed, storage=args.storage, time_objective=args.time_objective,
         space=tuple(args.space), actors=args.actors, output=args.output,
     )
     if args.model != "auto" and not (Path(args.model) / "config.json").exists():
         raise ConfigError(f"model checkpoint {args.model!r} does not exist (no config.json there)")
+    if args.model != "auto":
+        config.experiment().check_model()  # the task fits, and no code named in the file runs: before Ray starts
     result = run_study(config, say=lambda m: print(m, file=sys.stderr, flush=True))
     s = result.test_summary
     print(f"study {result.study}: {result.finished_trials} trials finished; best trial {result.best_trial} "
@@ -506,6 +529,8 @@ def build_parser() -> argparse.ArgumentParser:
     from wmplan import __version__
 
     parser.add_argument("--version", action="version", version=f"wmplan {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error (anywhere on the command line; also WMPLAN_DEBUG=1)")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     _add_demo(sub)
     _add_data(sub)
@@ -522,21 +547,54 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run one command; every error ends in one line on stderr (a traceback only with --debug or WMPLAN_DEBUG=1).
+
+    Exit status: 0 done, 1 a failure of the run or of wmplan, 2 the user's input (config, files), 130 interrupted.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    debug = "--debug" in argv[:cut] or os.environ.get("WMPLAN_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+    argv = [a for i, a in enumerate(argv) if not (i < cut and a == "--debug")]
+    args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except _user_errors() as exc:
-        print(f"wmplan: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("wmplan: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # e.g. `wmplan planners | head`: the reader left; nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as exc:  # noqa: BLE001 - every error becomes one line; --debug shows the traceback
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        from wmplan.platform.errors import RunInterrupted
+
+        if isinstance(exc, RunInterrupted):
+            print(f"wmplan: {exc}", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        if isinstance(exc, _user_errors()):
+            print(f"wmplan: error: {_one_line(exc)}", file=sys.stderr)
+            return EXIT_USAGE
+        hint = "" if debug else " (run again with --debug for the traceback)"
+        print(f"wmplan: error: {type(exc).__name__}: {_one_line(exc)}{hint}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _one_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (Ray and others write pages)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
     """Errors caused by what the user asked for or pointed at: reported in one line, exit 2."""
     from wmplan.platform.data import DataError
     from wmplan.platform.models.checkpoint import CheckpointError
+    from wmplan.storage.parquet import StorageError
 
-    return (ConfigError, DataError, CheckpointError)
+    return (ConfigError, DataError, CheckpointError, StorageError)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -31,13 +31,14 @@ from wmplan.jobs.pool import Failure, run_on_actors
 from wmplan.platform.data import read_dataset
 from wmplan.platform.envs import make_env
 from wmplan.platform.episode import EpisodeRecord, EpisodeSpec, summarize_rows
-from wmplan.platform.errors import ConfigError
+from wmplan.platform.errors import ConfigError, RunInterrupted
 from wmplan.platform.models import read_checkpoint_info
 from wmplan.platform.options import build_options
+from wmplan.platform.progress import Progress
 from wmplan.platform.workflow import episode_specs
-from wmplan.storage.parquet import completed_episodes, read_table, write_records
+from wmplan.storage.parquet import SET_ASIDE_SUFFIX, completed_episodes, read_table, set_aside_unreadable, write_records
 
-__all__ = ["RunResult", "run_experiment", "new_run_id", "code_version"]
+__all__ = ["RunResult", "RunInterrupted", "run_experiment", "new_run_id", "code_version"]
 
 RUN_FILE = "run.json"
 
@@ -100,25 +101,17 @@ def _work(config: ExperimentConfig, specs: dict[int, list[EpisodeSpec]], done: s
     return items
 
 
-class _Progress:
-    """One status line on stderr: episodes done, running success rate, time left."""
+class _PlanningProgress(Progress):
+    """Planning on stderr: episodes done, rate, ETA and the running success rate (a line every 10 s in a file)."""
 
-    def __init__(self, total: int, stream=sys.stderr) -> None:
-        self.total, self.done, self.successes, self.t0, self.stream = total, 0, 0, time.monotonic(), stream
+    def __init__(self, total: int, *, stream: TextIO | None = None, every_s: float | None = None) -> None:
+        super().__init__(stage="planning", total=total, unit="episodes", stream=stream, every_s=every_s)
+        self.successes = 0
 
-    def update(self, records: list[EpisodeRecord]) -> None:
-        self.done += len(records)
+    def add(self, records: list[EpisodeRecord]) -> None:
+        """Count a stored batch of episodes and their successes."""
         self.successes += sum(r.success for r in records)
-        elapsed = time.monotonic() - self.t0
-        left = elapsed / self.done * (self.total - self.done) if self.done else float("nan")
-        width = 30
-        filled = int(width * self.done / max(1, self.total))
-        print(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} episodes, "
-              f"success {100 * self.successes / max(1, self.done):.1f}%, {elapsed:.0f} s, ~{left:.0f} s left",
-              end="", file=self.stream, flush=True)
-
-    def close(self) -> None:
-        print(file=self.stream, flush=True)
+        self.update(len(records), success=f"{100 * self.successes / max(1, self.done + len(records)):.1f}%")
 
 
 def _plan(config: ExperimentConfig, run_id: str, directory: Path, items: list[WorkItem], total: int,
@@ -134,9 +127,10 @@ def _plan(config: ExperimentConfig, run_id: str, directory: Path, items: list[Wo
 
     def make() -> Any:
         return remote.options(name=next(names)).remote(
-            task=config.task, checkpoint=str(config.checkpoint.resolve()), device=device, threads=threads)
+            task=config.task, checkpoint=str(config.checkpoint.resolve()), device=device, threads=threads,
+            allow_code=config.allowed_code)
 
-    progress = _Progress(total)
+    progress = _PlanningProgress(total)
     try:
         for index, result in run_on_actors(make, lambda actor, item: actor.run.remote(item), items,
                                            actors=config.actors, max_attempts=config.max_attempts,
@@ -146,7 +140,7 @@ def _plan(config: ExperimentConfig, run_id: str, directory: Path, items: list[Wo
                 failed_batches += 1
                 result = _failed_records(item, f"batch failed after {result.attempts} attempt(s): {result.reason}")
             write_records(directory, run_id, result)
-            progress.update(result)
+            progress.add(result)
     finally:
         progress.close()
     return failed_batches
@@ -165,14 +159,18 @@ def _start_tracking(config: ExperimentConfig, run_id: str, meta: dict[str, Any],
 
 def _log_groups(tracker: Any, config: ExperimentConfig, directory: Path, specs: dict[int, list[EpisodeSpec]],
                 env: Any, say: Callable[[str], None]) -> None:
-    """Record every (planner, horizon) group that has stored episodes as a child run."""
+    """Record every (planner, horizon) group that has stored episodes as a child run (a progress line
+    through ``say`` every 10 s, with the rate and ETA, and one when done)."""
     stored = {(p, h) for p, h, _ in completed_episodes(directory)}
-    for h in config.horizons:
-        goals = {s.episode_id: s.goal for s in specs[h]}
-        for name, options in config.planners.items():
-            if (name, h) in stored:
-                tracker.log_group(planner=name, horizon=h, options=options, results_dir=directory,
-                                  goals=goals, env=env)
+    groups = [(name, options, h) for h in config.horizons for name, options in config.planners.items() if (name, h) in stored]
+    if not groups:
+        return
+    with Progress(stage="MLflow upload", total=len(groups), unit="groups", say=say) as shown:
+        for name, options, h in groups:
+            goals = {s.episode_id: s.goal for s in specs[h]}
+            tracker.log_group(planner=name, horizon=h, options=options, results_dir=directory,
+                              goals=goals, env=env)
+            shown.update(1, last=f"{name} H={h}")
 
 
 def _start_ray(config: ExperimentConfig) -> Any:
@@ -225,7 +223,11 @@ def run_experiment(
         run_file = directory / RUN_FILE
         if not run_file.exists():
             raise ConfigError(f"cannot resume {resume!r}: no {RUN_FILE} in {directory}")
-        meta = json.loads(run_file.read_text())
+        try:
+            meta = json.loads(run_file.read_text())
+            meta["config"].items()
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ConfigError(f"cannot resume {resume!r}: {run_file} is damaged ({type(exc).__name__}: {exc})") from None
         # Where to run may change on resume (actors, cluster, device); what to run may not.
         where = {} if config is None else {"actors": config.actors, "address": config.address, "device": config.device}
         config = build_options(ExperimentConfig, {**meta["config"], **where}, owner=f"run {resume!r}", item="key")
@@ -249,6 +251,9 @@ def run_experiment(
         meta = {"run_id": run_id, "config": config.to_dict(), "code_version": code_version(),
                 "checkpoint_sha256": checkpoint_info.get("sha256"), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         (directory / RUN_FILE).write_text(json.dumps(meta, indent=2))
+    if resume:
+        for part, reason in set_aside_unreadable(directory).items():
+            say(f"set aside the unreadable {part} ({reason}) as {part}{SET_ASIDE_SUFFIX}; its batch is planned again")
     done = completed_episodes(directory)
     items = _work(config, specs, done)
     total = sum(len(i.specs) for i in items)
@@ -259,11 +264,17 @@ def run_experiment(
     failed_batches = 0
     status = "FAILED"
     tracking_error = None
+    interrupted = False
     try:
         failed_batches = _plan(config, run_id, directory, items, total, say)
         status = "FINISHED"
+    except KeyboardInterrupt:
+        # Every finished batch is already stored; a resumed run plans the rest and records all of it.
+        interrupted, status = True, "KILLED"
     finally:
-        if tracker is not None:
+        if tracker is not None and interrupted:
+            tracker.finish(status=status)
+        elif tracker is not None:
             try:
                 _log_groups(tracker, config, directory, specs, env, say)
             except Exception as exc:  # noqa: BLE001 - the results are safe in Parquet; say why the record is not
@@ -272,6 +283,10 @@ def run_experiment(
                 status = "FAILED"
             tracker.finish(status=status)
     seconds = time.monotonic() - t0
+    if interrupted:
+        resume_command = f"wmplan run --resume {run_id}" + (f" --set output={config.output}" if config.output != "runs" else "")
+        raise RunInterrupted(f"interrupted: {len(completed_episodes(directory))} episodes of run {run_id} are stored in "
+                             f"{directory}; continue with: {resume_command}")
     if tracker is not None and tracking_error is None:
         say(f"recorded in MLflow ({tracker.tracking_uri}), experiment {config.name!r}, run {run_id}; browse it with: wmplan ui")
 

@@ -59,6 +59,9 @@ class TuneConfig:
     """What the 'auto' model sees: 'state', or 'pixels' (a visual model trained on frames)."""
     data: str = ""
     """Data set (default data/TASK.parquet, or data/TASK-pixels.parquet)."""
+    encoder: str = ""
+    """A user encoder, package.module:factory, that the model's checkpoint names (code named in a checkpoint runs only
+    when it is named here too)."""
     planner: str = "grasp"
     """The planner whose options are searched."""
     horizon: int = 5
@@ -113,7 +116,8 @@ class TuneConfig:
 
     def experiment(self) -> ExperimentConfig:
         """The execution settings shared with experiment runs (model, actors, cluster)."""
-        return ExperimentConfig(task=self.task, model=self.model, obs=self.obs, data=self.data, planners={self.planner: {}},  # type: ignore[arg-type]
+        return ExperimentConfig(task=self.task, model=self.model, obs=self.obs, data=self.data, encoder=self.encoder,  # type: ignore[arg-type]
+                                planners={self.planner: {}},
                                 horizons=[self.horizon], actors=self.actors, device=self.device,  # type: ignore[arg-type]
                                 address=self.address, output=self.output, tracking=False)
 
@@ -231,7 +235,8 @@ def _optimize(config: TuneConfig, study: optuna.Study, tracker: Any, tuning: lis
     ray = _start_ray(experiment)
     resources, device, threads = _actor_resources(ray, experiment)
     remote = ray.remote(max_restarts=0, max_task_retries=0, **resources)(PlanActor)
-    make = lambda: remote.remote(task=config.task, checkpoint=str(experiment.checkpoint.resolve()), device=device, threads=threads)  # noqa: E731
+    make = lambda: remote.remote(task=config.task, checkpoint=str(experiment.checkpoint.resolve()), device=device,  # noqa: E731
+                                 threads=threads, allow_code=experiment.allowed_code)
     chunks = [tuning[i : i + config.chunk] for i in range(0, len(tuning), config.chunk)]
     with ActorPool(make, lambda actor, item: actor.run.remote(item), size=config.actors) as pool:
         active: dict[int, _Trial] = {}

@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from optuna.trial import TrialState
 
-from wmplan.jobs.experiment import ExperimentConfig, _read
+from wmplan.jobs.experiment import ExperimentConfig, read_config_file
 from wmplan.jobs.runner import _actor_resources, _start_ray, code_version, new_run_id, run_experiment
 from wmplan.platform.data import DEFAULT_STEPS, read_dataset
 from wmplan.platform.envs import ENV_NAMES, make_env
@@ -78,6 +78,9 @@ class SweepConfig:
     README's recipe on data with frames when missing)."""
     data: str = ""
     """Data set (default data/TASK.parquet, or data/TASK-pixels.parquet): trains the 'auto' model, and holds Push-T's goal segments."""
+    encoder: str = ""
+    """A user encoder, package.module:factory, that the model's checkpoint names (code named in a checkpoint runs only
+    when it is named here too)."""
     planners: list[str] = field(default_factory=lambda: ["cem", "gd", "grasp", "latco"])
     """Planners compared (one column each)."""
     horizons: list[int] = field(default_factory=lambda: [5, 10])
@@ -165,6 +168,7 @@ class SweepConfig:
     def tune_config(self, planner: str, horizon: int) -> TuneConfig:
         """The study of one cell."""
         return TuneConfig(study=self.group(planner, horizon), task=self.task, model=self.model, obs=self.obs, data=self.data,
+                          encoder=self.encoder,
                           planner=planner, horizon=horizon, trials=self.trials, parallel=self.parallel,
                           tuning_episodes=self.tuning_episodes, chunk=self.chunk, test_episodes=self.test_episodes,
                           seed=self.seed, storage=self.storage_url, space=tuple(self.space_items(planner)),
@@ -175,7 +179,8 @@ class SweepConfig:
         """The untuned held-out run of one cell on the actor pool (the same pairs a study tests on);
         without a cell, the sweep's execution settings (model, actors, cluster)."""
         planners = {planner: dict(self.options.get(planner, {}))} if planner else {p: dict(self.options.get(p, {})) for p in self.planners}
-        return ExperimentConfig(name=self.name, task=self.task, model=self.model, obs=self.obs, data=self.data, planners=planners,
+        return ExperimentConfig(name=self.name, task=self.task, model=self.model, obs=self.obs, data=self.data,
+                                encoder=self.encoder, planners=planners,
                                 horizons=[horizon] if horizon else list(self.horizons), episodes=self.test_episodes,
                                 seed=self.seed + TEST_SEED_OFFSET, actors=self.actors, batch_size=self.chunk,
                                 device=self.device, output=str(self.directory / "heldout"), address=self.address,
@@ -191,7 +196,7 @@ def load_sweep_config(path: str | Path | None, overrides: Sequence[str] = ()) ->
     Overrides: ``trials=2``, ``horizons=5,10``, ``planners=cem,grasp``, ``options.grasp.iterations=200``,
     ``space.grasp=noise_scale=0.001:0.1:log`` (appends one item).
     """
-    values = _read(Path(path)) if path else {}
+    values = read_config_file(Path(path)) if path else {}
     for item in overrides:
         key, eq, text = item.partition("=")
         if not eq or not key:
