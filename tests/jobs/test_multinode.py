@@ -139,5 +139,41 @@ def test_a_worker_node_dies_mid_run_and_nothing_is_lost(tiny_wall_model, tmp_pat
     assert not leftover, f"processes of the test cluster outlived SIGKILL: {leftover}"
 
 
+# -- the pool's side, on the session's one-node Ray: actors that cannot be placed or cannot start ---------
+
+
+def test_an_actor_the_cluster_cannot_place_takes_no_item(ray_cluster, tmp_path):
+    """Like a replacement whose node died while the surviving nodes are full: the placed actor does the work."""
+    from tests.jobs.actors import Squarer
+    from wmplan.jobs.pool import run_on_actors
+
+    remote = ray_cluster.remote(num_cpus=1.5)(Squarer)  # two of them do not fit in the session's 2 CPUs
+    t0 = time.monotonic()
+    out = dict(run_on_actors(lambda: remote.remote(str(tmp_path)), lambda actor, x: actor.run.remote(x), list(range(6)),
+                             actors=2, stall_timeout_s=60))
+    assert sorted(out) == list(range(6)) and all(out[i][0] == i * i for i in out)
+    assert len({pid for _, pid in out.values()}) == 1  # one actor ran everything; the other never started
+    assert time.monotonic() - t0 < 50, "items waited for the actor that could not be placed"
+
+
+def test_actors_that_cannot_start_are_given_up_and_items_fail(ray_cluster):
+    from tests.jobs.actors import Squarer
+    from wmplan.jobs.pool import Failure, run_on_actors
+
+    remote = ray_cluster.remote(num_cpus=0.5)(Squarer)
+    made = []
+
+    def make():
+        made.append(1)
+        return remote.remote(None)  # Path(None): the constructor raises TypeError
+
+    out = dict(run_on_actors(make, lambda actor, x: actor.run.remote(x), [1, 2, 3], actors=2, max_attempts=2,
+                             stall_timeout_s=60))
+    assert sorted(out) == [0, 1, 2]
+    assert all(isinstance(r, Failure) and r.attempts == 0 and "could not start (2 tries)" in r.reason and "TypeError" in r.reason
+               for r in out.values()), out
+    assert len(made) == 4  # two slots, two tries each, then given up (no endless replacing)
+
+
 if __name__ == "__main__":
     drive(checkpoint=sys.argv[1], data=sys.argv[2], output=sys.argv[3], report=sys.argv[4])

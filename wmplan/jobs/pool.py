@@ -209,8 +209,11 @@ class ActorPool:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    """One line for why: the error raised in a failed constructor (the traceback's last line), else the message's first."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return lines[-1] if getattr(exc, "actor_init_failed", False) else lines[0]
 
 
 def run_on_actors(
