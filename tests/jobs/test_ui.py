@@ -14,13 +14,14 @@ import pytest
 from tests.jobs.servers import free_ports, wait_http
 from wmplan.jobs.experiment import load_config
 from wmplan.jobs.runner import run_experiment
+from wmplan.storage.tracking import EXPERIMENT_KIND, TAG_EXPERIMENT_KIND, runs_page_url
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 FAST = ["planners.grasp.iterations=20", "planners.cem.iterations=2", "planners.cem.samples=16", "planners.cem.elites=4"]
-TIMEOUT_MS = 20_000
+TIMEOUT_MS = 30_000
 VIEWPORT = {"width": 1400, "height": 1000}
 
 
@@ -94,7 +95,7 @@ def recorded_run(ui_process, store, ray_cluster, tiny_wall_model, tmp_path):
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (install Debian's chromium: scripts/setup.sh does as root)")
-def test_the_ui_shows_metrics_plots_and_parquet_parts(recorded_run, ui_process, tmp_path):
+def test_the_ui_shows_metrics_plots_and_parquet_parts(recorded_run, ui_process, store, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="the python playwright package is not installed")
     expect, sync_playwright = sync_api.expect, sync_api.sync_playwright
 
@@ -107,11 +108,50 @@ def test_the_ui_shows_metrics_plots_and_parquet_parts(recorded_run, ui_process, 
     assert parts, "the parent run has no Parquet parts under results/episodes"
     part = parts[0]
     base = f"{url}/#/experiments/{experiment_id}/runs"
+    from mlflow import MlflowClient
+
+    tags = MlflowClient(tracking_uri=store).get_experiment(experiment_id).tags
+    assert tags.get(TAG_EXPERIMENT_KIND) == EXPERIMENT_KIND
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             context = browser.new_context(viewport=VIEWPORT)  # one context: the pages share the UI's cached scripts
+            # (0) As a person: the experiment's page shows its runs table (not MLflow's GenAI overview),
+            # the run's name leads to the run, its Artifacts tab to the success table and the plots.
+            page = context.new_page()
+            page.goto(runs_page_url(base_url=url, experiment_id=experiment_id), wait_until="load")
+            try:
+                expect(page.get_by_role("heading", name="Runs", exact=True)).to_be_visible(timeout=TIMEOUT_MS)
+                expect(page.get_by_role("heading", name="Overview", exact=True)).to_have_count(0)
+                run_link = page.get_by_role("link", name=parent.info.run_name, exact=True)
+                expect(run_link).to_be_visible(timeout=TIMEOUT_MS)
+                page.screenshot(path=str(tmp_path / "person-runs.png"), full_page=True)
+                run_link.click()
+                page.wait_for_url(f"**/runs/{parent.info.run_id}**", timeout=TIMEOUT_MS)
+                expect(page.get_by_role("heading", name=parent.info.run_name, exact=True)).to_be_visible(timeout=TIMEOUT_MS)
+                page.get_by_role("tab", name="Artifacts", exact=True).click()
+
+                page.get_by_text("preview", exact=True).first.click()  # the folder, then its table
+                page.get_by_text("episodes.json", exact=True).first.click()
+                table = page.get_by_role("table")
+                for column in ("planner", "horizon", "success", "planning_time_s"):  # a header holds its name's button
+                    header = table.get_by_role("columnheader").filter(has=page.get_by_role("button", name=column, exact=True))
+                    expect(header).to_have_count(1, timeout=TIMEOUT_MS)
+                for planner in ("cem", "grasp"):
+                    expect(table.get_by_role("cell", name=planner, exact=True)).to_have_count(4, timeout=TIMEOUT_MS)
+                expect(table.get_by_role("row")).to_have_count(1 + 8, timeout=TIMEOUT_MS)  # the header, 2 planners x 4 episodes
+                page.screenshot(path=str(tmp_path / "person-table.png"), full_page=True)
+
+                page.get_by_text("plots", exact=True).first.click()
+                page.get_by_text("success_vs_horizon.png", exact=True).first.click()
+                expect(page.get_by_role("img", name="plots/success_vs_horizon.png")).to_be_visible(timeout=TIMEOUT_MS)
+                page.wait_for_function("""() => [...document.images].some(
+                    img => img.alt === "plots/success_vs_horizon.png" && img.complete && img.naturalWidth > 0)""",
+                                       timeout=TIMEOUT_MS)
+            finally:
+                page.screenshot(path=str(tmp_path / "person-plot.png"), full_page=True)
+
             # (a) The GRASP child run's overview lists the metric success_rate with its value.
             page = context.new_page()
             page.goto(f"{base}/{grasp.info.run_id}", wait_until="load")

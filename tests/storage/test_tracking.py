@@ -12,7 +12,9 @@ import pytest
 from wmplan.platform.episode import EpisodeRecord, summarize
 from wmplan.storage.parquet import read_table, write_records
 from wmplan.storage.tracking import (
+    EXPERIMENT_KIND,
     MAX_PARAM_VALUE,
+    TAG_EXPERIMENT_KIND,
     ExperimentTracker,
     TrackingError,
     _residual_grid,
@@ -20,6 +22,11 @@ from wmplan.storage.tracking import (
     draw_trajectory,
     flatten_params,
     get_or_create_experiment,
+    planner_offsets,
+    runs_page_url,
+    success_time_vs_horizon_figure,
+    success_vs_horizon_figure,
+    success_vs_horizon_png,
     tracking_uri,
     world_to_pixel,
 )
@@ -240,6 +247,26 @@ def test_experiment_created_twice_does_not_fail(uri):
         ExperimentTracker(tracking_uri=uri, experiment="twice")
 
 
+def test_experiments_are_marked_as_model_development(uri):
+    """MLflow's experiment-kind tag says "runs with metrics" (custom_model_development), not a GenAI app."""
+    assert (TAG_EXPERIMENT_KIND, EXPERIMENT_KIND) == ("mlflow.experimentKind", "custom_model_development")
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    tracker = ExperimentTracker(tracking_uri=uri, experiment="kind")
+    assert client.get_experiment(tracker.experiment_id).tags.get(TAG_EXPERIMENT_KIND) == EXPERIMENT_KIND
+
+    # an experiment made before (or by plain MLflow) gets the tag; one marked otherwise keeps its mark
+    old = client.create_experiment("made-elsewhere")
+    assert TAG_EXPERIMENT_KIND not in client.get_experiment(old).tags
+    assert get_or_create_experiment(client, name="made-elsewhere") == old
+    assert client.get_experiment(old).tags[TAG_EXPERIMENT_KIND] == EXPERIMENT_KIND
+    genai = client.create_experiment("an-agent", tags={TAG_EXPERIMENT_KIND: "genai_development"})
+    assert get_or_create_experiment(client, name="an-agent") == genai
+    assert client.get_experiment(genai).tags[TAG_EXPERIMENT_KIND] == "genai_development"
+
+    assert runs_page_url(base_url="http://127.0.0.1:5000/", experiment_id="3") == (
+        "http://127.0.0.1:5000/#/experiments/3?workflowType=machine_learning")
+
+
 def test_tracking_uri_and_artifact_root(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     uri = tracking_uri(tmp_path / "work")
@@ -357,3 +384,50 @@ def test_success_curves_from_snapshots():
     assert iterations == [10, 40] and rate == [0.25, 0.75] and low[1] < 0.75 < high[1]
     png = success_vs_iterations_png(table)
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+
+def _one_horizon_episodes(tmp_path: Path) -> tuple[list[EpisodeRecord], pa.Table]:
+    """Three planners at one horizon: cem 2/4, gd 2/4 (the same rate), grasp 3/4; the records and their table."""
+    wins = {"cem": 2, "gd": 2, "grasp": 3}
+    records = [record(10 * k + i, planner=p, horizon=4, success=i < wins[p], residual=False, time_s=1.0 + k)
+               for k, p in enumerate(wins) for i in range(4)]
+    write_records(tmp_path / "one", "run-1", records)
+    return records, read_table(tmp_path / "one", "episodes")
+
+
+def test_planners_at_one_horizon_stand_side_by_side(tmp_path):
+    """One bar per planner, apart and inside the horizon's slot, its height and error bar its success."""
+    from matplotlib.container import BarContainer
+
+    assert planner_offsets(planners=["a"]) == {"a": 0.0}
+    offsets = planner_offsets(planners=["a", "b", "c"], slot=0.6)
+    assert offsets == pytest.approx({"a": -0.2, "b": 0.0, "c": 0.2})
+
+    records, episodes = _one_horizon_episodes(tmp_path)
+    fig = success_vs_horizon_figure(episodes)
+    ax = fig.axes[0]
+    bars = {c.get_label(): c for c in ax.containers if isinstance(c, BarContainer)}
+    assert sorted(bars) == ["cem", "gd", "grasp"]
+    spans = sorted((b.patches[0].get_x(), b.patches[0].get_x() + b.patches[0].get_width()) for b in bars.values())
+    assert all(len(b.patches) == 1 for b in bars.values())
+    assert all(right <= nxt_left for (_, right), (nxt_left, _) in zip(spans, spans[1:])), spans  # no bar on another
+    assert spans[0][0] >= -0.5 and spans[-1][1] <= 0.5  # all within the one horizon's slot
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["4"]
+    for planner, wins in {"cem": 2, "gd": 2, "grasp": 3}.items():
+        s = summarize([r for r in records if r.planner == planner])
+        bar = bars[planner].patches[0]
+        assert bar.get_height() == pytest.approx(wins / 4)
+        lo, hi = bars[planner].errorbar.lines[2][0].get_segments()[0][:, 1]  # the vertical error segment
+        assert (lo, hi) == pytest.approx((s["success_low"], s["success_high"]))
+    assert {t.get_text() for t in ax.texts} >= {"2/4", "3/4"}
+    points = sorted(x for line in ax.get_lines() if line.get_marker() == "D" for x in line.get_xdata())
+    assert points == pytest.approx(sorted((a + b) / 2 for a, b in spans))  # a rate of 0 would still show its point
+    assert success_vs_horizon_png(episodes)[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # the time plot: each planner's point at its own x, near the tick
+    ax = success_time_vs_horizon_figure(episodes).axes[0]
+    xs = {line.get_label(): line.get_xdata()[0] for line in ax.get_lines() if not line.get_label().startswith("_")}
+    assert sorted(xs) == ["cem", "gd", "grasp"]
+    assert len(set(np.round(list(xs.values()), 6))) == 3 and all(abs(x) < 0.5 for x in xs.values())
+

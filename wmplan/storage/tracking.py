@@ -67,6 +67,10 @@ __all__ = [
     "ExperimentTracker",
     "tracking_uri",
     "artifact_root",
+    "TAG_EXPERIMENT_KIND",
+    "EXPERIMENT_KIND",
+    "UI_RUNS_QUERY",
+    "runs_page_url",
     "get_or_create_experiment",
     "flatten_params",
     "group_metrics",
@@ -74,7 +78,10 @@ __all__ = [
     "world_to_pixel",
     "track_positions",
     "draw_trajectory",
+    "planner_offsets",
+    "success_vs_horizon_figure",
     "success_vs_horizon_png",
+    "success_time_vs_horizon_figure",
     "success_time_vs_horizon_png",
     "success_vs_iterations_png",
     "success_curves",
@@ -112,6 +119,20 @@ TAG_CHECKPOINT = "wmplan.checkpoint_sha256"
 TAG_PLANNER = "wmplan.planner"
 TAG_HORIZON = "wmplan.horizon"
 TAG_PARENT = "mlflow.parentRunId"
+
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+"""MLflow's tag for an experiment's kind (``genai_development``, ``custom_model_development``, ...)."""
+
+EXPERIMENT_KIND = "custom_model_development"
+"""The kind of every experiment wmplan makes: runs with metrics and artifacts, no GenAI traces."""
+
+UI_RUNS_QUERY = "workflowType=machine_learning"
+"""The query that makes MLflow 3.17's UI show an experiment's runs table.
+
+Its 3.17 UI picks an experiment's page from a global GenAI / Model training switch (this query,
+else the browser's last choice, GenAI when none) and ignores :data:`TAG_EXPERIMENT_KIND`; without
+the query ``#/experiments/<id>`` opens on the GenAI overview, where the runs are not listed.
+"""
 
 
 class TrackingError(RuntimeError):
@@ -166,8 +187,26 @@ def _slug(name: str) -> str:
     return f"{slug[:80]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
+def runs_page_url(*, base_url: str, experiment_id: str) -> str:
+    """The MLflow UI address that opens experiment ``experiment_id`` on its runs table.
+
+    Args:
+        base_url: the UI's address, e.g. ``http://127.0.0.1:5000``.
+        experiment_id: the experiment's id.
+
+    Returns:
+        e.g. ``http://127.0.0.1:5000/#/experiments/1?workflowType=machine_learning``
+        (see :data:`UI_RUNS_QUERY`).
+    """
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}?{UI_RUNS_QUERY}"
+
+
 def get_or_create_experiment(client: Any, *, name: str, artifact_location: str | None = None) -> str:
     """The id of experiment ``name``, created if missing; safe when several processes race to create it.
+
+    The experiment carries :data:`TAG_EXPERIMENT_KIND` = :data:`EXPERIMENT_KIND` (a run's page,
+    not a GenAI app's); an existing experiment without that tag gets it, one with another value
+    keeps its own.
 
     Args:
         client: an ``mlflow.MlflowClient``.
@@ -191,6 +230,11 @@ def get_or_create_experiment(client: Any, *, name: str, artifact_location: str |
                 f"MLflow experiment {name!r} (id {exp.experiment_id}) was deleted; restore it with "
                 f"`mlflow experiments restore --experiment-id {exp.experiment_id}` or use another experiment name"
             )
+        if TAG_EXPERIMENT_KIND not in (exp.tags or {}):  # made before wmplan set the kind, or by someone else
+            try:
+                client.set_experiment_tag(exp.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
+            except MlflowException as exc:  # e.g. a read-only tracking server: the runs still go in
+                log.warning("cannot mark MLflow experiment %r as %s: %s", name, EXPERIMENT_KIND, exc)
         return str(exp.experiment_id)
 
     found = existing()
@@ -198,7 +242,8 @@ def get_or_create_experiment(client: Any, *, name: str, artifact_location: str |
         return found
     location = f"{artifact_location.rstrip('/')}/{_slug(name)}" if artifact_location else None
     try:
-        return str(client.create_experiment(name, artifact_location=location))
+        return str(client.create_experiment(name, artifact_location=location,
+                                            tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND}))
     except MlflowException as exc:  # another process created it first: read it back
         found = existing()
         if found is not None:
@@ -450,51 +495,108 @@ def _by_horizon(records: Sequence[EpisodeRecord]) -> dict[str, tuple[list[int], 
     return out
 
 
-def _horizon_axes(ax: Any, records: Sequence[EpisodeRecord], *, ylabel: str, title: str) -> None:
-    horizons_all = sorted({r.horizon for r in records})
-    if horizons_all:
-        ax.set_xticks(horizons_all)
+_SLOT = 0.8  # the share of the distance between two horizon ticks that the planners side by side fill
+
+
+def planner_offsets(*, planners: Sequence[str], slot: float = _SLOT) -> dict[str, float]:
+    """Each planner's horizontal offset from its horizon's tick, so that planners stand side by side.
+
+    The planners split ``slot`` (a share of the unit distance between ticks) into equal widths, in
+    the order given; an offset is the centre of its width (symmetric about 0; 0 for one planner).
+    """
+    width = slot / max(len(planners), 1)
+    return {p: (i - (len(planners) - 1) / 2) * width for i, p in enumerate(planners)}
+
+
+def _horizon_slots(records: Sequence[EpisodeRecord]) -> tuple[dict[str, tuple[list[int], list[dict[str, Any]]]], dict[int, int]]:
+    """:func:`_by_horizon` of the records and each horizon's tick position (0, 1, ... in order)."""
+    return _by_horizon(records), {h: i for i, h in enumerate(sorted({r.horizon for r in records}))}
+
+
+def _horizon_axes(ax: Any, records: Sequence[EpisodeRecord], slots: Mapping[int, int], *, ylabel: str, title: str) -> None:
+    """One tick per horizon (evenly spaced, labelled with H), the labels, the legend and the title."""
+    ax.set_xticks(list(slots.values()), [str(h) for h in slots])
+    ax.set_xlim(-0.5, max(len(slots), 1) - 0.5)
     ax.set_xlabel("horizon H (model steps)")
     ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
+    ax.grid(alpha=0.3, axis="y")
     if records:
-        ax.legend()
+        ax.legend(loc="upper center", ncols=min(len({r.planner for r in records}), 4), fontsize="small", frameon=False)
     ax.set_title(f"{records[0].task if records else ''} {title}".strip())
 
 
-def success_vs_horizon_png(episodes: pa.Table) -> bytes:
-    """PNG: success rate (Wald 95% interval as error bars) against horizon, one line per planner.
+def success_vs_horizon_figure(episodes: pa.Table) -> Any:
+    """The figure of :func:`success_vs_horizon_png` (a ``matplotlib.figure.Figure``, not yet saved).
 
-    Only final results exist per episode, so this is the run's success curve over horizons, not
-    over planner iterations.
+    Per horizon, one bar per planner side by side (:func:`planner_offsets`), its height the success
+    rate (also marked by a point, so that a rate of 0 shows), its error bar the Wald 95% interval,
+    ``successes/episodes`` above it.
     """
-    fig, canvas = _figure(6.0, 4.0)
+    fig, _ = _figure(6.0, 4.0)
     ax = fig.add_subplot()
     records = _records_from_episodes(episodes)
-    for planner, (horizons, stats) in _by_horizon(records).items():
+    groups, slots = _horizon_slots(records)
+    offsets = planner_offsets(planners=list(groups))
+    width = 0.9 * _SLOT / max(len(groups), 1)
+    for k, (planner, (horizons, stats)) in enumerate(groups.items()):
+        x = np.array([slots[h] + offsets[planner] for h in horizons], dtype=float)
         rate = np.array([s["success_rate"] for s in stats], dtype=float)
         low = np.array([s["success_low"] for s in stats], dtype=float)
         high = np.array([s["success_high"] for s in stats], dtype=float)
-        ax.errorbar(horizons, rate, yerr=[rate - low, high - rate], marker="o", capsize=4, label=planner)
-    ax.set_ylim(-0.05, 1.05)
-    _horizon_axes(ax, records, ylabel="success rate (95% Wald interval)", title="success against horizon")
+        ax.bar(x, rate, width=width, color=f"C{k}", label=planner,
+               yerr=[np.clip(rate - low, 0.0, None), np.clip(high - rate, 0.0, None)], capsize=3,
+               error_kw={"ecolor": "0.2", "elinewidth": 1.0})
+        # the rate as a point too: a planner with no success still shows, in its colour, at 0
+        ax.plot(x, rate, linestyle="none", marker="D", markersize=5, color=f"C{k}", markeredgecolor="0.2", markeredgewidth=0.6)
+        for xi, top, s in zip(x, high, stats):
+            ax.annotate(f"{s['successes']}/{s['count']}", (xi, top), xytext=(0, 2), textcoords="offset points",
+                        ha="center", va="bottom", fontsize=7)
+    ax.set_ylim(-0.05, 1.3)  # room below 0 for a rate of 0's point, above 1 for the counts and the legend
+    ax.set_yticks(np.linspace(0.0, 1.0, 6))
+    _horizon_axes(ax, records, slots, ylabel="success rate (95% Wald interval)", title="success against horizon")
     fig.tight_layout()
-    return _png(fig, canvas)
+    return fig
+
+
+def success_vs_horizon_png(episodes: pa.Table) -> bytes:
+    """PNG: success rate against horizon, a bar per planner and horizon with its Wald 95% interval
+    (:func:`success_vs_horizon_figure`).
+
+    Only final results exist per episode, so this is the run's success over horizons, not over
+    planner iterations.
+    """
+    fig = success_vs_horizon_figure(episodes)
+    return _png(fig, fig.canvas)
+
+
+def success_time_vs_horizon_figure(episodes: pa.Table) -> Any:
+    """The figure of :func:`success_time_vs_horizon_png` (a ``matplotlib.figure.Figure``).
+
+    Per planner a line through its median planning time of the successful episodes at each
+    horizon, its points shifted by :func:`planner_offsets` so that planners at one horizon stand
+    side by side (log scale; a horizon without a success has no point).
+    """
+    fig, _ = _figure(6.0, 4.0)
+    ax = fig.add_subplot()
+    records = _records_from_episodes(episodes)
+    groups, slots = _horizon_slots(records)
+    offsets = planner_offsets(planners=list(groups), slot=0.45)  # close to the tick: points, not bars
+    for k, (planner, (horizons, stats)) in enumerate(groups.items()):
+        x = [slots[h] + offsets[planner] for h in horizons]
+        ax.plot(x, [s["median_planning_time_s"] for s in stats], marker="o", color=f"C{k}", label=planner)
+    if any(r.success and r.planning_time_s > 0 for r in records):
+        ax.set_yscale("log")
+    _horizon_axes(ax, records, slots, ylabel="median time of successful episodes (s)", title="planning time against horizon")
+    ax.margins(y=0.25)
+    fig.tight_layout()
+    return fig
 
 
 def success_time_vs_horizon_png(episodes: pa.Table) -> bytes:
-    """PNG: median planning time (s) of the successful episodes against horizon, one line per planner
-    (log scale; a horizon without a success has no point)."""
-    fig, canvas = _figure(6.0, 4.0)
-    ax = fig.add_subplot()
-    records = _records_from_episodes(episodes)
-    for planner, (horizons, stats) in _by_horizon(records).items():
-        ax.plot(horizons, [s["median_planning_time_s"] for s in stats], marker="o", label=planner)
-    if any(r.success and r.planning_time_s > 0 for r in records):
-        ax.set_yscale("log")
-    _horizon_axes(ax, records, ylabel="median time of successful episodes (s)", title="planning time against horizon")
-    fig.tight_layout()
-    return _png(fig, canvas)
+    """PNG: median planning time (s) of the successful episodes against horizon, one line per
+    planner (:func:`success_time_vs_horizon_figure`)."""
+    fig = success_time_vs_horizon_figure(episodes)
+    return _png(fig, fig.canvas)
 
 
 def success_curves(episodes: pa.Table) -> dict[tuple[str, int], tuple[list[int], list[float], list[float], list[float]]]:
