@@ -332,7 +332,7 @@ def _add_ui(sub: argparse._SubParsersAction) -> None:
 def _run_ui(args: argparse.Namespace) -> int:
     import subprocess
 
-    from wmplan.storage.tracking import tracking_uri
+    from wmplan.storage.tracking import UI_RUNS_QUERY, tracking_uri
 
     uri = tracking_uri(Path.cwd())
     if uri.startswith(("http://", "https://")):
@@ -343,7 +343,9 @@ def _run_ui(args: argparse.Namespace) -> int:
     command = [str(mlflow) if mlflow.exists() else "mlflow", "ui", "--backend-store-uri", uri,
                "--host", "127.0.0.1", "--port", str(args.port), "--workers", "1"]
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    print(f"MLflow UI for {uri} at http://127.0.0.1:{args.port} (Ctrl-C stops it)", flush=True)
+    base = f"http://127.0.0.1:{args.port}"
+    print(f"MLflow UI for {uri} at {base} (Ctrl-C stops it); wmplan's runs: {base}/#/experiments?{UI_RUNS_QUERY} "
+          f"(the runs table; the UI's 'Model training' switch, not 'GenAI')", flush=True)
     try:
         return subprocess.call(command, env=env)
     except KeyboardInterrupt:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import secrets
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from wmplan.jobs.actor import PlanActor, WorkItem
+from wmplan.jobs.cluster import LOG_FILE, actor_resources, check_services, log_to_file, start_ray, stop_logging_to_file
 from wmplan.jobs.experiment import ExperimentConfig, load_config
 from wmplan.jobs.pool import Failure, run_on_actors
 from wmplan.platform.data import read_dataset
@@ -120,8 +120,8 @@ def _plan(config: ExperimentConfig, run_id: str, directory: Path, items: list[Wo
     if not items:
         return 0
     failed_batches = 0
-    ray = _start_ray(config)
-    resources, device, threads = _actor_resources(ray, config)
+    ray = start_ray(config)
+    resources, device, threads = actor_resources(ray, config)
     remote = ray.remote(max_restarts=0, max_task_retries=0, **resources)(PlanActor)
     names = (f"wmplan-{run_id}-actor-{n}" for n in range(1_000_000))
 
@@ -173,33 +173,6 @@ def _log_groups(tracker: Any, config: ExperimentConfig, directory: Path, specs: 
             shown.update(1, last=f"{name} H={h}")
 
 
-def _start_ray(config: ExperimentConfig) -> Any:
-    import ray
-
-    if ray.is_initialized():
-        return ray
-    address = config.address or os.environ.get("RAY_ADDRESS", "")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                 object_store_memory=512 * 1024**2)
-    return ray
-
-
-def _actor_resources(ray: Any, config: ExperimentConfig) -> tuple[dict[str, float], str, int]:
-    resources = ray.cluster_resources()
-    gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 1.0)
-    use_gpu = config.device == "cuda" or (config.device == "auto" and gpus >= 1)
-    if config.device == "cuda" and gpus < 1:
-        raise ConfigError("device: cuda was asked for, but the Ray cluster has no GPU")
-    if use_gpu:
-        share = min(1.0, gpus / config.actors)
-        return {"num_gpus": share, "num_cpus": min(1.0, cpus / config.actors)}, "cuda", 1
-    share = cpus / config.actors
-    return {"num_cpus": share}, "cpu", max(1, int(share))
-
-
 def run_experiment(
     config: ExperimentConfig | None = None,
     *,
@@ -241,12 +214,14 @@ def run_experiment(
 
     # Everything that can fail on the user's input fails here, before Ray starts.
     env = make_env(config.task)
+    check_services(config)  # a Ray head or tracking store that does not answer: one line in seconds, not a hang
     config.prepare_model(say)
     checkpoint_info = read_checkpoint_info(config.checkpoint)
     dataset = read_dataset(config.data_path) if config.task == "pusht" else None
     specs = {h: episode_specs(env, horizon=h, count=config.episodes, seed=config.seed, dataset=dataset) for h in config.horizons}
 
     directory.mkdir(parents=True, exist_ok=True)
+    log_to_file(directory / LOG_FILE, mlflow=config.tracking)  # Ray's and MLflow's messages, not the terminal's
     if not resume:
         meta = {"run_id": run_id, "config": config.to_dict(), "code_version": code_version(),
                 "checkpoint_sha256": checkpoint_info.get("sha256"), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -282,13 +257,19 @@ def run_experiment(
                 say(f"recording the run in MLflow failed ({tracking_error}); the results are complete in {directory}")
                 status = "FAILED"
             tracker.finish(status=status)
+        stop_logging_to_file()
     seconds = time.monotonic() - t0
     if interrupted:
         resume_command = f"wmplan run --resume {run_id}" + (f" --set output={config.output}" if config.output != "runs" else "")
         raise RunInterrupted(f"interrupted: {len(completed_episodes(directory))} episodes of run {run_id} are stored in "
                              f"{directory}; continue with: {resume_command}")
     if tracker is not None and tracking_error is None:
-        say(f"recorded in MLflow ({tracker.tracking_uri}), experiment {config.name!r}, run {run_id}; browse it with: wmplan ui")
+        from wmplan.storage.tracking import runs_page_url
+
+        server = tracker.tracking_uri.startswith(("http://", "https://"))
+        page = runs_page_url(base_url=tracker.tracking_uri if server else "http://127.0.0.1:5000", experiment_id=tracker.experiment_id)
+        say(f"recorded in MLflow ({tracker.tracking_uri}), experiment {config.name!r}, run {run_id}; browse it "
+            + (f"at {page}" if server else f"with 'wmplan ui', at {page}"))
 
     table = read_table(directory).to_pylist()
     summaries: dict[tuple[str, int], dict[str, Any]] = {}
