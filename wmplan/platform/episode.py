@@ -39,10 +39,10 @@ import torch
 from torch import Tensor
 
 from wmplan.platform.envs.base import Env, unpack_actions
-from wmplan.platform.models.visual import is_pixel_model, render_states
+from wmplan.platform.models.visual import render_states
 from wmplan.platform.planners.base import Planner, PlanResult
 from wmplan.platform.stats import wald_interval
-from wmplan.platform.world_model import WorldModel
+from wmplan.platform.world_model import WorldModel, is_observation_model
 
 __all__ = [
     "MODES",
@@ -234,14 +234,14 @@ def to_model_space(model: object, states: Tensor) -> Tensor:
 def observe(env: Env, model: object, states: Tensor) -> Tensor:
     """What ``model`` sees of env states ``[N, D_env]``, as model states ``[N, D]``.
 
-    A pixel model (``model.observation == 'pixels'``, e.g. a visual world model) gets pictures:
-    the states are rendered in a scratch copy of ``env`` at the model's ``frame_size`` and encoded,
-    so the model never sees a state (a goal is given to it as an image). Any other model goes
-    through :func:`to_model_space`.
+    An observation model (:class:`~wmplan.platform.world_model.ObservationModel`, e.g. a visual
+    world model) gets pictures: the states are rendered in a scratch copy of ``env`` at the model's
+    ``frame_size`` and encoded, so the model never sees a state (a goal is given to it as an
+    image). Any other model goes through :func:`to_model_space`.
     """
-    if is_pixel_model(model):
-        frames = render_states(env, states.detach().cpu().numpy(), model.frame_size)  # type: ignore[attr-defined]
-        return model.encode(frames).to(device=states.device, dtype=states.dtype)  # type: ignore[attr-defined]
+    if is_observation_model(model):
+        frames = render_states(env, states.detach().cpu().numpy(), model.frame_size)
+        return model.encode(frames).to(device=states.device, dtype=states.dtype)
     return to_model_space(model, states)
 
 

@@ -2,18 +2,33 @@
 
 A world model is a differentiable transition function ``F(s, a) -> s'``. Planners see nothing
 else: no simulator, no reward, no environment. Anything with these attributes is a world model
-(structural typing), including the learned models of :mod:`wmplan.platform.models`.
+(structural typing), including the learned models of :mod:`wmplan.platform.models`. Two optional
+parts extend the contract, each a :class:`~typing.Protocol` of its own, checked like the base:
+
+- :class:`ObservationModel`: a model that plans from observations (pictures) rather than from
+  the simulator's states; the episode runner renders starts and goals and calls its ``encode``.
+- :class:`CostModel`: a model that supplies its own planning cost (e.g. DINO-WM's patch MSE
+  plus a proprioception term); planners reach it only through
+  :meth:`wmplan.platform.planners.base.Problem.cost`, and use the terminal MSE without it.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, TypeGuard, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["WorldModel", "LinearModel", "PointMass", "check_world_model"]
+
+__all__ = [
+    "WorldModel", "ObservationModel", "CostModel", "LinearModel", "PointMass",
+    "check_world_model", "check_observation_model", "is_observation_model", "OBSERVATIONS",
+]
+
+OBSERVATIONS: tuple[str, ...] = ("state", "pixels")
+"""What a model may declare as its ``observation``: ``'state'`` (the default, for a model without
+the attribute) or ``'pixels'`` (an :class:`ObservationModel`)."""
 
 
 @runtime_checkable
@@ -45,18 +60,101 @@ class WorldModel(Protocol):
         ...
 
 
+@runtime_checkable
+class ObservationModel(WorldModel, Protocol):
+    """A world model that plans from observations: its states are latents of pictures.
+
+    The episode runner never gives it a simulator state: starts and goals are rendered at
+    ``frame_size`` pixels and encoded, so a goal is an image. The model may also define
+    ``decode(z [..., D]) -> [..., D_env]``, an estimate of the simulator state used only for
+    reporting (never in planning); it is optional and so not part of the protocol's members.
+
+    Attributes:
+        observation: ``'pixels'``.
+        frame_size: ``S``, the side of the square RGB frames ``encode`` takes, in pixels.
+    """
+
+    observation: Literal["pixels"]
+    frame_size: int
+
+    def encode(self, frames: Any) -> Tensor:
+        """Frames ``[..., S, S, 3]`` (uint8 RGB, or float in [0, 1]; a tensor or numpy array) to
+        latent states ``[..., D]`` on the model's device. No gradient is needed."""
+        ...
+
+
+@runtime_checkable
+class CostModel(Protocol):
+    """A world model that supplies its own planning cost (an optional method beside ``step``)."""
+
+    def cost(self, final_states: Tensor, goal_states: Tensor) -> Tensor:
+        """The cost of ending in ``final_states`` when the goal is ``goal_states``.
+
+        Args:
+            final_states: ``[..., D]`` predicted states (model space).
+            goal_states: ``[..., D]`` goals, with the same shape as ``final_states``.
+
+        Returns:
+            ``[...]``, lower is better, differentiable with respect to ``final_states``.
+        """
+        ...
+
+
 def check_world_model(model: object) -> WorldModel:
     """Return ``model`` if it satisfies :class:`WorldModel` with consistent bounds, else raise TypeError."""
     missing = [n for n in ("state_dim", "action_dim", "action_low", "action_high", "step") if not hasattr(model, n)]
     if missing:
         raise TypeError(f"{type(model).__name__} is not a world model: it lacks {', '.join(missing)}")
-    low, high = model.action_low, model.action_high  # type: ignore[attr-defined]
-    a = model.action_dim  # type: ignore[attr-defined]
+    assert isinstance(model, WorldModel)  # the members are there (runtime_checkable checks just that)
+    low, high, a = model.action_low, model.action_high, model.action_dim
+    if not isinstance(low, Tensor) or not isinstance(high, Tensor):
+        raise TypeError(f"action bounds must be tensors, got {type(low).__name__} and {type(high).__name__}")
     if tuple(low.shape) != (a,) or tuple(high.shape) != (a,):
         raise TypeError(f"action bounds must have shape [{a}], got {tuple(low.shape)} and {tuple(high.shape)}")
     if not (torch.isfinite(low).all() and torch.isfinite(high).all() and (high > low).all()):
         raise TypeError("action bounds must be finite with action_high > action_low")
-    return model  # type: ignore[return-value]
+    cost = getattr(model, "cost", None)
+    if cost is not None and not callable(cost):
+        raise TypeError(f"{type(model).__name__}.cost must be a method cost(final_states, goal_states), got {type(cost).__name__}")
+    return model
+
+
+def is_observation_model(model: object) -> TypeGuard[ObservationModel]:
+    """Whether ``model`` plans from pictures (it declares ``observation = 'pixels'``).
+
+    A model without ``observation`` (or with ``'state'``) is a state model. One that declares
+    pictures is checked with :func:`check_observation_model`, so a half-made pixel model is an
+    error rather than a state model.
+
+    Raises:
+        TypeError: the model declares an unknown observation, or pictures without the protocol.
+    """
+    observation = getattr(model, "observation", "state")
+    if observation == "state":
+        return False
+    check_observation_model(model)
+    return True
+
+
+def check_observation_model(model: object) -> ObservationModel:
+    """Return ``model`` if it satisfies :class:`ObservationModel`, else raise TypeError naming what is wrong."""
+    check_world_model(model)
+    name = type(model).__name__
+    missing = [n for n in ("observation", "frame_size", "encode") if not hasattr(model, n)]
+    if missing:
+        raise TypeError(f"{name} is not an observation model: it lacks {', '.join(missing)}")
+    assert isinstance(model, ObservationModel)
+    if model.observation != "pixels":
+        raise TypeError(f"{name}.observation must be one of {', '.join(map(repr, OBSERVATIONS))}, got {model.observation!r}")
+    size = model.frame_size
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise TypeError(f"{name}.frame_size must be a positive int (pixels), got {size!r}")
+    if not callable(model.encode):
+        raise TypeError(f"{name}.encode must be a method encode(frames) -> latents")
+    decode = getattr(model, "decode", None)
+    if decode is not None and not callable(decode):
+        raise TypeError(f"{name}.decode must be a method decode(latents) -> states, got {type(decode).__name__}")
+    return model
 
 
 class _BoundedModel(nn.Module):

@@ -32,7 +32,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -42,6 +42,7 @@ from wmplan.platform.errors import ConfigError
 from wmplan.platform.models.mlp import mlp_layers
 from wmplan.platform.models.state_model import PackedActionConfig
 from wmplan.platform.options import require
+from wmplan.platform.world_model import is_observation_model
 
 __all__ = [
     "VisualModelConfig", "VisualWorldModel", "ConvEncoder", "ConvDecoder", "load_user_encoder",
@@ -180,9 +181,9 @@ def load_user_encoder(spec: str) -> nn.Module:
 class VisualWorldModel(nn.Module):
     """Encoder, latent predictor, optional decoder and state probe; a world model on ``z``.
 
-    Implements :class:`~wmplan.platform.world_model.WorldModel` with ``state_dim = D`` (the
-    flattened, normalised latent) and packed env actions. ``observation = 'pixels'`` tells the
-    episode runner to give it pictures (:func:`observe`), never states.
+    Implements :class:`~wmplan.platform.world_model.ObservationModel` with ``state_dim = D`` (the
+    flattened, normalised latent) and packed env actions: ``observation = 'pixels'`` tells the
+    episode runner to give it pictures (:func:`~wmplan.platform.episode.observe`), never states.
 
     Buffers (saved in checkpoints): ``latent_mean [D]`` and ``latent_scale`` (a scalar: one scale
     for every feature keeps their relative sizes), ``action_mean``/``action_std [A]``, and the
@@ -190,7 +191,7 @@ class VisualWorldModel(nn.Module):
     MLP (``probe``) fitted after the encoder, frozen like everything else.
     """
 
-    observation = "pixels"
+    observation: Literal["pixels"] = "pixels"
 
     def __init__(self, config: VisualModelConfig, *, seed: int | None = None, encoder: nn.Module | None = None) -> None:
         super().__init__()
@@ -296,8 +297,12 @@ def build_visual_model(config: VisualModelConfig) -> VisualWorldModel:
 
 
 def is_pixel_model(model: object) -> bool:
-    """Whether ``model`` observes pictures (its ``encode`` takes frames, not env states)."""
-    return getattr(model, "observation", "state") == "pixels"
+    """Whether ``model`` observes pictures: :func:`wmplan.platform.world_model.is_observation_model`.
+
+    Raises:
+        TypeError: the model declares pictures without the ``ObservationModel`` protocol.
+    """
+    return is_observation_model(model)
 
 
 def frames_to_tensor(frames: Tensor | np.ndarray, *, device: torch.device | str = "cpu") -> Tensor:

@@ -4,6 +4,9 @@ Planners optimise actions in a *unit* action space ``u in [-1, 1]^A`` that maps 
 model's bounds (``a = mid + half_range * u``), so that learning rates, noise scales and sample
 standard deviations mean the same on every model. Results are always given in model units.
 
+Every planner judges a plan with :meth:`Problem.cost`: the model's own cost when it supplies one
+(:class:`~wmplan.platform.world_model.CostModel`), the terminal MSE ``mean_d (s - g)^2`` otherwise.
+
 Batch semantics: ``B`` planning problems are solved at once; each problem's loss enters the total
 as a sum (never a mean over problems) and no operation mixes problems, so a problem's plan does
 not depend on which other problems share its batch, and a problem whose model output turns NaN or
@@ -16,17 +19,19 @@ import abc
 import dataclasses
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 import torch
 from torch import Tensor
 
 from wmplan.platform.options import require
-from wmplan.platform.world_model import WorldModel, check_world_model
+from wmplan.platform.world_model import CostModel, WorldModel, check_world_model
 
-__all__ = ["PlannerOptions", "PlanTrace", "PlanResult", "Planner", "Problem", "rollout", "terminal_cost"]
+__all__ = [
+    "PlannerOptions", "PlanTrace", "PlanResult", "Planner", "Problem", "Optimized", "rollout", "terminal_cost", "randn",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,6 +118,9 @@ def terminal_cost(final_state: Tensor, goal: Tensor) -> Tensor:
 class Problem:
     """A batch of planning problems on one model, in the unit action space.
 
+    What a planner may know of the model: its transition (``model.step``), its action bounds
+    (through :meth:`to_action` / :meth:`to_unit`) and the planning cost (:meth:`cost`).
+
     Args:
         model: the world model.
         start: ``[B, D]`` start states.
@@ -122,6 +130,8 @@ class Problem:
 
     def __init__(self, model: WorldModel, start: Tensor, goal: Tensor, horizon: int) -> None:
         self.model = model
+        self.model_cost: Callable[[Tensor, Tensor], Tensor] | None = model.cost if isinstance(model, CostModel) else None
+        """The model's own planning cost, or None (terminal MSE)."""
         self.start = start
         self.goal = goal
         self.horizon = horizon
@@ -167,13 +177,44 @@ class Problem:
         with torch.no_grad():
             return rollout(self.model, self.start, self.to_action(init_u))[:, 1:]
 
-    def shooting_cost(self, u: Tensor) -> Tensor:
-        """Terminal cost of rolling out unit actions ``u [B, ..., H, A]``; returns ``[B, ...]``."""
+    def cost(self, states: Tensor, goal: Tensor) -> Tensor:
+        """The planning cost of ``states [B, ..., D]`` for ``goal`` (``[B, ..., D]``, or broadcastable to it).
+
+        The model's ``cost(final_states, goal_states)`` when it has one (called with the goal
+        expanded to the shape of ``states``), else :func:`terminal_cost`. Returns ``[B, ...]``,
+        differentiable with respect to ``states``.
+
+        Raises:
+            ValueError: the model's cost does not return one value per state.
+        """
+        if self.model_cost is None:
+            return terminal_cost(states, goal)
+        value = self.model_cost(states, goal.expand_as(states))
+        if not isinstance(value, Tensor) or tuple(value.shape) != tuple(states.shape[:-1]):
+            got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise ValueError(
+                f"{type(self.model).__name__}.cost must return one value per state, shape {tuple(states.shape[:-1])}, got {got}"
+            )
+        return value
+
+    def final_states(self, u: Tensor) -> Tensor:
+        """The model's final states ``[B, ..., D]`` after rolling out unit actions ``u [B, ..., H, A]`` from the starts."""
         extra = u.ndim - 3
         start = self.start.view(self.batch, *([1] * extra), self.state_dim).expand(*u.shape[:-2], self.state_dim)
-        goal = self.goal.view(self.batch, *([1] * extra), self.state_dim)
-        final = rollout(self.model, start, self.to_action(u))[..., -1, :]
-        return terminal_cost(final, goal)
+        return rollout(self.model, start, self.to_action(u))[..., -1, :]
+
+    def goal_like(self, states: Tensor) -> Tensor:
+        """The goals ``[B, 1.., D]`` shaped to broadcast against ``states [B, ..., D]``."""
+        return self.goal.view(self.batch, *([1] * (states.ndim - 2)), self.state_dim)
+
+    def shooting_cost(self, u: Tensor) -> Tensor:
+        """:meth:`cost` of the final states of unit actions ``u [B, ..., H, A]``; returns ``[B, ...]``."""
+        final = self.final_states(u)
+        return self.cost(final, self.goal_like(final))
+
+    def goal_distance(self, states: Tensor) -> Tensor:
+        """Euclidean distance ``[B, ...]`` of ``states [B, ..., D]`` to the goal (for traces; no gradient)."""
+        return (states.detach() - self.goal_like(states)).norm(dim=-1)
 
     def snapshot(self, iteration: int, u: Tensor) -> None:
         """Keep a copy of the unit actions ``u [B, H, A]`` after ``iteration`` (1-based) if it was asked for."""
@@ -215,29 +256,47 @@ class Optimized:
     """``[B, H+1, D]`` for lifted planners."""
 
 
-class Planner(abc.ABC):
+O = TypeVar("O", bound=PlannerOptions)
+"""The options dataclass of a planner."""
+
+P = TypeVar("P", bound="Planner[Any]")
+
+
+class Planner(abc.ABC, Generic[O]):
     """A planner: searches a world model for actions that reach a goal.
 
-    Subclasses set ``name`` and ``Options`` and implement :meth:`_optimize`; everything else
-    (validation, timing, the final rollout, failure handling) lives here.
+    Subclasses name their options type (``class GD(Planner[GDOptions])``), set ``name`` and
+    ``Options`` and implement :meth:`_optimize`; everything else (validation, timing, the final
+    rollout, failure handling) lives here. A planner of one's own is used by every command as
+    ``package.module:Class`` (see :mod:`wmplan.platform.registry`).
     """
 
     name: ClassVar[str]
+    """The planner's name in results (a plug-in used by ``package.module:Class`` needs none)."""
     Options: ClassVar[type[PlannerOptions]]
+    """The frozen options dataclass (a subclass of :class:`PlannerOptions`): the ``O`` of ``Planner[O]``."""
     lifted: ClassVar[bool] = False
     """True for planners that optimise states as well as actions (their trace has residuals)."""
     stochastic_by_default: ClassVar[bool] = False
+    """True for planners whose default options draw random numbers (another seed, another plan)."""
+    search_space: ClassVar[Mapping[str, str]] = {}
+    """What ``wmplan tune`` searches by default: option name to a spec in the grammar of
+    ``wmplan tune --space`` (``LOW:HIGH[:log][:zero][:int]`` or ``A,B,C`` or a fixed ``VALUE``),
+    e.g. ``{"samples": "16:512:log:int", "std": "0.05:1:log"}``. wmplan's own planners keep
+    theirs in :mod:`wmplan.tuning.spaces`; a plug-in planner without one must be tuned with
+    ``--space NAME=SPEC``."""
 
-    def __init__(self, options: PlannerOptions | None = None) -> None:
-        options = options if options is not None else self.Options()
+    def __init__(self, options: O | None = None) -> None:
+        if options is None:
+            options = cast(O, self.Options())
         if not isinstance(options, self.Options):
             raise TypeError(f"{type(self).__name__} needs {self.Options.__name__}, got {type(options).__name__}")
-        self.options = options
+        self.options: O = options
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.options})"
 
-    def replace(self, **changes: Any) -> Planner:
+    def replace(self: P, **changes: Any) -> P:
         """A new planner of the same kind with some options changed (options are immutable)."""
         return type(self)(dataclasses.replace(self.options, **changes))
 
@@ -293,7 +352,7 @@ class Planner(abc.ABC):
         def cpu(x: Tensor | None) -> Tensor | None:
             return None if x is None else x.detach().cpu()
 
-        trace = PlanTrace(cpu(out.loss), cpu(out.goal_distance), cpu(out.residual), cpu(out.synced))  # type: ignore[arg-type]
+        trace = PlanTrace(out.loss.detach().cpu(), out.goal_distance.detach().cpu(), cpu(out.residual), cpu(out.synced))
         return PlanResult(
             actions=actions,
             states=states,

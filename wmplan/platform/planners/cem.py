@@ -29,7 +29,7 @@ class CEMOptions(PlannerOptions):
         require(self.init_std > 0, f"init_std must be > 0, got {self.init_std}")
 
 
-class CEM(SamplingPlanner):
+class CEM(SamplingPlanner[CEMOptions]):
     """Cross-entropy method: refit a diagonal Gaussian over action sequences to the elites.
 
     Returns the final mean. Reference: Rubinstein (1999); as used by DINO-WM (Zhou et al., 2024).
@@ -39,5 +39,5 @@ class CEM(SamplingPlanner):
     Options = CEMOptions
 
     def schedule(self) -> SamplingSchedule:
-        o: CEMOptions = self.options  # type: ignore[assignment]
-        return SamplingSchedule(samples=o.samples, elites=o.elites, iterations=o.iterations)
+        o = self.options
+        return SamplingSchedule(samples=o.samples, elites=o.elites, iterations=o.iterations, init_std=o.init_std)

@@ -31,8 +31,9 @@ class GDOptions(PlannerOptions):
         require(self.init_std >= 0, f"init_std must be >= 0, got {self.init_std}")
 
 
-class GD(Planner):
-    """Shooting: Adam on the actions through the full model rollout, terminal loss ``mean_d (s_T - g)^2``.
+class GD(Planner[GDOptions]):
+    """Shooting: Adam on the actions through the full model rollout, on the planning cost of the
+    final state (:meth:`Problem.cost`: the model's own, else ``mean_d (s_T - g)^2``).
 
     Without noise and with zero initialisation (``action_noise=0, init_std=0``) it is deterministic.
     """
@@ -42,7 +43,7 @@ class GD(Planner):
     stochastic_by_default = True
 
     def _optimize(self, problem: Problem, generator: torch.Generator, init_u: Tensor | None) -> Optimized:
-        o: GDOptions = self.options  # type: ignore[assignment]
+        o = self.options
         if init_u is not None:
             u = init_u.clone()
         elif o.init_std > 0:
@@ -52,8 +53,10 @@ class GD(Planner):
         u.requires_grad_(True)
         opt = torch.optim.Adam([u], lr=o.lr)
         loss_trace = torch.empty(o.iterations, problem.batch, device=problem.device)
+        dist_trace = torch.empty_like(loss_trace)
         for i in range(o.iterations):
-            cost = problem.shooting_cost(u)
+            final = problem.final_states(u)
+            cost = problem.cost(final, problem.goal)
             problem.set_grads(cost, [u])
             opt.step()
             with torch.no_grad():
@@ -61,5 +64,6 @@ class GD(Planner):
                     u.add_(o.action_noise * randn(tuple(u.shape), problem, generator))
                 u.clamp_(-1.0, 1.0)
             loss_trace[i] = cost.detach()
+            dist_trace[i] = problem.goal_distance(final)
             problem.snapshot(i + 1, u)
-        return Optimized(u=u.detach(), loss=loss_trace, goal_distance=(loss_trace * problem.state_dim).sqrt())
+        return Optimized(u=u.detach(), loss=loss_trace, goal_distance=dist_trace)

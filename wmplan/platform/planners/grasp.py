@@ -6,6 +6,7 @@ Models", 2026 (arXiv:2602.00475). Defaults follow the first author's evaluation 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -13,7 +14,7 @@ import torch
 from torch import Tensor
 
 from wmplan.platform.options import require
-from wmplan.platform.planners.base import Optimized, Planner, PlannerOptions, Problem, randn
+from wmplan.platform.planners.base import Optimized, Planner, PlannerOptions, Problem, randn, terminal_cost
 from wmplan.platform.planners.sampling import SamplingSchedule, refine_by_sampling
 from wmplan.platform.world_model import WorldModel
 
@@ -29,7 +30,7 @@ class GRASPOptions(PlannerOptions):
     action_lr: float = 0.005
     """Adam learning rate of the actions (unit action space)."""
     goal_weight: float = 1.0
-    """gamma: weight of the goal term sum_t mean_d (F(sg(s_t), a_t) - g)^2."""
+    """gamma: weight of the goal term sum_t cost(F(sg(s_t), a_t), g) (cost: the model's own, else mean_d (. - g)^2)."""
     noise_scale: float = 0.005
     """sigma: standard deviation of the Gaussian noise added to the virtual states after each step."""
     noise_decay: bool = False
@@ -73,6 +74,7 @@ def lifted_loss(
     *,
     goal_weight: float,
     stop_state_grad: bool,
+    cost: Callable[[Tensor, Tensor], Tensor] = terminal_cost,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """GRASP's objective for ``B`` problems, with one batched model call over all ``B x H`` steps.
 
@@ -83,29 +85,34 @@ def lifted_loss(
         actions: ``[B, H, A]`` actions in model units.
         goal_weight: gamma.
         stop_state_grad: detach the states fed to the model (``sg(s_t)``).
+        cost: the planning cost ``(states [B, H, D], goal [B, 1, D]) -> [B, H]`` of the goal term
+            (a planner passes :meth:`Problem.cost`); the terminal MSE by default.
 
     Returns:
-        ``(loss [B], residual [B, H], prediction [B, H, D])`` where ``loss = sum_t mean_d
-        (F(s_t, a_t) - s_{t+1})^2 + gamma * sum_t mean_d (F(s_t, a_t) - g)^2`` and ``residual`` is
-        the Euclidean norm of ``F(s_t, a_t) - s_{t+1}`` (detached).
+        ``(loss [B], residual [B, H], prediction [B, H, D])`` where ``loss = sum_{t<H-1} mean_d
+        (F(s_t, a_t) - s_{t+1})^2 + cost(F(s_{H-1}, a_{H-1}), g) + gamma * sum_t cost(F(s_t, a_t), g)``
+        (the last transition's target is the goal, so its residual is a goal cost: with the
+        default cost, ``sum_t mean_d (F(s_t, a_t) - s_{t+1})^2`` with ``s_H = g``) and
+        ``residual`` is the Euclidean norm of ``F(s_t, a_t) - s_{t+1}`` (detached).
     """
     inputs = torch.cat([start[:, None], states], dim=1)
     if stop_state_grad:
         inputs = inputs.detach()
     pred = model.step(inputs, actions)
     diff = pred - torch.cat([states, goal[:, None]], dim=1)
-    to_goal = pred - goal[:, None]
-    loss = diff.pow(2).mean(-1).sum(-1) + goal_weight * to_goal.pow(2).mean(-1).sum(-1)
+    to_goal = cost(pred, goal[:, None])  # [B, H]
+    loss = diff[:, :-1].pow(2).mean(-1).sum(-1) + to_goal[:, -1] + goal_weight * to_goal.sum(-1)
     return loss, diff.detach().norm(dim=-1), pred.detach()
 
 
-class GRASP(Planner):
-    """GRASP: optimise virtual states and actions jointly on the lifted loss.
+class GRASP(Planner[GRASPOptions]):
+    """GRASP: optimise virtual states and actions jointly on the lifted loss (:func:`lifted_loss`).
 
     Each iteration evaluates every transition in one batched model call, takes an Adam step (one
     parameter group for states, one for actions), clips the actions to the bounds and adds
     Gaussian noise to the states. After every ``sync_interval``-th iteration, a sync phase
     improves the actions on the full-rollout terminal loss and the main optimizer is rebuilt.
+    The goal term and the sync phase use the planning cost (:meth:`Problem.cost`).
     """
 
     name = "grasp"
@@ -114,7 +121,7 @@ class GRASP(Planner):
     stochastic_by_default = True
 
     def _optimize(self, problem: Problem, generator: torch.Generator, init_u: Tensor | None) -> Optimized:
-        o: GRASPOptions = self.options  # type: ignore[assignment]
+        o = self.options
         b, h, dev = problem.batch, problem.horizon, problem.device
         states = problem.initial_states(init_u)[:, :-1]
         if o.init_state_noise > 0:
@@ -135,7 +142,7 @@ class GRASP(Planner):
         for i in range(iters):
             loss, residual, pred = lifted_loss(
                 problem.model, problem.start, problem.goal, states, problem.to_action(u),
-                goal_weight=o.goal_weight, stop_state_grad=o.stop_state_grad,
+                goal_weight=o.goal_weight, stop_state_grad=o.stop_state_grad, cost=problem.cost,
             )
             problem.set_grads(loss, [states, u])
             opt.step()
@@ -160,12 +167,12 @@ class GRASP(Planner):
 
     def _sync(self, problem: Problem, u: Tensor, generator: torch.Generator) -> None:
         """Improve the actions ``u`` in place on the full-rollout terminal loss."""
-        o: GRASPOptions = self.options  # type: ignore[assignment]
+        o = self.options
         if o.sync_mode == "cem":
             schedule = SamplingSchedule(samples=o.sync_samples, elites=o.sync_elites, iterations=o.sync_steps)
-            mean, _, _, _ = refine_by_sampling(problem, u.detach(), torch.full_like(u, o.sync_std), schedule, generator)
+            refined = refine_by_sampling(problem, u.detach(), torch.full_like(u, o.sync_std), schedule, generator)
             with torch.no_grad():
-                u.copy_(mean)
+                u.copy_(refined.mean)
             return
         sync_opt = torch.optim.Adam([u], lr=o.sync_lr)
         for _ in range(o.sync_steps):

@@ -39,14 +39,15 @@ class LatCoOptions(PlannerOptions):
             require(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
 
 
-class LatCo(Planner):
+class LatCo(Planner[LatCoOptions]):
     """Joint optimisation of states ``s_1..s_H`` and actions on
 
-    ``mean_d (s_H - g)^2 + sum_t lam_t mean_d (F(s_{t-1}, a_{t-1}) - s_t)^2 + sum_t mu_t mean_a relu(|u_t| - 1)^2``,
+    ``cost(s_H, g) + sum_t lam_t mean_d (F(s_{t-1}, a_{t-1}) - s_t)^2 + sum_t mu_t mean_a relu(|u_t| - 1)^2``,
 
     with gradients flowing through the model's state input (no stop-gradient), and the
     multipliers ``lam`` (dynamics) and ``mu`` (action bounds) updated after every step by the rule
-    ``lam <- lam + 0.1 lam log10((viol + 0.1 thr) / thr)``. States start on the straight line from
+    ``lam <- lam + 0.1 lam log10((viol + 0.1 thr) / thr)``, where ``cost`` is the planning cost
+    (:meth:`Problem.cost`: the model's own, else ``mean_d (s_H - g)^2``). States start on the straight line from
     start to goal and actions at zero, or on the rollout of the initial actions when given.
     """
 
@@ -55,7 +56,7 @@ class LatCo(Planner):
     lifted = True
 
     def _optimize(self, problem: Problem, generator: torch.Generator, init_u: Tensor | None) -> Optimized:
-        o: LatCoOptions = self.options  # type: ignore[assignment]
+        o = self.options
         b, h, dev = problem.batch, problem.horizon, problem.device
         states = problem.initial_states(init_u).requires_grad_(True)
         u = (problem.zeros() if init_u is None else init_u.clone()).requires_grad_(True)
@@ -70,7 +71,7 @@ class LatCo(Planner):
             diff = problem.model.step(inputs, problem.to_action(u)) - states
             dyn_viol = diff.pow(2).mean(-1)  # [B, H]
             act_viol = torch.relu(u.abs() - 1.0).pow(2).mean(-1)  # [B, H]
-            goal_term = (states[:, -1] - problem.goal).pow(2).mean(-1)
+            goal_term = problem.cost(states[:, -1], problem.goal)
             loss = goal_term + (lam_dyn * dyn_viol).sum(-1) + (lam_act * act_viol).sum(-1)
             problem.set_grads(loss, [states, u])
             opt.step()
@@ -80,7 +81,7 @@ class LatCo(Planner):
                     lam.add_(o.multiplier_lr * lam * torch.log10(ratio)).clamp_(1e-6, o.multiplier_max)
                     lam.nan_to_num_(nan=o.multiplier_init)
             loss_trace[i] = loss.detach()
-            dist_trace[i] = goal_term.detach().mul(problem.state_dim).sqrt()
+            dist_trace[i] = problem.goal_distance(states[:, -1])
             residual_trace[i] = diff.detach().norm(dim=-1)
             problem.snapshot(i + 1, u)
         virtual = torch.cat([problem.start[:, None], states.detach()], dim=1)

@@ -37,7 +37,7 @@ class MPPIOptions(PlannerOptions):
         require(0 <= self.min_std <= self.max_std, f"need 0 <= min_std <= max_std, got {self.min_std}, {self.max_std}")
 
 
-class MPPI(SamplingPlanner):
+class MPPI(SamplingPlanner[MPPIOptions]):
     """MPPI: a softmax-weighted refit of a Gaussian over action sequences to the elite samples.
 
     Costs are normalised to [0, 1] over each problem's elites before the softmax, so the
@@ -49,8 +49,8 @@ class MPPI(SamplingPlanner):
     Options = MPPIOptions
 
     def schedule(self) -> SamplingSchedule:
-        o: MPPIOptions = self.options  # type: ignore[assignment]
+        o = self.options
         return SamplingSchedule(
-            samples=o.samples, elites=o.elites, iterations=o.iterations,
+            samples=o.samples, elites=o.elites, iterations=o.iterations, init_std=o.init_std,
             temperature=o.temperature, min_std=o.min_std, max_std=o.max_std,
         )

@@ -1,7 +1,8 @@
 """The sampling loop shared by CEM, MPPI and GRASP's CEM sync.
 
 Each iteration draws ``N`` action sequences around a per-problem mean, clips them to the bounds,
-scores them by the terminal cost of their rollout (NaN and inf become +inf, so they never win),
+scores them by the planning cost of their final state (:meth:`Problem.cost`; NaN and inf become
++inf, so they never win),
 keeps the ``K`` elites and refits mean and standard deviation from them, with uniform weights
 (CEM) or softmax weights on their normalised costs (MPPI). Sample 0 is always the current mean.
 """
@@ -9,24 +10,48 @@ keeps the ``K`` elites and refits mean and standard deviation from them, with un
 from __future__ import annotations
 
 import abc
-
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from wmplan.platform.planners.base import Optimized, Planner, Problem, randn
+from wmplan.platform.planners.base import O, Optimized, Planner, Problem, randn
 
 
 @dataclass(frozen=True)
 class SamplingSchedule:
+    """How a sampling planner refines its Gaussian, from the planner's options."""
+
     samples: int
+    """``N``: action sequences per problem and iteration."""
     elites: int
+    """``K``: best samples the distribution is refitted to."""
     iterations: int
+    """Refinement iterations."""
     temperature: float | None = None
     """None: uniform elite weights (CEM); else softmax of ``-normalised cost / temperature`` (MPPI)."""
     min_std: float = 0.0
+    """Lower clamp of the refitted standard deviation (unit action space)."""
     max_std: float = float("inf")
+    """Upper clamp of the refitted standard deviation (unit action space)."""
+    init_std: float = 1.0
+    """Initial standard deviation of a planner's own search (unit action space)."""
+
+
+class Refined(NamedTuple):
+    """What :func:`refine_by_sampling` returns."""
+
+    mean: Tensor
+    """``[B, H, A]`` the refined means (unit actions)."""
+    std: Tensor
+    """``[B, H, A]`` the refined standard deviations (unit actions)."""
+    best_cost: Tensor
+    """``[I, B]`` the best sample's cost in each iteration (+inf where no sample was finite)."""
+    mean_elite_cost: Tensor
+    """``[I, B]`` the mean cost of the finite elites in each iteration."""
+    best_distance: Tensor
+    """``[I, B]`` the Euclidean goal distance of the best sample's final state (+inf where no sample was finite)."""
 
 
 def refine_by_sampling(
@@ -37,7 +62,7 @@ def refine_by_sampling(
     generator: torch.Generator,
     *,
     snapshot: bool = False,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+) -> Refined:
     """Refine unit-action means by sampling.
 
     Args:
@@ -50,17 +75,19 @@ def refine_by_sampling(
             own iterations, not a sync phase's).
 
     Returns:
-        ``(mean, std, best_cost [I, B], mean_elite_cost [I, B])``.
+        The refined distribution and per-iteration diagnostics (:class:`Refined`).
     """
     b, h, a = mean.shape
     n, k, iters = schedule.samples, schedule.elites, schedule.iterations
     best = torch.empty(iters, b, device=problem.device, dtype=mean.dtype)
     elite_mean = torch.empty_like(best)
+    best_distance = torch.empty_like(best)
     for i in range(iters):
         samples = (mean[:, None] + std[:, None] * randn((b, n, h, a), problem, generator)).clamp(-1.0, 1.0)
         samples[:, 0] = mean
         with torch.no_grad():
-            cost = problem.shooting_cost(samples)  # [B, N]
+            final = problem.final_states(samples)  # [B, N, D]
+            cost = problem.cost(final, problem.goal_like(final))  # [B, N]
         cost = torch.where(torch.isfinite(cost), cost, torch.inf)
         elite_cost, idx = torch.topk(cost, k, dim=1, largest=False)  # [B, K], ascending
         elites = torch.gather(samples, 1, idx[:, :, None, None].expand(b, k, h, a))
@@ -82,12 +109,14 @@ def refine_by_sampling(
         if snapshot:
             problem.snapshot(i + 1, mean)
         best[i] = elite_cost[:, 0]
+        distance = problem.goal_distance(torch.gather(final, 1, idx[:, :1, None].expand(b, 1, final.shape[-1])))[:, 0]
+        best_distance[i] = torch.where(finite[:, 0], distance, torch.inf)
         elite_mean[i] = torch.where(finite, elite_cost, 0.0).sum(1) / finite.sum(1).clamp_min(1)
         elite_mean[i] = torch.where(finite[:, 0], elite_mean[i], torch.inf)
-    return mean, std, best, elite_mean
+    return Refined(mean, std, best, elite_mean, best_distance)
 
 
-class SamplingPlanner(Planner):
+class SamplingPlanner(Planner[O]):
     """A planner that refines a Gaussian over action sequences by sampling; subclasses give the schedule."""
 
     stochastic_by_default = True
@@ -97,8 +126,9 @@ class SamplingPlanner(Planner):
         """Sample counts, iterations and weighting, from the planner's options."""
 
     def _optimize(self, problem: Problem, generator: torch.Generator, init_u: Tensor | None) -> Optimized:
+        schedule = self.schedule()
         mean = problem.zeros() if init_u is None else init_u
-        std = torch.full_like(mean, self.options.init_std)  # type: ignore[attr-defined]
-        mean, _, best, elite_mean = refine_by_sampling(problem, mean, std, self.schedule(), generator, snapshot=True)
-        problem.record_failures(best[-1])
-        return Optimized(u=mean, loss=elite_mean, goal_distance=(best * problem.state_dim).sqrt())
+        std = torch.full_like(mean, schedule.init_std)
+        refined = refine_by_sampling(problem, mean, std, schedule, generator, snapshot=True)
+        problem.record_failures(refined.best_cost[-1])
+        return Optimized(u=refined.mean, loss=refined.mean_elite_cost, goal_distance=refined.best_distance)
