@@ -11,9 +11,12 @@ import pytest
 
 from wmplan.platform.errors import ConfigError
 from wmplan.platform.planners import PLANNERS, make_planner
+from wmplan.platform.registry import register_planner, unregister
 from wmplan.tuning.spaces import (
+    BUILTIN_SPACES,
     DEFAULT_SPACES,
     Param,
+    default_space,
     describe,
     distributions,
     options_from_params,
@@ -280,3 +283,78 @@ def test_describe_lists_every_parameter() -> None:
     grasp = describe(DEFAULT_SPACES["grasp"])
     assert "or 0" in next(line for line in grasp.splitlines() if line.startswith("noise_scale"))
     assert all(line == line.rstrip() for line in grasp.splitlines())
+
+
+# -- plug-in planners: their own search space, or --space -------------------------------------------
+
+PLUGIN = "tests.platform.plugin_fixtures:RandomShooting"
+UNSEARCHABLE = "tests.platform.plugin_fixtures:Unsearchable"
+
+
+def test_builtin_planners_keep_their_written_spaces() -> None:
+    for name, space in BUILTIN_SPACES.items():
+        assert DEFAULT_SPACES[name] is space and default_space(name) is space
+    assert default_space("wmplan.platform.planners.grasp:GRASP") is BUILTIN_SPACES["grasp"]  # by class
+    assert PLUGIN not in list(DEFAULT_SPACES)
+    with pytest.raises(KeyError):
+        DEFAULT_SPACES["gras"]
+
+
+def test_a_plugin_planner_brings_its_search_space() -> None:
+    space = default_space(PLUGIN)
+    assert DEFAULT_SPACES[PLUGIN] == space and PLUGIN in DEFAULT_SPACES
+    params = by_name(space)
+    assert params["samples"] == Param(name="samples", kind="int", low=16, high=512, log=True)
+    assert params["std"] == Param(name="std", kind="float", low=0.05, high=1.0, log=True)
+    assert params["decay"].choices == (0.5, 0.9, 1.0)
+    for options in sample(space, n=20):
+        assert_in_space(options, space)
+        planner = make_planner(PLUGIN, horizon=HORIZON, **options)
+        assert planner.options.samples == options["samples"]
+    # --space items go on top of the hook, with the grammar and checks of wmplan's own planners
+    edited = by_name(parse_space_overrides(PLUGIN, ["std=0.1:0.5:log", "-decay", "+iterations=5:20:int"]))
+    assert edited["std"].high == 0.5 and "decay" not in edited and edited["iterations"].kind == "int"
+    with pytest.raises(ConfigError, match=r"std must be > 0"):
+        parse_space_overrides(PLUGIN, ["std=0:0.5"])
+
+
+def test_a_plugin_planner_without_a_space_needs_space_items() -> None:
+    message = (
+        f"planner '{UNSEARCHABLE}' has no search space: give one with --space NAME=SPEC or define "
+        "Unsearchable.search_space"
+    )
+    for call in (lambda: default_space(UNSEARCHABLE), lambda: DEFAULT_SPACES[UNSEARCHABLE],
+                 lambda: parse_space_overrides(UNSEARCHABLE, []), lambda: space_from_config(UNSEARCHABLE, {})):
+        with pytest.raises(ConfigError) as info:
+            call()
+        assert str(info.value) == message
+    assert UNSEARCHABLE not in DEFAULT_SPACES
+    # with nothing to replace, name=SPEC adds
+    space = parse_space_overrides(UNSEARCHABLE, ["samples=8:64:int", "std=0.1,0.3"])
+    assert [p.name for p in space] == ["samples", "std"]
+    assert space == space_from_config(UNSEARCHABLE, {"samples": "8:64:int", "std": [0.1, 0.3]})
+    for options in sample(space, n=10):
+        make_planner(UNSEARCHABLE, horizon=HORIZON, **options)
+    with pytest.raises(ConfigError, match=r"unknown option 'sample' in search space item 'sample=8:64:int'"):
+        parse_space_overrides(UNSEARCHABLE, ["sample=8:64:int"])
+
+
+def test_a_malformed_search_space_hook_names_its_item() -> None:
+    with pytest.raises(ConfigError, match=r"search space item 'std=1:0.1:log' in BadlySearchable.search_space for planner "
+                                          r"'tests.platform.plugin_fixtures:BadlySearchable': low 1.0 > high 0.1"):
+        default_space("tests.platform.plugin_fixtures:BadlySearchable")
+
+
+def test_a_registered_plugin_planner_is_tuned_by_name() -> None:
+    from tests.platform.plugin_fixtures import RandomShooting
+
+    class Registered(RandomShooting):
+        name = "registered_shooting"
+
+    register_planner(Registered)
+    try:
+        assert "registered_shooting" in list(DEFAULT_SPACES)
+        assert default_space("registered_shooting") == default_space(PLUGIN)
+    finally:
+        unregister("planner", "registered_shooting")
+    assert set(DEFAULT_SPACES) == set(PLANNERS)

@@ -1,10 +1,13 @@
 """Search spaces of ``wmplan tune``: which planner options a study searches, and over what.
 
 A search space is a tuple of :class:`Param`, one per planner option. :data:`DEFAULT_SPACES` holds
-one per planner; :func:`parse_space_overrides` (command line) and :func:`space_from_config`
-(config file) narrow, widen, fix, drop or add parameters of it; :func:`suggest` draws planner
-options from an Optuna trial, and every dict it returns is accepted by
-``make_planner(name, horizon=H, **options)``.
+one per planner (:func:`default_space`): wmplan's own planners' spaces are written below
+(:data:`BUILTIN_SPACES`); a plug-in planner (``package.module:Class`` or a registered one) brings
+its own as ``Class.search_space`` (:attr:`wmplan.platform.planners.Planner.search_space`, items in
+the command-line grammar below), or has none and must be given one with ``--space NAME=SPEC``.
+:func:`parse_space_overrides` (command line) and :func:`space_from_config` (config file) narrow,
+widen, fix, drop or add parameters of it; :func:`suggest` draws planner options from an Optuna
+trial, and every dict it returns is accepted by ``make_planner(name, horizon=H, **options)``.
 
 Two planner options need more than a plain Optuna distribution.
 
@@ -39,7 +42,8 @@ Command-line grammar of :func:`parse_space_overrides` (one item each)::
 
 ``:log`` is a log scale, ``:zero`` adds exactly 0 to a log range, ``:frac`` (only for elites)
 makes LOW and HIGH fractions of the samples. A spec replaces the parameter as a whole: write
-``:log:zero`` again when narrowing ``noise_scale``.
+``:log:zero`` again when narrowing ``noise_scale``. For a planner without a default space, plain
+``name=SPEC`` adds the option (there is nothing to replace).
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -56,11 +60,13 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 
 from wmplan.platform.errors import ConfigError, unknown_name_error
 from wmplan.platform.options import build_options, parse_value
-from wmplan.platform.planners import planner_class
+from wmplan.platform.planners import PLANNERS, Planner, planner_class
+from wmplan.platform.registry import is_plugin_spec
 
 __all__ = [
-    "Param", "DEFAULT_SPACES", "ZERO_SHARE", "suggest", "options_from_params", "distributions",
-    "parse_space_overrides", "space_from_config", "describe", "searchable_options",
+    "Param", "DEFAULT_SPACES", "BUILTIN_SPACES", "SpaceTable", "default_space", "ZERO_SHARE", "suggest",
+    "options_from_params", "distributions", "parse_space_overrides", "space_from_config", "describe",
+    "searchable_options",
 ]
 
 Kind = Literal["float", "int", "categorical"]
@@ -195,7 +201,7 @@ def _fraction(name: str, total: str, low: float, high: float) -> Param:
     return Param(name=name, kind="float", low=low, high=high, log=True, fraction_of=total)
 
 
-DEFAULT_SPACES: dict[str, tuple[Param, ...]] = {
+BUILTIN_SPACES: dict[str, tuple[Param, ...]] = {
     # Defaults: state_lr 0.1, action_lr 0.005, goal_weight 1, noise 0.005, sync every 50 for 10
     # steps at lr 0.05. Iterations stay at the planner default (750) unless added.
     "grasp": (
@@ -235,7 +241,7 @@ DEFAULT_SPACES: dict[str, tuple[Param, ...]] = {
         _log("init_std", 0.1, 3.0),
     ),
 }
-"""The default search space of every planner, around its defaults."""
+"""The default search space of each of wmplan's own planners, around its defaults."""
 
 
 # ----------------------------------------------------------------------------- suggestions
@@ -460,24 +466,33 @@ def _spec_from_text(text: str) -> dict[str, Any]:
 
 
 class _Builder:
-    """A space being edited, item by item, with errors that name the item."""
+    """A space being edited, item by item, with errors that name the item.
 
-    def __init__(self, planner: str) -> None:
-        planner_class(planner)  # unknown planner: ConfigError listing the valid ones
+    It starts from the planner's default space, or from ``base`` when given. A planner without a
+    default space starts empty and *open*: ``name=SPEC`` adds, and an empty result is an error.
+    """
+
+    def __init__(self, planner: str, *, base: Sequence[Param] | None = None, source: str = "") -> None:
+        self.cls = planner_class(planner)  # unknown planner: ConfigError listing the valid ones
         self.planner = planner
+        self.source = source
         self.valid = searchable_options(planner)
-        self.params: dict[str, Param] = {p.name: p for p in DEFAULT_SPACES[planner]}
+        start = _default_space_or_none(planner) if base is None else tuple(base)
+        self.open = not start
+        self.params: dict[str, Param] = {p.name: p for p in start or ()}
         self.items: dict[str, str] = {}
 
     def fail(self, item: str, exc: Exception) -> ConfigError:
-        return ConfigError(f"search space item {item!r} for planner {self.planner!r}: {exc}")
+        where = f" in {self.source}" if self.source else ""
+        return ConfigError(f"search space item {item!r}{where} for planner {self.planner!r}: {exc}")
 
     def check_name(self, name: str, item: str) -> None:
         if name in _NOT_SEARCHABLE:
             raise self.fail(item, ConfigError(f"{name!r} is set by the task and is not searched"))
         if name not in self.valid:
+            source = f" in {self.source}" if self.source else ""
             raise unknown_name_error(
-                "option", name, self.valid, where=f"in search space item {item!r} for planner {self.planner!r}"
+                "option", name, self.valid, where=f"in search space item {item!r}{source} for planner {self.planner!r}"
             )
 
     def set(self, name: str, spec: Mapping[str, Any] | None, item: str) -> None:
@@ -494,6 +509,8 @@ class _Builder:
         self.items[name] = item
 
     def finish(self) -> tuple[Param, ...]:
+        if self.open and not self.params:
+            raise _no_space_error(self.planner, self.cls)
         defaults = _defaults(self.planner)
         for count, total in _CLAMPED_PAIRS:
             if count in self.params or total in self.params:
@@ -524,7 +541,7 @@ class _Builder:
 
 
 def parse_space_overrides(planner: str, items: Sequence[str]) -> tuple[Param, ...]:
-    """The default space of ``planner`` edited by command-line ``items`` (see the module docs).
+    """The default space of ``planner`` (:func:`default_space`) edited by command-line ``items`` (see the module docs).
 
     >>> [p.name for p in parse_space_overrides("grasp", ["-goal_weight", "+iterations=100:1000:int"])][-1]
     'iterations'
@@ -532,7 +549,8 @@ def parse_space_overrides(planner: str, items: Sequence[str]) -> tuple[Param, ..
     Raises:
         ConfigError: for an unknown planner or option (listing the valid ones), or a malformed
             item (naming it): bad range, value the planner rejects, adding an option already
-            searched, changing one that is not (use ``+``).
+            searched, changing one that is not (use ``+``); a planner without a default
+            space and no items.
     """
     builder = _Builder(planner)
     for raw in items:
@@ -552,7 +570,7 @@ def parse_space_overrides(planner: str, items: Sequence[str]) -> tuple[Param, ..
         builder.check_name(name, item)
         if add and name in builder.params:
             raise builder.fail(item, ConfigError(f"{name!r} is already searched; write {name}=... to change it"))
-        if not add and name not in builder.params:
+        if not add and name not in builder.params and not builder.open:
             raise builder.fail(item, ConfigError(f"{name!r} is not in the default space; write +{name}=... to add it"))
         try:
             spec = _spec_from_text(text)
@@ -593,6 +611,91 @@ def space_from_config(planner: str, mapping: Mapping[str, Any]) -> tuple[Param, 
             raise builder.fail(item, exc) from None
         builder.set(str(name), spec, item)
     return builder.finish()
+
+
+# ----------------------------------------------------------------------------- default spaces
+
+
+def _builtin_space(cls: type[Planner[Any]]) -> tuple[Param, ...] | None:
+    """The written space of one of wmplan's own planner classes (by class, so a spec naming it works too)."""
+    for name, space in BUILTIN_SPACES.items():
+        if PLANNERS[name] is cls:
+            return space
+    return None
+
+
+def _no_space_error(planner: str, cls: type[Planner[Any]]) -> ConfigError:
+    return ConfigError(
+        f"planner {planner!r} has no search space: give one with --space NAME=SPEC or define {cls.__name__}.search_space"
+    )
+
+
+def _default_space_or_none(planner: str) -> tuple[Param, ...] | None:
+    cls = planner_class(planner)
+    builtin = _builtin_space(cls)
+    if builtin is not None:
+        return builtin
+    hook = cls.search_space
+    if not hook:
+        return None
+    builder = _Builder(planner, base=(), source=f"{cls.__name__}.search_space")
+    for name, text in hook.items():
+        item = f"{name}={text}"
+        builder.check_name(name, item)
+        try:
+            spec = _spec_from_text(text)
+        except ConfigError as exc:
+            raise builder.fail(item, exc) from None
+        builder.set(name, spec, item)
+    return builder.finish()
+
+
+def default_space(planner: str) -> tuple[Param, ...]:
+    """The search space ``wmplan tune`` uses for ``planner`` when none is given.
+
+    wmplan's own planners: :data:`BUILTIN_SPACES`. A plug-in planner (a registered name or
+    ``package.module:Class``): its ``search_space`` hook, parsed and checked like ``--space`` items.
+
+    Raises:
+        ConfigError: an unknown planner (listing the valid ones), a malformed hook (naming the
+            item), or a plug-in planner without a search space.
+    """
+    space = _default_space_or_none(planner)
+    if space is None:
+        raise _no_space_error(planner, planner_class(planner))
+    return space
+
+
+class SpaceTable(Mapping[str, tuple[Param, ...]]):
+    """The default search space of every planner by name, read-only (:func:`default_space`).
+
+    Iterating lists the built-in and registered planners that have a space; looking up also
+    accepts ``package.module:Class``, and raises the ConfigError of :func:`default_space` for a
+    plug-in planner without a space (``in`` answers False for it).
+    """
+
+    def __getitem__(self, planner: str) -> tuple[Param, ...]:
+        if not is_plugin_spec(planner) and planner not in PLANNERS:
+            raise KeyError(planner)
+        return default_space(planner)
+
+    def __contains__(self, planner: object) -> bool:
+        if not isinstance(planner, str) or (not is_plugin_spec(planner) and planner not in PLANNERS):
+            return False
+        return _default_space_or_none(planner) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([name for name in PLANNERS if name in self])
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __repr__(self) -> str:
+        return f"DEFAULT_SPACES({', '.join(self)})"
+
+
+DEFAULT_SPACES = SpaceTable()
+"""The default search space of every planner (see :class:`SpaceTable` and :func:`default_space`)."""
 
 
 # ----------------------------------------------------------------------------- help
