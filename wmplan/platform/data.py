@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 from wmplan.platform.envs import ENV_NAMES, Env, make_env
 from wmplan.platform.errors import ConfigError, unknown_name_error
 from wmplan.platform.options import require
+from wmplan.platform.threads import available_cores
 
 __all__ = ["DataConfig", "DataError", "Trajectory", "Dataset", "generate_dataset", "read_dataset", "SCHEMA_VERSION"]
 
@@ -210,8 +211,10 @@ def generate_dataset(
     Args:
         config: what to generate.
         path: output file; written to a temporary name first and renamed when complete.
-        workers: processes (0: one per CPU core; 1: this process).
-        progress: called with (trajectories done, total) after each chunk.
+        workers: processes (0: one per CPU core available to this process; never more than there are
+            chunks of :data:`CHUNK_EPISODES` trajectories; 1: this process). The simulators use
+            numpy only: no worker starts torch's thread pool.
+        progress: called with (trajectories done, total) after each chunk, in order.
 
     Returns:
         The path of the finished file.
@@ -219,8 +222,8 @@ def generate_dataset(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     val = validation_episodes(config)
-    workers = workers or os.cpu_count() or 1
     chunk = CHUNK_EPISODES  # fixed, so that row groups (and bytes) do not depend on the worker count
+    workers = min(workers or available_cores(), math.ceil(config.episodes / chunk))
     env = make_env(config.env)
     meta = {
         "schema_version": SCHEMA_VERSION,

@@ -9,7 +9,6 @@ parallel; this module is what one actor (or a laptop without Ray) does.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from wmplan.platform.models import (
     TrainConfig, VisualTrainConfig, evaluate_model, load_world_model, save_checkpoint, train_state_model, train_visual_model,
 )
 from wmplan.platform.planners import make_planner
+from wmplan.platform.progress import Progress as Reporter, StageProgress
 
 Progress = Callable[[str], None]
 TrainProgress = Callable[[str, int, int, float], None]
@@ -112,7 +112,9 @@ def prepare_model(
 
     ``obs`` says what a model created here sees: ``state``, or ``pixels`` (frames are generated
     with the data, and a visual model is trained with :data:`PIXEL_RECIPES`' budget). An existing
-    but broken checkpoint is an error (never silently overwritten).
+    but broken checkpoint is an error (never silently overwritten). ``progress`` gets what is
+    being done and, while data are generated and each training stage runs, a line with the rate
+    and ETA at least every 10 s (:class:`~wmplan.platform.progress.Progress`).
     """
     say = progress or (lambda msg: None)
     _check_obs(obs)
@@ -122,24 +124,27 @@ def prepare_model(
         config = data_config or default_data_config(env, obs=obs)
         if config.env != env:
             raise ConfigError(f"data config is for {config.env!r}, not {env!r}")
-        t0 = time.perf_counter()
         frames = f" with {config.frame_size}x{config.frame_size} frames" if config.frames else ""
         say(f"no data set at {data_path}: generating {config.episodes} trajectories of {env}{frames} ...")
-        generate_dataset(config, data_path)
-        say(f"  data set written in {time.perf_counter() - t0:.1f} s")
+        shown = Reporter(stage="data", total=config.episodes, unit="trajectories", say=say) if progress else None
+        try:
+            generate_dataset(config, data_path, progress=(lambda done, total: shown.update_to(done)) if shown else None)
+        finally:
+            if shown:
+                shown.close()
     dataset = read_dataset(data_path)
     if dataset.env != env:
         raise ConfigError(f"data set {str(data_path)!r} is for task {dataset.env!r}, not {env!r}")
     config = train_config or default_train_config(env, obs=obs, device=device)
     kind = "visual" if isinstance(config, VisualTrainConfig) else "state"
     say(f"no model at {checkpoint}: training a {kind} model on {data_path} ({config.steps} predictor steps) ...")
-
-    def tenths(stage: str, step: int, total: int, loss: float) -> None:
-        if step == total or step % max(1, total // 10) == 0:
-            say(f"  {stage} step {step}/{total}, loss {loss:.4g}")
-
-    model, metrics = train_model(dataset, config, checkpoint, progress=tenths if progress else None)
-    say(f"  trained in {metrics.get('total_seconds', metrics['train_seconds']):.1f} s; validation one-step MSE "
+    stages = StageProgress(say=say) if progress else None  # a line per stage every 10 s, rate and ETA
+    try:
+        model, metrics = train_model(dataset, config, checkpoint, progress=stages)
+    finally:
+        if stages:
+            stages.close()
+    say(f"trained in {metrics.get('total_seconds', metrics['train_seconds']):.1f} s; validation one-step MSE "
         f"{metrics['val_mse_before']:.4g} -> {metrics['val_mse_after']:.4g}")
     return model.to(device)
 
@@ -181,21 +186,29 @@ def plan_task(
 ) -> list[PlanOutcome]:
     """Run ``episodes`` episodes for each planner and horizon; all planners see the same pairs.
 
-    Every planner is built (and its options validated) before any planning starts.
+    Every planner is built (and its options validated) before any planning starts. ``progress``
+    gets each pair's result and, while a pair plans, a line at least every 10 s with the time
+    elapsed and the ETA.
     """
     env = make_env(env_name)
     built = {(p, h): make_planner(p, horizon=h, **options.get(p, {})) for h in horizons for p in planners}
     outcomes = []
-    for h in horizons:
-        specs = episode_specs(env, horizon=h, count=episodes, seed=seed, dataset=dataset)
-        for p in planners:
-            records = run_episodes(env, model, built[p, h], specs, planner_name=p, mode=mode,  # type: ignore[arg-type]
-                                   replan_every=replan_every, device=device, plan_seed=seed)
-            summary = summarize(records)
-            outcomes.append(PlanOutcome(p, h, records, summary))
-            if progress:
-                progress(f"{p} H={h}: success {100 * summary['success_rate']:.1f}% "
-                         f"(model {100 * summary['model_success_rate']:.1f}%), planning {records[0].planning_time_s:.1f} s")
+    shown = Reporter(stage="planning", total=len(built) * episodes, unit="episodes", say=progress) if progress else None
+    try:
+        for h in horizons:
+            specs = episode_specs(env, horizon=h, count=episodes, seed=seed, dataset=dataset)
+            for p in planners:
+                records = run_episodes(env, model, built[p, h], specs, planner_name=p, mode=mode,  # type: ignore[arg-type]
+                                       replan_every=replan_every, device=device, plan_seed=seed)
+                summary = summarize(records)
+                outcomes.append(PlanOutcome(p, h, records, summary))
+                if progress and shown:
+                    shown.update(len(records))
+                    progress(f"{p} H={h}: success {100 * summary['success_rate']:.1f}% "
+                             f"(model {100 * summary['model_success_rate']:.1f}%), planning {records[0].planning_time_s:.1f} s")
+    finally:
+        if shown:
+            shown.close()
     return outcomes
 
 

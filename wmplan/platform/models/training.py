@@ -25,6 +25,7 @@ from wmplan.platform.envs import make_env, pack_actions
 from wmplan.platform.errors import ConfigError
 from wmplan.platform.models.state_model import StateModelConfig, StateWorldModel
 from wmplan.platform.options import require
+from wmplan.platform.threads import torch_threads
 
 if TYPE_CHECKING:  # pyarrow is imported only by code that reads data sets
     from wmplan.platform.data import Dataset, Trajectory
@@ -61,8 +62,13 @@ class TrainConfig:
     """Number of hidden layers of the model."""
     device: str = "cpu"
     """Torch device to train on (``cpu``, ``cuda``, ``cuda:1``, ...); the model is returned there."""
+    threads: int = 1
+    """Torch CPU threads while training (0: one per core available to the process). One is the
+    measured default: fastest on a busy machine, and the weights do not depend on the machine's core
+    count (see :mod:`wmplan.platform.threads`)."""
 
     def __post_init__(self) -> None:
+        require(self.threads >= 0, f"threads must be >= 0 (0: one per core), got {self.threads}")
         require(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
         require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         require(self.lr > 0, f"lr must be > 0, got {self.lr}")
@@ -149,6 +155,12 @@ def train_state_model(
         second), ``train_windows``, ``val_transitions``, ``epochs``, ``steps``.
     """
     config = config if config is not None else TrainConfig()
+    with torch_threads(config.threads):
+        return _train_state_model(dataset, config, progress=progress)
+
+
+def _train_state_model(dataset: Dataset, config: TrainConfig, *,
+                       progress: Callable[[int, int, float], None] | None) -> tuple[StateWorldModel, dict[str, Any]]:
     train = dataset.split("train")
     val = dataset.split("val")
     f, k = dataset.frameskip, config.rollout_steps

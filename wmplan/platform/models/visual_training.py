@@ -37,6 +37,7 @@ from wmplan.platform.models.visual import (
     VisualModelConfig, VisualWorldModel, frames_to_tensor, load_encoder_weights, load_user_encoder,
 )
 from wmplan.platform.options import require
+from wmplan.platform.threads import torch_threads
 
 if TYPE_CHECKING:
     from wmplan.platform.data import Dataset, Trajectory
@@ -44,7 +45,8 @@ if TYPE_CHECKING:
 __all__ = ["VisualTrainConfig", "train_visual_model", "train_autoencoder", "encode_trajectories"]
 
 Progress = Callable[[str, int, int, float], None]
-"""Called as ``progress(stage, step, total_steps, loss)`` with stage ``'encoder'`` or ``'predictor'``."""
+"""Called as ``progress(stage, step, total_steps, loss)`` after every gradient step, with stage
+``'encoder'``, ``'probe'`` or ``'predictor'`` (in that order)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -164,8 +166,12 @@ def _reconstruction_mse(model: VisualWorldModel, frames: np.ndarray, batch: int 
     return total / len(frames), baseline / len(frames)
 
 
-def fit_probe(model: VisualWorldModel, z: np.ndarray, states: np.ndarray, config: VisualTrainConfig) -> dict[str, Any]:
-    """Fit the state probe (latents ``z [N, D]`` to env states ``[N, D_env]``) by regression in normalised state units."""
+def fit_probe(model: VisualWorldModel, z: np.ndarray, states: np.ndarray, config: VisualTrainConfig, *,
+              progress: Progress | None = None) -> dict[str, Any]:
+    """Fit the state probe (latents ``z [N, D]`` to env states ``[N, D_env]``) by regression in normalised state units.
+
+    ``progress('probe', step, total_steps, loss)`` is called after every step.
+    """
     device = model.latent_mean.device
     mean, std = states.mean(0), np.maximum(states.std(0), STD_FLOOR)
     model.set_buffers(state_mean=mean, state_std=std)
@@ -179,7 +185,8 @@ def fit_probe(model: VisualWorldModel, z: np.ndarray, states: np.ndarray, config
         return (model.probe(x[idx]) - y[idx]).pow(2).mean()
 
     _, _, seconds = descend(list(model.probe.parameters()), batch_loss, steps=config.probe_steps, lr=config.lr,
-                            weight_decay=config.weight_decay, device=device)
+                            weight_decay=config.weight_decay, device=device,
+                            progress=(lambda s, n, loss: progress("probe", s, n, loss)) if progress else None)
     model.probe.requires_grad_(False)
     return {"probe_seconds": seconds}
 
@@ -208,6 +215,12 @@ def train_visual_model(
             too short for ``rollout_steps``, or a user encoder cannot be loaded.
     """
     config = config if config is not None else VisualTrainConfig()
+    with torch_threads(config.threads):
+        return _train_visual_model(dataset, config, progress=progress)
+
+
+def _train_visual_model(dataset: Dataset, config: VisualTrainConfig, *,
+                        progress: Progress | None) -> tuple[VisualWorldModel, dict[str, Any]]:
     t_start = time.perf_counter()
     train, val = dataset.split("train"), dataset.split("val")
     if not train:
@@ -253,7 +266,7 @@ def train_visual_model(
                       action_mean=np.tile(actions.mean(0), f), action_std=np.tile(np.maximum(actions.std(0), STD_FLOOR), f))
     z_train = encode_trajectories(model, train)
     z_val = encode_trajectories(model, val) if val else []
-    metrics.update(fit_probe(model, np.concatenate(z_train), np.concatenate([t.states for t in train]), config))
+    metrics.update(fit_probe(model, np.concatenate(z_train), np.concatenate([t.states for t in train]), config, progress=progress))
     if val:
         with torch.no_grad():
             pred = model.decode(torch.as_tensor(np.concatenate(z_val), device=device)).cpu().numpy()
