@@ -17,7 +17,8 @@ FAST = ["--set", "grasp.iterations=30", "--set", "gd.iterations=30", "--set", "l
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*WMPLAN, *args], capture_output=True, text=True, timeout=120)
+    # Seconds each when idle; the limit is for a machine busy with other work (no test fails for being slow).
+    return subprocess.run([*WMPLAN, *args], capture_output=True, text=True, timeout=900)
 
 
 def test_help_lists_the_commands():
@@ -28,7 +29,7 @@ def test_help_lists_the_commands():
 
 def test_console_script_is_installed():
     script = Path(sys.executable).parent / "wmplan"
-    out = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0 and out.stdout.startswith("wmplan ")
 
 

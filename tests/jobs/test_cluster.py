@@ -144,7 +144,7 @@ def test_tracking_server_on_postgresql(ray_cluster, tiny_wall_model, tmp_path, m
                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path,
                     env={**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, MARKER: token},
                 )
-            wait_http(f"{uri}/health", seconds=90, proc=server, log=log)
+            wait_http(f"{uri}/health", seconds=300, proc=server, log=log)
             print(f"\nmlflow server on PostgreSQL answered /health after {time.monotonic() - t0:.1f} s")
 
             monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -216,21 +216,64 @@ def test_tracking_server_on_postgresql(ray_cluster, tiny_wall_model, tmp_path, m
 
 # -- `ray start --head` and `ray job submit` -------------------------------------------------------------
 
+README_MARK = "runs this block's `ray job submit` command as written"
+# Appended to the README's command: a small run (a later --set wins), a known run id.
+SMALL_RUN = ["--set", "planners=cem", "--set", "horizons=2", "--set", "episodes=4", "--set", "batch_size=2",
+             "--set", "actors=2", "--set", "planners.cem.iterations=2", "--set", "planners.cem.samples=16",
+             "--set", "planners.cem.elites=4", "--set", "snapshots=0", "--run-id", "job1"]
 
-def test_ray_job_submit_to_a_started_head(tiny_wall_model, tmp_path):
+
+def readme_submit_command() -> str:
+    """The README's `ray job submit` command, with its continuation lines, from the block marked for this test."""
+    text = (ROOT / "README.md").read_text()
+    assert README_MARK in text, "the README's cluster block lost its test marker"
+    block = text.split(README_MARK, 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    lines = block.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("ray job submit "))
+    command = [lines[first]]
+    while command[-1].endswith("\\"):
+        command.append(lines[first + len(command)])
+    return "\n".join(command)
+
+
+def test_the_readme_command_is_extracted_whole():
+    command = readme_submit_command()
+    assert command.startswith("ray job submit --working-dir .")
+    assert "-m wmplan.jobs run" in command and not command.endswith("\\")
+
+
+def test_ray_job_submit_to_a_started_head(tiny_wall_model, tmp_path, uri):
+    """The README's command against a head whose PATH finds a Python without wmplan's dependencies.
+
+    That is the usual trap: Ray started as ``.venv/bin/ray start --head`` outside the activated
+    environment runs its workers with the environment's Python, but a job's ``python`` is whatever
+    the head's PATH finds (here a Python run with ``-S``: no site-packages, so no pyarrow).
+    """
     pytest.importorskip("aiohttp", reason="ray job submit needs ray[default]")
-    ckpt, data = tiny_wall_model
+    ckpt, _ = tiny_wall_model
+    shared = tmp_path / "shared"  # stands for the storage every node reads: the checkpoint lives there
+    shutil.copytree(ckpt, shared / "checkpoints" / "wall")
+    output = shared / "runs"
+    trap = tmp_path / "trap-bin"
+    trap.mkdir()
+    (trap / "python").write_text(f"#!/bin/sh\nexec {sys.executable} -S \"$@\"\n")
+    (trap / "python").chmod(0o755)
+    assert subprocess.run([str(trap / "python"), "-c", "import pyarrow"], capture_output=True).returncode != 0
+
     temp_dir = tempfile.mkdtemp(prefix="wmr", dir="/tmp")  # short: Ray's unix socket paths must stay under ~107 chars
-    output = tmp_path / "out"
     (gcs, dashboard, client_port, agent_http, agent_grpc, runtime_env_agent, metrics, node_manager,
      object_manager) = free_ports(9)
     address = f"http://127.0.0.1:{dashboard}"
     # The head and the job's driver must not see the test process's Ray or tracking store.
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "VIRTUAL_ENV")}
     env["RAY_AUTH_MODE"] = "disabled"
     token = env[MARKER] = secrets.token_hex(8)
+    path = [d for d in env.get("PATH", "").split(os.pathsep) if d and Path(d).resolve() != BIN.resolve()]
+    head_env = {**env, "PATH": os.pathsep.join([str(trap), *path])}
+    # Where the user types the command: the environment activated (for `ray`), the README's variables set.
+    user_env = {**env, "PATH": os.pathsep.join([str(BIN), *path]), "RAY_ADDRESS": address, "MLFLOW_TRACKING_URI": uri,
+                "WMPLAN_PYTHON": sys.executable, "SHARED": str(shared)}
     log = tmp_path / "ray-head.log"
-    submission = f"wmplan-test-{secrets.token_hex(4)}"
     head = None
     leftover: list[int] = []
     t0 = time.monotonic()
@@ -245,60 +288,63 @@ def test_ray_job_submit_to_a_started_head(tiny_wall_model, tmp_path):
                      "--dashboard-agent-grpc-port", str(agent_grpc), "--runtime-env-agent-port", str(runtime_env_agent),
                      "--metrics-export-port", str(metrics), "--node-manager-port", str(node_manager),
                      "--object-manager-port", str(object_manager), "--disable-usage-stats"],
-                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=head_env,
                 )
-            wait_http(f"{address}/api/version", seconds=90, proc=head, log=log)
+            wait_http(f"{address}/api/version", seconds=300, proc=head, log=log)
             started = time.monotonic() - t0
 
-            entrypoint = [
-                sys.executable, "-m", "wmplan.jobs", "run", "--run-id", "job1",
-                "--set", f"model={ckpt}", "--set", f"data={data}", "--set", f"output={output}", "--set", "tracking=false",
-                "--set", "horizons=2", "--set", "episodes=4", "--set", "batch_size=2", "--set", "actors=2",
-                "--set", "planners=cem", "--set", "planners.cem.iterations=2", "--set", "planners.cem.samples=16",
-                "--set", "planners.cem.elites=4",
-            ]
+            command = readme_submit_command() + " " + " ".join(SMALL_RUN)
             t1 = time.monotonic()
-            submit = subprocess.run(
-                [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT),
-                 "--submission-id", submission, "--", *entrypoint],
-                capture_output=True, text=True, timeout=200, env=env, cwd=tmp_path,
-            )
+            submit = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=900, env=user_env, cwd=ROOT)
             ran = time.monotonic() - t1
             said = submit.stdout + submit.stderr
             assert submit.returncode == 0, f"ray job submit failed:\n{said[-6000:]}\n--- head log:\n{tail(log)}"
-            # The working dir went up without the virtualenv (.gitignore is honoured): small, quick.
+            # The working dir went up without the environment, results, data or checkpoints: small, quick.
             unpacked = [d for d in Path(temp_dir).glob("session_latest/runtime_resources/working_dir_files/_ray_pkg_*") if d.is_dir()]
             assert len(unpacked) == 1, unpacked
             files = [f for f in unpacked[0].rglob("*") if f.is_file()]
             upload_mib = sum(f.stat().st_size for f in files) / 2**20
-            assert (unpacked[0] / "wmplan" / "jobs" / "runner.py").exists() and not (unpacked[0] / ".venv").exists()
+            assert (unpacked[0] / "wmplan" / "jobs" / "runner.py").exists()
+            for excluded in (".venv", "runs", "checkpoints", "data", "mlflow.db", "mlartifacts"):
+                assert not (unpacked[0] / excluded).exists(), f"{excluded} was uploaded with the working directory"
             assert upload_mib < 20, f"the working dir upload is {upload_mib:.1f} MiB"
             upload_s = seconds_between(said, "Uploading package", "submitted successfully")
             assert not upload_s > 30, f"uploading the working dir took {upload_s:.1f} s"
 
-            status = subprocess.run([str(BIN / "ray"), "job", "status", "--address", address, submission],
-                                    capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
-            assert f"Job '{submission}' succeeded" in status.stdout + status.stderr, status
+            with urllib.request.urlopen(f"{address}/api/jobs/", timeout=10) as response:
+                jobs = json.load(response)
+            assert len(jobs) == 1, jobs
+            job = jobs[0]
+            assert job["status"] == "SUCCEEDED" and job["type"] == "SUBMISSION", job
+            submission, job_id = job["submission_id"], job["job_id"]
+            # The driver ran with $WMPLAN_PYTHON and every actor with it too (py_executable).
+            assert job["entrypoint"].startswith(f"{sys.executable} -m wmplan.jobs run examples/wall.yaml"), job["entrypoint"]
+            assert job["runtime_env"]["py_executable"] == sys.executable, job["runtime_env"]
             logs = subprocess.run([str(BIN / "ray"), "job", "logs", "--address", address, submission],
-                                  capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path).stdout
+                                  capture_output=True, text=True, timeout=600, env=user_env, cwd=tmp_path).stdout
             assert "| planner | H | episodes |" in logs and "| cem | 2 | 4 |" in logs, logs[-4000:]
             assert f"results in {output / 'job1'}" in logs
 
             # The driver joined this head (Ray sets RAY_ADDRESS for a job), not another Ray on the machine:
             # the run's actors are on this cluster, under the job's id.
-            with urllib.request.urlopen(f"{address}/api/jobs/{submission}", timeout=10) as response:
-                job = json.load(response)
-            assert job["status"] == "SUCCEEDED" and job["type"] == "SUBMISSION", job
-            job_id = job["job_id"]
             with urllib.request.urlopen(f"{address}/api/v0/actors?limit=1000&detail=1", timeout=30) as response:
                 actors = json.load(response)["data"]["result"]["result"]
             ours = sorted(a["name"] for a in actors if a.get("class_name") == "PlanActor" and a.get("job_id") == job_id)
             assert ours == ["wmplan-job1-actor-0", "wmplan-job1-actor-1"], actors
 
+            # The run directory under $SHARED/runs holds every episode exactly once.
             rows = read_table(output / "job1").to_pylist()
             keys = [(r["planner"], r["horizon"], r["episode_id"]) for r in rows]
-            assert sorted(keys) == [("cem", 2, e) for e in range(4)]  # every episode exactly once
+            assert sorted(keys) == [("cem", 2, e) for e in range(4)]
             assert not any(r["failed"] for r in rows)
+            # The tracking URI reached the job through the runtime env: the run is recorded there.
+            from mlflow import MlflowClient
+
+            client = MlflowClient(tracking_uri=uri)
+            experiment = client.get_experiment_by_name("wall-horizons")
+            assert experiment is not None, "the job recorded nothing in the store named by MLFLOW_TRACKING_URI"
+            parents = [r for r in client.search_runs([experiment.experiment_id]) if "mlflow.parentRunId" not in r.data.tags]
+            assert [(r.info.run_name, r.info.status, r.data.metrics.get("episodes")) for r in parents] == [("job1", "FINISHED", 4)]
             print(f"\nray head up in {started:.1f} s; job submitted and finished in {ran:.1f} s "
                   f"(upload {upload_mib:.2f} MiB in {len(files)} files, {upload_s:.1f} s)")
     finally:

@@ -83,7 +83,7 @@ def test_killed_actor_loses_and_duplicates_nothing(ray_cluster, tmp_path, tiny_w
     killed, messages = [], []
 
     def kill_one_actor():
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 600  # generous: a busy machine plans slowly
         while time.monotonic() < deadline and not killed:
             parts = list((tmp_path / "kill" / "episodes").glob("part-*.parquet"))
             if parts:
@@ -109,7 +109,7 @@ def test_killed_driver_resumes_to_a_complete_run(ray_cluster, tmp_path, tiny_wal
             "--set", "planners=grasp", "--set", "planners.grasp.iterations=300", "--set", "actors=1"]
     driver = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**__import__("os").environ, "RAY_AUTH_MODE": "disabled"})
     parts = tmp_path / "driver" / "episodes"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600  # generous: a busy machine plans slowly
     while time.monotonic() < deadline and len(list(parts.glob("part-*.parquet"))) < 2:
         time.sleep(0.05)
     driver.kill()
@@ -147,7 +147,7 @@ def test_killed_driver_resumes_to_a_complete_run(ray_cluster, tmp_path, tiny_wal
 ])
 def test_bad_configs_fail_before_ray_starts(tmp_path, setting, message):
     out = subprocess.run([sys.executable, "-m", "wmplan", "run", "--set", setting, "--set", f"output={tmp_path}"],
-                         capture_output=True, text=True, timeout=60)
+                         capture_output=True, text=True, timeout=600)
     assert out.returncode == 2
     assert message in out.stderr and "Traceback" not in out.stderr
     assert "Ray" not in out.stderr and not any(tmp_path.iterdir())  # nothing started, nothing written

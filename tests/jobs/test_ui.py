@@ -21,7 +21,7 @@ CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/ch
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 FAST = ["planners.grasp.iterations=20", "planners.cem.iterations=2", "planners.cem.samples=16", "planners.cem.elites=4"]
-TIMEOUT_MS = 30_000
+TIMEOUT_MS = 120_000
 VIEWPORT = {"width": 1400, "height": 1000}
 
 
@@ -101,7 +101,7 @@ def test_the_ui_shows_metrics_plots_and_parquet_parts(recorded_run, ui_process, 
 
     parent, children, parts = recorded_run
     proc, url, log = ui_process
-    wait_http(f"{url}/health", seconds=60.0, proc=proc, log=log)
+    wait_http(f"{url}/health", seconds=300.0, proc=proc, log=log)
     grasp = children["grasp"]
     experiment_id = parent.info.experiment_id
     success_rate = grasp.data.metrics["success_rate"]
