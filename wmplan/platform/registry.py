@@ -50,7 +50,7 @@ import inspect
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import torch
 
@@ -173,7 +173,7 @@ def unregister(kind: Kind, name: str) -> None:
     Raises:
         ConfigError: ``name`` is not registered, or is wmplan's own.
     """
-    table: dict[str, Any] = {"planner": _planners, "task": _tasks, "model": _models}[kind]
+    table: dict[str, Any] = _planners if kind == "planner" else _tasks if kind == "task" else _models
     if kind == "planner":
         _ensure_builtin_planners()
     if name in _builtin_planners or (kind == "task" and name in ENV_NAMES):
@@ -252,7 +252,7 @@ def _check_planner(obj: object, where: str) -> None:
 def _plugin_planner(spec: str) -> type[Planner[Any]]:
     obj = _plugin("planner", spec)
     _check_planner(obj, f"planner {spec!r}")
-    return obj  # type: ignore[return-value]  # checked: a Planner subclass
+    return cast("type[Planner[Any]]", obj)  # checked: a Planner subclass
 
 
 def planner_class(spec: str) -> type[Planner[Any]]:
@@ -334,7 +334,7 @@ def _task_factory(spec: str) -> Callable[..., Env]:
     obj = _plugin("task", spec)
     if not callable(obj):
         raise ConfigError(f"task {spec!r} is {_what(obj)}, not a callable that returns an Env")
-    return obj  # type: ignore[return-value]  # checked when called
+    return cast("Callable[..., Env]", obj)  # its result is checked when called
 
 
 def make_task(spec: str, /, **options: Any) -> Env:

@@ -160,12 +160,18 @@ def check_observation_model(model: object) -> ObservationModel:
 class _BoundedModel(nn.Module):
     """Shared plumbing: action bounds as buffers so that ``.to(device)`` moves them."""
 
+    action_low: Tensor
+    action_high: Tensor
+
     def __init__(self, state_dim: int, action_dim: int, action_low: Tensor, action_high: Tensor) -> None:
         super().__init__()
         self.state_dim = int(state_dim)
         self.action_dim = int(action_dim)
         self.register_buffer("action_low", torch.as_tensor(action_low, dtype=torch.float32).reshape(action_dim).clone())
         self.register_buffer("action_high", torch.as_tensor(action_high, dtype=torch.float32).reshape(action_dim).clone())
+
+    def step(self, state: Tensor, action: Tensor) -> Tensor:
+        raise NotImplementedError
 
     def forward(self, state: Tensor, action: Tensor) -> Tensor:
         return self.step(state, action)
@@ -179,6 +185,9 @@ class LinearModel(_BoundedModel):
         B: ``[D, A]`` control matrix.
         action_bound: actions lie in ``[-action_bound, action_bound]`` in every dimension.
     """
+
+    A: Tensor
+    B: Tensor
 
     def __init__(self, A: Tensor, B: Tensor, *, action_bound: float = 1.0) -> None:
         A = torch.as_tensor(A, dtype=torch.float32)

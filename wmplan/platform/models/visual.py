@@ -111,6 +111,8 @@ class ConvEncoder(nn.Module):
     subtracted first, so the features describe what differs from the usual picture.
     """
 
+    frame_mean: Tensor
+
     def __init__(self, *, frame_size: int = 64, channels: int = 32, latent_channels: int = 8) -> None:
         super().__init__()
         c = channels
@@ -131,6 +133,8 @@ class ConvDecoder(nn.Module):
 
     The output is not squashed (a saturated sigmoid would stop learning); clamp it to [0, 1] to show it.
     """
+
+    frame_mean: Tensor
 
     def __init__(self, *, frame_size: int = 64, channels: int = 32, latent_channels: int = 8) -> None:
         super().__init__()
@@ -192,6 +196,14 @@ class VisualWorldModel(nn.Module):
     """
 
     observation: Literal["pixels"] = "pixels"
+    latent_mean: Tensor
+    latent_scale: Tensor
+    action_mean: Tensor
+    action_std: Tensor
+    state_mean: Tensor
+    state_std: Tensor
+    action_low: Tensor
+    action_high: Tensor
 
     def __init__(self, config: VisualModelConfig, *, seed: int | None = None, encoder: nn.Module | None = None) -> None:
         super().__init__()
