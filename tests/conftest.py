@@ -59,7 +59,7 @@ def uri(tmp_path, _mlflow_template_db, monkeypatch) -> str:
     """A fresh MLflow SQLite store in tmp_path, also set as MLFLOW_TRACKING_URI."""
     import shutil
 
-    from wmplan.storage.tracking import tracking_uri
+    from wmplan.storage.mlflow import tracking_uri
 
     shutil.copy(_mlflow_template_db, tmp_path / "mlflow.db")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -332,7 +332,7 @@ def _add_ui(sub: argparse._SubParsersAction) -> None:
 def _run_ui(args: argparse.Namespace) -> int:
     import subprocess
 
-    from wmplan.storage.tracking import UI_RUNS_QUERY, tracking_uri
+    from wmplan.storage.mlflow import UI_RUNS_QUERY, tracking_uri
 
     uri = tracking_uri(Path.cwd())
     if uri.startswith(("http://", "https://")):

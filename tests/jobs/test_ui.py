@@ -14,7 +14,7 @@ import pytest
 from tests.jobs.servers import free_ports, wait_http
 from wmplan.jobs.experiment import load_config
 from wmplan.jobs.runner import run_experiment
-from wmplan.storage.tracking import EXPERIMENT_KIND, TAG_EXPERIMENT_KIND, runs_page_url
+from wmplan.storage.mlflow import EXPERIMENT_KIND, TAG_EXPERIMENT_KIND, runs_page_url
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)

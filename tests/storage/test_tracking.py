@@ -11,25 +11,27 @@ import pytest
 
 from wmplan.platform.episode import EpisodeRecord, summarize
 from wmplan.storage.parquet import read_table, write_records
-from wmplan.storage.tracking import (
+from wmplan.storage.mlflow import (
     EXPERIMENT_KIND,
     MAX_PARAM_VALUE,
     TAG_EXPERIMENT_KIND,
-    ExperimentTracker,
     TrackingError,
-    _residual_grid,
     artifact_root,
-    draw_trajectory,
     flatten_params,
     get_or_create_experiment,
-    planner_offsets,
     runs_page_url,
+    tracking_uri,
+)
+from wmplan.storage.plots import (
+    draw_trajectory,
+    planner_offsets,
+    residual_grid,
     success_time_vs_horizon_figure,
     success_vs_horizon_figure,
     success_vs_horizon_png,
-    tracking_uri,
     world_to_pixel,
 )
+from wmplan.storage.tracking import ExperimentTracker
 
 mlflow = pytest.importorskip("mlflow")
 
@@ -358,7 +360,7 @@ def test_residual_grid_is_nan_aware():
         "step": pa.array([0, 1, 0, 1, 0, 1], pa.int32()),
         "residual": pa.array([1.0, None, 3.0, None, 5.0, 7.0], pa.float32()),
     })
-    grid = _residual_grid(table)
+    grid = residual_grid(table)
     assert grid.shape == (2, 2)
     assert grid[0, 0] == 2.0 and math.isnan(grid[0, 1]) and grid[1, 0] == 5.0 and grid[1, 1] == 7.0
 
@@ -367,7 +369,7 @@ def test_success_curves_from_snapshots():
     import pyarrow as pa
 
     from wmplan.storage.schemas import EPISODES
-    from wmplan.storage.tracking import success_curves, success_vs_iterations_png
+    from wmplan.storage.plots import success_curves, success_vs_iterations_png
 
     base = dict(run_id="r", task="wall", horizon=5, mode="open_loop", seed=0, plan_seed=0, model_success=True,
                 final_distance=1.0, model_final_distance=1.0, planning_time_s=1.0, iterations=40, replans=1,

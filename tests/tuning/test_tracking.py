@@ -230,7 +230,7 @@ def test_a_study_without_params_draws_only_the_history(uri):
 
 
 def test_log_trial_needs_start(uri):
-    from wmplan.storage.tracking import TrackingError
+    from wmplan.storage.mlflow import TrackingError
 
     study = optuna.create_study()
     study.add_trial(optuna.trial.create_trial(params={}, distributions={}, values=[0.1]))

@@ -38,7 +38,7 @@ from wmplan.platform.progress import Progress
 from wmplan.platform.workflow import episode_specs
 from wmplan.storage.parquet import SET_ASIDE_SUFFIX, completed_episodes, read_table, set_aside_unreadable, write_records
 
-__all__ = ["RunResult", "RunInterrupted", "run_experiment", "new_run_id", "code_version"]
+__all__ = ["RunResult", "RunInterrupted", "run_experiment", "new_run_id", "code_version", "failed_records"]
 
 RUN_FILE = "run.json"
 
@@ -76,7 +76,8 @@ class RunResult:
     """Why recording in MLflow failed (the Parquet results are complete regardless); None if it did not."""
 
 
-def _failed_records(item: WorkItem, reason: str) -> list[EpisodeRecord]:
+def failed_records(*, item: WorkItem, reason: str) -> list[EpisodeRecord]:
+    """The records of a batch that could not be planned: every episode failed with ``reason``."""
     return [
         EpisodeRecord(
             task=s.task, planner=item.planner, horizon=item.horizon, episode_id=s.episode_id, seed=s.seed,
@@ -138,7 +139,7 @@ def _plan(config: ExperimentConfig, run_id: str, directory: Path, items: list[Wo
             item = items[index]
             if isinstance(result, Failure):
                 failed_batches += 1
-                result = _failed_records(item, f"batch failed after {result.attempts} attempt(s): {result.reason}")
+                result = failed_records(item=item, reason=f"batch failed after {result.attempts} attempt(s): {result.reason}")
             write_records(directory, run_id, result)
             progress.add(result)
     finally:
@@ -147,7 +148,8 @@ def _plan(config: ExperimentConfig, run_id: str, directory: Path, items: list[Wo
 
 
 def _start_tracking(config: ExperimentConfig, run_id: str, meta: dict[str, Any], checkpoint_info: dict[str, Any]) -> Any:
-    from wmplan.storage.tracking import ExperimentTracker, artifact_root, tracking_uri
+    from wmplan.storage.mlflow import artifact_root, tracking_uri
+    from wmplan.storage.tracking import ExperimentTracker
 
     uri = tracking_uri(Path.cwd())
     tracker = ExperimentTracker(tracking_uri=uri, experiment=config.name, artifact_location=artifact_root(uri))
@@ -264,7 +266,7 @@ def run_experiment(
         raise RunInterrupted(f"interrupted: {len(completed_episodes(directory))} episodes of run {run_id} are stored in "
                              f"{directory}; continue with: {resume_command}")
     if tracker is not None and tracking_error is None:
-        from wmplan.storage.tracking import runs_page_url
+        from wmplan.storage.mlflow import runs_page_url
 
         server = tracker.tracking_uri.startswith(("http://", "https://"))
         page = runs_page_url(base_url=tracker.tracking_uri if server else "http://127.0.0.1:5000", experiment_id=tracker.experiment_id)

@@ -15,13 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from wmplan.platform.episode import EpisodeRecord
 from wmplan.storage.schemas import METADATA_KEY, SCHEMA_VERSION, TABLES
 
 __all__ = ["records_to_tables", "write_records", "read_table", "read_runs", "completed_episodes", "set_aside_unreadable",
-           "StorageError", "SET_ASIDE_SUFFIX"]
+           "select_group", "StorageError", "SET_ASIDE_SUFFIX"]
 
 SET_ASIDE_SUFFIX = ".unreadable"
 """Appended to the name of a part file that :func:`set_aside_unreadable` moved out of the way."""
@@ -153,3 +154,9 @@ def completed_episodes(directory: str | os.PathLike[str]) -> set[tuple[str, int,
     """``(planner, horizon, episode_id)`` of every episode already stored in a run's results."""
     table = read_table(directory, "episodes")
     return set(zip(table["planner"].to_pylist(), table["horizon"].to_pylist(), table["episode_id"].to_pylist()))
+
+
+def select_group(table: pa.Table, *, planner: str, horizon: int) -> pa.Table:
+    """The rows of ``table`` (any of the three tables) of one planner and horizon."""
+    mask = pc.and_(pc.equal(table["planner"], planner), pc.equal(table["horizon"], horizon))
+    return table.filter(mask)

@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from wmplan.jobs.actor import PlanActor, WorkItem
 from wmplan.jobs.experiment import ExperimentConfig
 from wmplan.jobs.pool import ActorPool, Failure
-from wmplan.jobs.runner import _actor_resources, _failed_records, _start_ray
+from wmplan.jobs.cluster import actor_resources, start_ray
+from wmplan.jobs.runner import failed_records
 from wmplan.platform.data import read_dataset
 from wmplan.platform.envs import ENV_NAMES, make_env
 from wmplan.platform.episode import EpisodeRecord, EpisodeSpec, summarize
@@ -37,6 +38,7 @@ from wmplan.platform.planners import PLANNERS, make_planner
 from wmplan.platform.workflow import OBS, episode_specs
 from wmplan.storage.parquet import write_records
 from wmplan.tuning.spaces import DEFAULT_SPACES, options_from_params, parse_space_overrides, suggest
+from wmplan.tuning.trials import best_trial
 
 __all__ = ["TuneConfig", "TuneResult", "run_study", "open_study", "TEST_SEED_OFFSET"]
 
@@ -209,7 +211,7 @@ def run_study(config: TuneConfig, *, say: Callable[[str], None] = lambda m: None
 def _start_tracking(config: TuneConfig) -> Any:
     import dataclasses
 
-    from wmplan.storage.tracking import tracking_uri
+    from wmplan.storage.mlflow import tracking_uri
     from wmplan.tuning.tracking import StudyTracker
 
     tracker = StudyTracker(tracking_uri=tracking_uri(Path.cwd()), experiment="wmplan-studies")
@@ -232,8 +234,8 @@ def _optimize(config: TuneConfig, study: optuna.Study, tracker: Any, tuning: lis
     to_run = max(0, config.trials - finished)
     say(f"study {config.name!r}: {finished} trials finished, {to_run} to run, storage {config.storage_url}")
 
-    ray = _start_ray(experiment)
-    resources, device, threads = _actor_resources(ray, experiment)
+    ray = start_ray(experiment)
+    resources, device, threads = actor_resources(ray, experiment)
     remote = ray.remote(max_restarts=0, max_task_retries=0, **resources)(PlanActor)
     make = lambda: remote.remote(task=config.task, checkpoint=str(experiment.checkpoint.resolve()), device=device,  # noqa: E731
                                  threads=threads, allow_code=experiment.allowed_code)
@@ -265,7 +267,7 @@ def _optimize(config: TuneConfig, study: optuna.Study, tracker: Any, tuning: lis
             trial = state.trial
             if isinstance(result, Failure):
                 write_records(out / f"trial-{trial.number}", f"{config.name}-trial-{trial.number}",
-                              _failed_records(_item(config, state.options, state.chunks[state.done], 0), result.reason))
+                              failed_records(item=_item(config, state.options, state.chunks[state.done], 0), reason=result.reason))
                 trial.set_user_attr(FAIL_REASON, result.reason)
                 study.tell(trial, state=TrialState.FAIL)
                 record(trial.number)
@@ -316,12 +318,6 @@ class _Best:
     number: int
     params_options: dict[str, Any]
     success: float
-
-
-def best_trial(complete: Sequence[FrozenTrial]) -> FrozenTrial:
-    """The best of complete trials: the highest tuning success; on a tie (or on the Pareto front
-    of a time objective) the faster one. The one rule for the held-out test and the records."""
-    return max(complete, key=lambda t: (t.values[0], -(t.values[1] if len(t.values) > 1 else 0.0)))
 
 
 def _best_trial(study: optuna.Study, config: TuneConfig) -> _Best:

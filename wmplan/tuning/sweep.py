@@ -417,8 +417,9 @@ def _write_summary(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
 def _track(config: SweepConfig, episodes: pa.Table, rows: Sequence[Mapping[str, Any]], device: str,
            checkpoint_sha256: str | None) -> str:
     """One MLflow parent run for this sweep: the config, the metrics of every cell, the tables and plots."""
-    from wmplan.storage.tracking import (ExperimentTracker, _records_from_episodes, group_metrics, success_time_vs_horizon_png,
-                                         success_vs_horizon_png, tracking_uri)
+    from wmplan.storage.mlflow import tracking_uri
+    from wmplan.storage.plots import success_time_vs_horizon_png, success_vs_horizon_png
+    from wmplan.storage.tracking import ExperimentTracker, group_metrics
 
     tracker = ExperimentTracker(tracking_uri=tracking_uri(Path.cwd()), experiment=MLFLOW_EXPERIMENT)
     options = {r["planner"]: {} for r in rows}
@@ -429,9 +430,9 @@ def _track(config: SweepConfig, episodes: pa.Table, rows: Sequence[Mapping[str, 
                       config={**config.to_dict(), "device": device, "tuned_options": options})
     status = "FAILED"
     try:
-        records = _records_from_episodes(episodes)
+        stored = episodes.to_pylist()
         for r in rows:
-            mine = [e for e in records if e.planner == r["planner"] and e.horizon == r["horizon"]]
+            mine = [e for e in stored if e["planner"] == r["planner"] and e["horizon"] == r["horizon"]]
             metrics = {**group_metrics(mine), "trials": float(r["trials"])}
             tracker.log_metrics({f"{r['planner']}/{k}": v for k, v in metrics.items()}, step=r["horizon"])
         for name in ("sweep.md", "summary.parquet"):
