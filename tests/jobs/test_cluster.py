@@ -239,7 +239,7 @@ def readme_submit_command() -> str:
 def test_the_readme_command_is_extracted_whole():
     command = readme_submit_command()
     assert command.startswith("ray job submit --working-dir .")
-    assert "-m wmplan.jobs run" in command and not command.endswith("\\")
+    assert "-m wmplan run" in command and not command.endswith("\\")
 
 
 def test_ray_job_submit_to_a_started_head(tiny_wall_model, tmp_path, uri):
@@ -318,7 +318,7 @@ def test_ray_job_submit_to_a_started_head(tiny_wall_model, tmp_path, uri):
             assert job["status"] == "SUCCEEDED" and job["type"] == "SUBMISSION", job
             submission, job_id = job["submission_id"], job["job_id"]
             # The driver ran with $WMPLAN_PYTHON and every actor with it too (py_executable).
-            assert job["entrypoint"].startswith(f"{sys.executable} -m wmplan.jobs run examples/wall.yaml"), job["entrypoint"]
+            assert job["entrypoint"].startswith(f"{sys.executable} -m wmplan run examples/wall.yaml"), job["entrypoint"]
             assert job["runtime_env"]["py_executable"] == sys.executable, job["runtime_env"]
             logs = subprocess.run([str(BIN / "ray"), "job", "logs", "--address", address, submission],
                                   capture_output=True, text=True, timeout=600, env=user_env, cwd=tmp_path).stdout
