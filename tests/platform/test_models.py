@@ -13,7 +13,7 @@ import torch
 
 from wmplan.platform.data import DataConfig, generate_dataset, read_dataset
 from wmplan.platform.envs import make_env, unpack_actions
-from wmplan.platform.envs.wall import wall_step
+from wmplan.platform.envs.wall import wall_crossings, wall_step
 from wmplan.platform.errors import ConfigError
 from wmplan.platform.models import (
     MODEL_KINDS,
@@ -25,7 +25,6 @@ from wmplan.platform.models import (
     load_world_model,
     save_checkpoint,
     train_state_model,
-    wall_crossings,
 )
 from wmplan.platform.planners import make_planner
 from wmplan.platform.world_model import WorldModel, check_world_model

@@ -81,5 +81,5 @@ def test_pusht_needs_the_data_set_for_its_goals(tmp_path):
         data_config=DataConfig(env="pusht", episodes=4, steps=20, val_fraction=0.5),
         train_config=TrainConfig(steps=2, batch_size=8, hidden=8, depth=1, rollout_steps=1),
     )
-    with pytest.raises(ConfigError, match="Push-T goals replay held-out trajectories"):
+    with pytest.raises(ConfigError, match="pusht goals .*replay held-out trajectories"):
         plan_task(env_name="pusht", model=model, planners=["cem"], options=TINY_OPTIONS, horizons=[2], episodes=2, seed=0, dataset=None)

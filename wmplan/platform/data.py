@@ -9,7 +9,7 @@ episode    int32                               trajectory index, 0..episodes-1
 step       int32                               step index t within the trajectory, 0..T
 split      string                              ``train`` or ``val`` (whole trajectories)
 state      fixed_size_list<float64>[D]         the state at step t
-action     fixed_size_list<float64>[2]         the env action taken at step t (NaN at t = T)
+action     fixed_size_list<float64>[A]         the env action taken at step t (NaN at t = T)
 frame      binary, optional                    ``size x size x 3`` uint8 RGB render of the state
 =========  ==================================  ===========================================
 
@@ -19,16 +19,24 @@ deterministic: every trajectory draws from its own seed derived from ``(seed, ep
 written in trajectory order, and nothing time-dependent enters the file, so the same
 configuration gives the same bytes. Trajectories are written in chunks as they are generated, so
 memory stays bounded.
+
+What a trajectory is comes from the task's env: its data-collection policy
+(:meth:`~wmplan.platform.envs.Env.data_policy`), its default length
+(``default_trajectory_steps``) and its state and action sizes (``D``, ``A``). The task is built
+once, in this process (:func:`wmplan.platform.registry.make_task`, so a user's
+``package.module:factory`` task works too), and every trajectory runs in a copy of it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import math
 import multiprocessing
 import os
+import pickle
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -38,8 +46,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from wmplan.platform.envs import ENV_NAMES, Env, make_env
-from wmplan.platform.errors import ConfigError, unknown_name_error
+from wmplan.platform.envs import Env, task_class
+from wmplan.platform.errors import ConfigError
 from wmplan.platform.options import require
 from wmplan.platform.threads import available_cores
 
@@ -49,7 +57,6 @@ SCHEMA_VERSION = 1
 METADATA_KEY = b"wmplan.dataset"
 CHUNK_EPISODES = 16
 """Trajectories per task handed to a worker and per Parquet row group."""
-DEFAULT_STEPS = {"wall": 100, "pointmaze": 100, "pusht": 100}
 
 
 class DataError(RuntimeError):
@@ -61,11 +68,11 @@ class DataConfig:
     """How to generate a data set."""
 
     env: str
-    """Task name: wall, pointmaze or pusht."""
+    """Task: a built-in or registered name, or package.module:factory."""
     episodes: int = 1000
     """Number of trajectories (1000 x 100 steps: enough wall contacts that a model learns the wall)."""
     steps: int = 0
-    """Env steps per trajectory (0: the task's default, 100)."""
+    """Env steps per trajectory (0: the task's default_trajectory_steps, 100 for wmplan's tasks)."""
     seed: int = 0
     """Seed of every random choice (states, policy noise, the split)."""
     val_fraction: float = 0.1
@@ -76,8 +83,7 @@ class DataConfig:
     """Side of the stored frames in pixels."""
 
     def __post_init__(self) -> None:
-        if self.env not in ENV_NAMES:
-            raise unknown_name_error("task", self.env, ENV_NAMES)
+        task_class(self.env)  # an unknown task fails here (a plug-in is built once per process to find its class)
         require(self.episodes >= 1, f"episodes must be >= 1, got {self.episodes}")
         require(self.steps >= 0, f"steps must be >= 0 (0: default), got {self.steps}")
         require(0.0 <= self.val_fraction < 1.0, f"val_fraction must be in [0, 1), got {self.val_fraction}")
@@ -85,61 +91,19 @@ class DataConfig:
 
     @property
     def steps_per_episode(self) -> int:
-        return self.steps or DEFAULT_STEPS[self.env]
+        """Env steps per trajectory: ``steps``, or the task's ``default_trajectory_steps``."""
+        return self.steps or task_class(self.env).default_trajectory_steps
 
 
-# -- data-collection policies ---------------------------------------------------------------------
+# -- generation ------------------------------------------------------------------------------------
 
 
-def _wall_policy(env: Env, rng: np.random.Generator, steps: int) -> Callable[[np.ndarray, int], np.ndarray]:
-    """DINO-WM's wall data: heading a von Mises random walk (kappa 5), step length a truncated normal."""
-    heading = [rng.uniform(-math.pi, math.pi)]
-
-    def act(state: np.ndarray, t: int) -> np.ndarray:
-        heading[0] = rng.vonmises(heading[0], 5.0)
-        length = 0.0
-        while not 0.2 <= length <= 1.8:
-            length = rng.normal(1.0, 0.4)
-        return length * np.array([math.cos(heading[0]), math.sin(heading[0])])
-
-    return act
-
-
-def _maze_policy(env: Env, rng: np.random.Generator, steps: int) -> Callable[[np.ndarray, int], np.ndarray]:
-    """Uniformly random actions within the bounds."""
-    return lambda state, t: rng.uniform(env.action_low, env.action_high)
-
-
-def _pusht_policy(env: Env, rng: np.random.Generator, steps: int) -> Callable[[np.ndarray, int], np.ndarray]:
-    """A scripted pusher: head for a point near the block, chosen anew every few steps, plus noise.
-
-    Random actions barely move the block; aiming at points around (and through) the block pushes it
-    in varied directions.
-    """
-    target = np.zeros(2)
-    next_switch = [0]
-
-    def act(state: np.ndarray, t: int) -> np.ndarray:
-        if t >= next_switch[0]:
-            angle = rng.uniform(-math.pi, math.pi)
-            radius = rng.uniform(0.0, 70.0)
-            target[:] = state[2:4] + radius * np.array([math.cos(angle), math.sin(angle)])
-            next_switch[0] = t + int(rng.integers(4, 16))
-        action = (target - state[:2]) / 100.0 + rng.normal(0.0, 0.1, size=2)
-        return np.clip(action, env.action_low, env.action_high)
-
-    return act
-
-
-POLICIES = {"wall": _wall_policy, "pointmaze": _maze_policy, "pusht": _pusht_policy}
-
-
-def _trajectory(config: DataConfig, episode: int) -> tuple[np.ndarray, np.ndarray, list[bytes] | None]:
+def _trajectory(config: DataConfig, task: Env, steps: int, episode: int) -> tuple[np.ndarray, np.ndarray, list[bytes] | None]:
+    """One trajectory in a fresh copy of ``task``: states ``[steps+1, D]``, actions ``[steps, A]``, frames."""
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, episode]))
-    env = make_env(config.env)
-    steps = config.steps_per_episode
+    env = copy.deepcopy(task)
     state = env.reset(seed=int(rng.integers(2**63)))
-    policy = POLICIES[config.env](env, rng, steps)
+    policy = env.data_policy(rng, steps=steps)
     states, actions = [state], []
     frames = [env.render(config.frame_size).tobytes()] if config.frames else None
     for t in range(steps):
@@ -152,31 +116,31 @@ def _trajectory(config: DataConfig, episode: int) -> tuple[np.ndarray, np.ndarra
     return np.stack(states), np.stack(actions), frames
 
 
-def _chunk(config: DataConfig, episodes: list[int], val: frozenset[int]) -> pa.RecordBatch:
+def _chunk(config: DataConfig, task: Env, steps: int, episodes: list[int], val: frozenset[int]) -> pa.RecordBatch:
     cols: dict[str, list] = {"episode": [], "step": [], "split": [], "state": [], "action": []}
     frames: list[bytes] = []
     for ep in episodes:
-        states, actions, ep_frames = _trajectory(config, ep)
+        states, actions, ep_frames = _trajectory(config, task, steps, ep)
         n = len(states)
         cols["episode"] += [ep] * n
         cols["step"] += list(range(n))
         cols["split"] += ["val" if ep in val else "train"] * n
         cols["state"] += list(states)
-        cols["action"] += list(actions) + [np.full(2, np.nan)]
+        cols["action"] += list(actions) + [np.full(task.action_dim, np.nan)]
         if ep_frames is not None:
             frames += ep_frames
     if config.frames:
         cols["frame"] = frames
-    return pa.RecordBatch.from_pydict(cols, schema=_schema(len(cols["state"][0]), config.frames))
+    return pa.RecordBatch.from_pydict(cols, schema=_schema(task.state_dim, task.action_dim, config.frames))
 
 
-def _schema(state_dim: int, frames: bool) -> pa.Schema:
+def _schema(state_dim: int, action_dim: int, frames: bool) -> pa.Schema:
     fields = [
         pa.field("episode", pa.int32(), nullable=False),
         pa.field("step", pa.int32(), nullable=False),
         pa.field("split", pa.string(), nullable=False),
         pa.field("state", pa.list_(pa.float64(), state_dim), nullable=False),
-        pa.field("action", pa.list_(pa.float64(), 2), nullable=False),
+        pa.field("action", pa.list_(pa.float64(), action_dim), nullable=False),
     ]
     if frames:
         fields.append(pa.field("frame", pa.binary()))
@@ -212,8 +176,10 @@ def generate_dataset(
         config: what to generate.
         path: output file; written to a temporary name first and renamed when complete.
         workers: processes (0: one per CPU core available to this process; never more than there are
-            chunks of :data:`CHUNK_EPISODES` trajectories; 1: this process). The simulators use
-            numpy only: no worker starts torch's thread pool.
+            chunks of :data:`CHUNK_EPISODES` trajectories; 1: this process). The task is built
+            here and sent to the workers pickled; a task that cannot be pickled is generated in
+            this process (the same bytes, more slowly). wmplan's simulators use numpy only: no
+            worker imports torch.
         progress: called with (trajectories done, total) after each chunk, in order.
 
     Returns:
@@ -224,27 +190,35 @@ def generate_dataset(
     val = validation_episodes(config)
     chunk = CHUNK_EPISODES  # fixed, so that row groups (and bytes) do not depend on the worker count
     workers = min(workers or available_cores(), math.ceil(config.episodes / chunk))
-    env = make_env(config.env)
+    from wmplan.platform.registry import make_task  # here, not at import: the workers never import torch
+
+    env = make_task(config.env)
+    steps = config.steps or env.default_trajectory_steps
+    if workers > 1:
+        try:
+            pickle.dumps(env)
+        except Exception:  # noqa: BLE001 - a user's simulator may hold what cannot be pickled
+            workers = 1
     meta = {
         "schema_version": SCHEMA_VERSION,
         "config": dataclasses.asdict(config),
         "state_dim": env.state_dim,
         "action_dim": env.action_dim,
         "frameskip": env.frameskip,
-        "steps_per_episode": config.steps_per_episode,
+        "steps_per_episode": steps,
         "val_episodes": sorted(val),
     }
-    schema = _schema(meta["state_dim"], config.frames).with_metadata({METADATA_KEY: json.dumps(meta, sort_keys=True).encode()})
+    schema = _schema(env.state_dim, env.action_dim, config.frames).with_metadata({METADATA_KEY: json.dumps(meta, sort_keys=True).encode()})
     tmp = path.with_name(path.name + ".partial")
     done = 0
     with contextlib.ExitStack() as stack:
         writer = stack.enter_context(pq.ParquetWriter(tmp, schema, compression="zstd"))
         chunks = list(_chunks(config.episodes, chunk))
         if workers == 1:
-            batches: Iterator[pa.RecordBatch] = (_chunk(config, eps, val) for eps in chunks)
+            batches: Iterator[pa.RecordBatch] = (_chunk(config, env, steps, eps, val) for eps in chunks)
         else:
             pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")))
-            futures = [pool.submit(_chunk, config, eps, val) for eps in chunks]
+            futures = [pool.submit(_chunk, config, env, steps, eps, val) for eps in chunks]
             batches = (fut.result() for fut in futures)  # in order: the file's bytes do not depend on timing
         for eps, batch in zip(chunks, batches):
             writer.write_batch(batch.replace_schema_metadata(schema.metadata))
@@ -267,7 +241,7 @@ class Trajectory:
     states: np.ndarray
     """``[T+1, D]`` float64."""
     actions: np.ndarray
-    """``[T, 2]`` float64 env actions; ``actions[t]`` led from ``states[t]`` to ``states[t+1]``."""
+    """``[T, A]`` float64 env actions; ``actions[t]`` led from ``states[t]`` to ``states[t+1]``."""
     frames: np.ndarray | None = None
     """``[T+1, S, S, 3]`` uint8, when the data set has frames."""
 
@@ -323,7 +297,7 @@ def read_dataset(path: str | os.PathLike[str]) -> Dataset:
     episode = table["episode"].to_numpy()
     d = int(meta["state_dim"])
     states = table["state"].combine_chunks().flatten().to_numpy().reshape(-1, d)
-    actions = table["action"].combine_chunks().flatten().to_numpy().reshape(-1, 2)
+    actions = table["action"].combine_chunks().flatten().to_numpy().reshape(-1, int(meta["action_dim"]))
     splits = table["split"].to_pylist()
     frames = None
     if "frame" in table.column_names:

@@ -4,8 +4,9 @@ This module is the evaluation protocol of GRASP and DINO-WM (see ``GRASP.md``, "
 protocol") in one place:
 
 - :func:`make_episode_specs` draws a seeded, reproducible set of start/goal pairs for one task and
-  horizon (random valid pairs for Wall and PointMaze; for Push-T goals reached by replaying
-  held-out data segments in the simulator, as DINO-WM does);
+  horizon, each drawn by the task's env (:meth:`~wmplan.platform.envs.Env.draw_start_goal`) in
+  one of its goal modes: its own random pairs, or goals reached by replaying held-out data
+  segments in the simulator (DINO-WM's protocol, the default of tasks that say so);
 - :func:`run_episodes` plans every episode in *one* batched planner call, in the world model's
   own state space (:func:`observe`), then executes the plan in the real simulator and
   judges success there, open loop or with a fixed budget of MPC replans;
@@ -38,7 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from wmplan.platform.envs.base import Env, unpack_actions
+from wmplan.platform.envs.base import Env, Segment, unpack_actions
 from wmplan.platform.models.visual import render_states
 from wmplan.platform.planners.base import Planner, PlanResult
 from wmplan.platform.stats import wald_interval
@@ -65,13 +66,6 @@ MODES: tuple[str, ...] = ("open_loop", "mpc")
 
 NONFINITE_ERROR = "model produced NaN or inf"
 """The error recorded for an episode whose planning problem the planner marked failed."""
-
-_SUCCESS_COORDINATES: dict[str, slice] = {
-    "wall": slice(0, 2),
-    "pointmaze": slice(0, 2),
-    "pusht": slice(0, 4),
-}
-
 
 def _frozen_array(x: Any, *, dtype: Any = np.float64) -> np.ndarray:
     """A read-only copy of ``x`` as a numpy array of ``dtype``."""
@@ -126,7 +120,7 @@ class EpisodeSpec:
         object.__setattr__(self, "goal", goal)
 
 
-def _check_segments(env: Env, segments: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
+def _check_segments(env: Env, segments: Sequence[Segment]) -> list[Segment]:
     out = []
     for i, seg in enumerate(segments):
         if len(seg) != 2:
@@ -150,57 +144,53 @@ def make_episode_specs(
     horizon: int,
     count: int,
     seed: int,
-    segments: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
+    segments: Sequence[Segment] | None = None,
+    goal_mode: str | None = None,
 ) -> list[EpisodeSpec]:
     """A reproducible set of ``count`` start/goal pairs for ``env``'s task at ``horizon``.
 
     Episode ``i`` gets its own seed, derived from ``(seed, task, horizon, i)``, and its pair is
-    drawn from ``numpy.random.default_rng`` of that seed only, so the same arguments always give
-    the same specs and one episode can be regenerated alone.
+    ``env.draw_start_goal`` of ``numpy.random.default_rng`` of that seed only, so the same
+    arguments always give the same specs and one episode can be regenerated alone.
 
-    Without ``segments`` the pair is ``env.sample_start_goal(rng)`` (Wall: opposite sides of the
-    wall; PointMaze: random valid states). With ``segments`` (needed for Push-T) the goal comes
-    from replaying held-out data, as DINO-WM does: among the segments with at least
-    ``frameskip * horizon`` actions one is picked uniformly, then an offset uniformly; the
-    simulator is reset to the state at that offset (the start) and replays the next
-    ``frameskip * horizon`` env actions; the goal is where the replay ends (not the stored state,
-    which a replay need not reproduce exactly). ``segments`` are used whenever given, whatever the
-    task. Note: the env's current state is changed by a replay.
+    The goal mode (one of ``env.goal_modes``) says how pairs are drawn: ``random`` is the task's
+    own random pairs (``env.sample_start_goal``: Wall, opposite sides of the wall; PointMaze,
+    random valid states); ``replay`` replays held-out data, as DINO-WM does on Push-T: among the
+    segments with at least ``frameskip * horizon`` actions one is picked uniformly, then an offset
+    uniformly; the simulator is reset to the state at that offset (the start) and replays the next
+    ``frameskip * horizon`` env actions; the goal is where the replay ends
+    (``env.replay_start_goal``). Note: the env's current state is changed by a replay.
 
     Args:
         env: the task simulator.
         horizon: ``H`` in model steps.
         count: number of episodes (ids ``0 .. count-1``).
         seed: the set's seed.
-        segments: held-out episodes, each ``(states [T+1, D_env], env_actions [T, 2])``.
+        segments: held-out episodes, each ``(states [T+1, D_env], env_actions [T, action_dim])``.
+        goal_mode: how to draw pairs; None: ``replay`` when ``segments`` are given, else the
+            task's ``default_goal_mode``.
 
     Raises:
-        ValueError: for a non-positive horizon, a negative count, malformed segments, Push-T
-            without segments, or segments that are all shorter than ``frameskip * horizon`` actions.
+        ValueError: for a non-positive horizon, a negative count, a goal mode the task does not
+            have, malformed segments, a mode that needs segments without them, or segments that
+            are all shorter than ``frameskip * horizon`` actions.
     """
     if horizon < 1:
         raise ValueError(f"horizon must be >= 1, got {horizon}")
     if count < 0:
         raise ValueError(f"count must be >= 0, got {count}")
     task = env.name
-    steps = env.frameskip * horizon
-    eligible: list[tuple[np.ndarray, np.ndarray]] = []
-    eligible_index: list[int] = []
+    mode = goal_mode if goal_mode is not None else "replay" if segments is not None else env.default_goal_mode
+    if mode not in env.goal_modes:
+        raise ValueError(f"task {task!r} has no goal mode {mode!r}; its modes: {', '.join(env.goal_modes)}")
+    checked: list[Segment] = []
     if segments is not None:
         checked = _check_segments(env, segments)
-        eligible_index = [i for i, (_, a) in enumerate(checked) if a.shape[0] >= steps]
-        eligible = [checked[i] for i in eligible_index]
-        if not eligible:
-            longest = max((a.shape[0] for _, a in checked), default=0)
-            raise ValueError(
-                f"{task}: no segment is long enough for horizon {horizon}: a goal replays "
-                f"frameskip * horizon = {steps} env actions ({steps + 1} states), but the longest of "
-                f"the {len(checked)} segments has {longest} actions"
-            )
-    elif task == "pusht":
+    elif env.needs_dataset_for_goals(mode):
+        steps = env.frameskip * horizon
         raise ValueError(
-            "pusht: goals come from replaying held-out trajectory segments (DINO-WM's protocol); "
-            "pass segments=[(states [T+1, 7], env_actions [T, 2]), ...] with T >= "
+            f"{task}: goal mode {mode!r} replays held-out trajectory segments (DINO-WM's protocol); pass "
+            f"segments=[(states [T+1, {env.state_dim}], env_actions [T, {env.action_dim}]), ...] with T >= "
             f"frameskip * horizon = {steps}"
         )
 
@@ -208,17 +198,8 @@ def make_episode_specs(
     for i in range(count):
         ep_seed = _derive_seed(seed & ((1 << 63) - 1), _task_key(task), horizon, i)
         rng = np.random.default_rng(ep_seed)
-        source: tuple[int, int] | None = None
-        if eligible:
-            k = int(rng.integers(len(eligible)))
-            states, actions = eligible[k]
-            offset = int(rng.integers(actions.shape[0] - steps + 1))
-            start = env.reset(state=states[offset])
-            goal = env.rollout(actions[offset : offset + steps])[-1]
-            source = (eligible_index[k], offset)
-        else:
-            start, goal = env.sample_start_goal(rng)
-        specs.append(EpisodeSpec(task, horizon, i, ep_seed, start, goal, source))
+        pair = env.draw_start_goal(rng, horizon=horizon, goal_mode=mode, segments=checked)
+        specs.append(EpisodeSpec(task, horizon, i, ep_seed, pair.start, pair.goal, pair.source))
     return specs
 
 
@@ -262,12 +243,9 @@ def check_action_packing(env: Env, model: WorldModel) -> None:
 
 
 def success_coordinates(env: Env) -> slice:
-    """The state coordinates that success is judged on, for the distances of :class:`EpisodeRecord`.
-
-    Wall and PointMaze: the 2-D position; Push-T: ``state[:4]`` (agent and block positions).
-    Any other task: the whole state.
-    """
-    return _SUCCESS_COORDINATES.get(env.name, slice(None))
+    """The state coordinates that success is judged on, for the distances of :class:`EpisodeRecord`:
+    the task's ``env.success_coords`` (the whole state unless the task says otherwise)."""
+    return env.success_coords
 
 
 # -- results -----------------------------------------------------------------------------------------
@@ -568,12 +546,11 @@ def _record(
     replans: int,
     snapshots: Sequence[int] = (),
 ) -> EpisodeRecord:
-    coords = success_coordinates(env)
     final = ep.current
-    final_distance = float(np.linalg.norm(final[coords] - spec.goal[coords]))
+    final_distance = float(env.goal_distance(final, spec.goal))
     success = ep.active and bool(env.is_success(final, spec.goal))
     if ep.active and ep.model_final is not None and np.all(np.isfinite(ep.model_final)):
-        model_final_distance = float(np.linalg.norm(ep.model_final[coords] - spec.goal[coords]))
+        model_final_distance = float(env.goal_distance(ep.model_final, spec.goal))
         model_success = bool(env.is_success(ep.model_final, spec.goal))
     else:
         model_final_distance, model_success = math.inf, False

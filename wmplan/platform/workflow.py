@@ -17,13 +17,14 @@ from typing import Any
 import torch
 
 from wmplan.platform.data import DataConfig, Dataset, generate_dataset, read_dataset
-from wmplan.platform.envs import Env, make_env
+from wmplan.platform.envs import Env, task_class
 from wmplan.platform.episode import EpisodeRecord, EpisodeSpec, make_episode_specs, run_episodes, summarize
 from wmplan.platform.errors import ConfigError, unknown_name_error
 from wmplan.platform.models import (
     TrainConfig, VisualTrainConfig, evaluate_model, load_world_model, save_checkpoint, train_state_model, train_visual_model,
 )
 from wmplan.platform.planners import make_planner
+from wmplan.platform.registry import make_task
 from wmplan.platform.progress import Progress as Reporter, StageProgress
 
 Progress = Callable[[str], None]
@@ -32,12 +33,6 @@ TrainProgress = Callable[[str, int, int, float], None]
 
 OBS = ("state", "pixels")
 """What a task's default world model sees: env states, or rendered frames (a visual model)."""
-
-PIXEL_RECIPES: dict[str, tuple[int, int]] = {"wall": (200, 4000), "pointmaze": (1000, 4000), "pusht": (1000, 12000)}
-"""Per task, the default visual model's data and budget: trajectories of the task's default length
-(with 64x64 frames) and predictor steps. Wall's and Push-T's are the models the README measures
-(Push-T's predictor needs more of both); PointMaze's has not been measured."""
-
 
 def _check_obs(obs: str) -> None:
     if obs not in OBS:
@@ -57,18 +52,20 @@ def default_checkpoint(env: str, root: str | Path = ".", *, obs: str = "state") 
 
 
 def default_data_config(env: str, *, obs: str = "state") -> DataConfig:
-    """The data set a task's default model is trained on (with frames for ``obs='pixels'``)."""
+    """The data set a task's default model is trained on (with frames for ``obs='pixels'``: as many
+    trajectories as the task's ``pixel_recipe`` says)."""
     _check_obs(obs)
     if obs == "pixels":
-        return DataConfig(env=env, episodes=PIXEL_RECIPES[env][0], frames=True)
+        return DataConfig(env=env, episodes=task_class(env).pixel_recipe.trajectories, frames=True)
     return DataConfig(env=env)
 
 
 def default_train_config(env: str, *, obs: str = "state", device: str = "cpu", **options: Any) -> TrainConfig:
-    """The training options of a task's default model; ``options`` override them (checked by the config)."""
+    """The training options of a task's default model (for ``obs='pixels'``, the predictor steps of
+    the task's ``pixel_recipe``); ``options`` override them (checked by the config)."""
     _check_obs(obs)
     if obs == "pixels":
-        return VisualTrainConfig(**{"steps": PIXEL_RECIPES[env][1], "device": device, **options})
+        return VisualTrainConfig(**{"steps": task_class(env).pixel_recipe.predictor_steps, "device": device, **options})
     return TrainConfig(**{"device": device, **options})
 
 
@@ -78,12 +75,14 @@ def train_model(
     checkpoint: Path,
     *,
     progress: TrainProgress | None = None,
+    task: Env | None = None,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Train a state model (``TrainConfig``) or a visual one (``VisualTrainConfig``) on ``dataset``,
     evaluate it on the validation split (k = 10 model steps, or fewer when trajectories are
     shorter) and save it with its metrics and evaluation under ``checkpoint``.
 
-    ``progress(stage, step, total, loss)`` is called after every gradient step.
+    ``progress(stage, step, total, loss)`` is called after every gradient step. ``task`` is the
+    data set's task for the evaluation's obstacle test (None: wmplan's own task of that name).
     """
     if isinstance(config, VisualTrainConfig):
         model, metrics = train_visual_model(dataset, config, progress=progress)
@@ -92,7 +91,7 @@ def train_model(
             dataset, config, progress=None if progress is None else lambda step, total, loss: progress("model", step, total, loss))
     val = dataset.split("val")
     k = min([10] + [len(t.actions) // dataset.frameskip for t in val])
-    metrics = {**metrics, "evaluation": evaluate_model(model, dataset, k=k) if val and k >= 1 else None}
+    metrics = {**metrics, "evaluation": evaluate_model(model, dataset, k=k, task=task) if val and k >= 1 else None}
     save_checkpoint(model, checkpoint, metrics=metrics)
     return model, metrics
 
@@ -111,7 +110,7 @@ def prepare_model(
     """Load the checkpoint, or create it: generate the data set if it is missing, then train.
 
     ``obs`` says what a model created here sees: ``state``, or ``pixels`` (frames are generated
-    with the data, and a visual model is trained with :data:`PIXEL_RECIPES`' budget). An existing
+    with the data, and a visual model is trained with the task's ``pixel_recipe``). An existing
     but broken checkpoint is an error (never silently overwritten). ``progress`` gets what is
     being done and, while data are generated and each training stage runs, a line with the rate
     and ETA at least every 10 s (:class:`~wmplan.platform.progress.Progress`).
@@ -140,7 +139,7 @@ def prepare_model(
     say(f"no model at {checkpoint}: training a {kind} model on {data_path} ({config.steps} predictor steps) ...")
     stages = StageProgress(say=say) if progress else None  # a line per stage every 10 s, rate and ETA
     try:
-        model, metrics = train_model(dataset, config, checkpoint, progress=stages)
+        model, metrics = train_model(dataset, config, checkpoint, progress=stages, task=make_task(env))
     finally:
         if stages:
             stages.close()
@@ -149,14 +148,24 @@ def prepare_model(
     return model.to(device)
 
 
-def episode_specs(env: Env, *, horizon: int, count: int, seed: int, dataset: Dataset | None) -> list[EpisodeSpec]:
-    """The seeded start/goal pairs of a task (Push-T replays held-out segments of ``dataset``)."""
+def episode_specs(
+    env: Env, *, horizon: int, count: int, seed: int, dataset: Dataset | None, goal_mode: str | None = None,
+) -> list[EpisodeSpec]:
+    """The seeded start/goal pairs of a task in ``goal_mode`` (None: the task's ``default_goal_mode``).
+
+    A mode that replays data (``env.needs_dataset_for_goals``) replays the validation split of
+    ``dataset``; the others ignore it.
+
+    Raises:
+        ConfigError: the mode needs the data set and none is given.
+    """
+    mode = goal_mode or env.default_goal_mode
     segments = None
-    if env.name == "pusht":
+    if env.needs_dataset_for_goals(mode):
         if dataset is None:
-            raise ConfigError("Push-T goals replay held-out trajectories: give the data set (--data)")
+            raise ConfigError(f"{env.name} goals ({mode!r}) replay held-out trajectories: give the data set (--data)")
         segments = [(t.states, t.actions) for t in dataset.split("val")]
-    return make_episode_specs(env, horizon=horizon, count=count, seed=seed, segments=segments)
+    return make_episode_specs(env, horizon=horizon, count=count, seed=seed, segments=segments, goal_mode=mode)
 
 
 @dataclass(frozen=True)
@@ -190,7 +199,7 @@ def plan_task(
     gets each pair's result and, while a pair plans, a line at least every 10 s with the time
     elapsed and the ETA.
     """
-    env = make_env(env_name)
+    env = make_task(env_name)
     built = {(p, h): make_planner(p, horizon=h, **options.get(p, {})) for h in horizons for p in planners}
     outcomes = []
     shown = Reporter(stage="planning", total=len(built) * episodes, unit="episodes", say=progress) if progress else None

@@ -1,37 +1,83 @@
 """The three task simulators (DINO-WM's WallSingle, PointMaze U-maze and Push-T) and :func:`make_env`.
 
 Each simulator's heavy dependency (``mujoco`` for PointMaze, ``pymunk`` for Push-T) is imported
-only when that task is built.
+only when that task is built. Everything wmplan knows about a task is on its :class:`Env` class
+(see :mod:`wmplan.platform.envs.base`); the rest of wmplan asks the env, or the class
+:func:`task_class` finds for any task name (built-in, registered or ``package.module:factory``).
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 from typing import Any
 
-from wmplan.platform.envs.base import FRAMESKIP, Env, pack_actions, unpack_actions
+from wmplan.platform.envs.base import (
+    FRAMESKIP, GOAL_MODES, Env, PixelRecipe, Policy, Segment, StartGoal, pack_actions, unpack_actions,
+)
 from wmplan.platform.errors import unknown_name_error
 
-__all__ = ["Env", "FRAMESKIP", "ENV_NAMES", "make_env", "pack_actions", "unpack_actions"]
+__all__ = [
+    "Env", "FRAMESKIP", "GOAL_MODES", "PixelRecipe", "Policy", "Segment", "StartGoal",
+    "ENV_NAMES", "DEFAULT_TASK", "make_env", "task_class", "pack_actions", "unpack_actions",
+]
 
-ENV_NAMES = ("wall", "pointmaze", "pusht")
-"""The valid task names for :func:`make_env`."""
+_BUILTIN: dict[str, str] = {
+    "wall": "wmplan.platform.envs.wall:WallEnv",
+    "pointmaze": "wmplan.platform.envs.pointmaze:PointMazeEnv",
+    "pusht": "wmplan.platform.envs.pusht:PushTEnv",
+}
+
+ENV_NAMES: tuple[str, ...] = tuple(_BUILTIN)
+"""wmplan's own task names (:func:`make_env`); the registry adds registered and plug-in tasks."""
+
+DEFAULT_TASK = "wall"
+"""The task a config plans on when it names none."""
+
+
+def _builtin_class(name: str) -> type[Env]:
+    module, _, attr = _BUILTIN[name].partition(":")
+    cls: type[Env] = getattr(importlib.import_module(module), attr)
+    return cls
 
 
 def make_env(name: str, **kwargs: Any) -> Env:
-    """Build the task simulator called ``name`` (one of :data:`ENV_NAMES`) with its keyword options.
+    """Build wmplan's own task simulator called ``name`` (one of :data:`ENV_NAMES`) with its keyword options.
 
-    Raises :class:`wmplan.platform.errors.ConfigError` for an unknown name, listing the valid ones.
+    A user's task goes through :func:`wmplan.platform.registry.make_task`, which also takes these names.
+
+    Raises:
+        ConfigError: for an unknown name, listing the valid ones.
     """
-    if name == "wall":
-        from wmplan.platform.envs.wall import WallEnv
+    if name not in _BUILTIN:
+        raise unknown_name_error("task", name, ENV_NAMES)
+    return _builtin_class(name)(**kwargs)
 
-        return WallEnv(**kwargs)
-    if name == "pointmaze":
-        from wmplan.platform.envs.pointmaze import PointMazeEnv
 
-        return PointMazeEnv(**kwargs)
-    if name == "pusht":
-        from wmplan.platform.envs.pusht import PushTEnv
+@functools.cache
+def _plugin_task_class(spec: str) -> type[Env]:
+    from wmplan.platform.registry import make_task
 
-        return PushTEnv(**kwargs)
-    raise unknown_name_error("task", name, ENV_NAMES)
+    return type(make_task(spec))
+
+
+def task_class(spec: str) -> type[Env]:
+    """The :class:`Env` class of a task, for what the class knows (``frameskip``,
+    ``default_trajectory_steps``, ``pixel_recipe``, ``needs_dataset_for_goals`` ...).
+
+    A built-in name gives its class without building a simulator. Any other name goes through
+    :func:`wmplan.platform.registry.make_task`, which builds the task once with its default
+    options: once per process for a ``package.module:factory`` spec (cached), on every call for a
+    name registered with :func:`~wmplan.platform.registry.register_task` (which may be registered
+    again). Use it to validate a task name in a config.
+
+    Raises:
+        ConfigError: an unknown name, or a spec that cannot be imported or does not give an ``Env``.
+    """
+    if spec in _BUILTIN:
+        return _builtin_class(spec)
+    if isinstance(spec, str) and ":" in spec:
+        return _plugin_task_class(spec)
+    from wmplan.platform.registry import make_task
+
+    return type(make_task(spec))

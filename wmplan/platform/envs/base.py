@@ -11,21 +11,82 @@ GRASP paper:
 - success is judged on states with DINO-WM's thresholds (:meth:`Env.is_success`, vectorised).
 
 No simulator here needs a display, GL or a download: images are drawn with numpy.
+
+:class:`Env` is also *the one place* where wmplan keeps what it knows about a task: the state
+coordinates success looks at, how start/goal pairs are drawn, the data-collection policy and
+trajectory length, how to draw the task in plots and its visual-model recipe. No module outside
+``wmplan.platform.envs`` names a task; it asks the task's ``Env``. A user's task (an ``Env``
+subclass, named as ``package.module:factory``) overrides what differs from the defaults here.
 """
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
-__all__ = ["Env", "FRAMESKIP", "pack_actions", "unpack_actions", "supersample_grid", "downsample"]
+__all__ = [
+    "Env",
+    "FRAMESKIP",
+    "GOAL_MODES",
+    "PixelRecipe",
+    "Policy",
+    "Segment",
+    "StartGoal",
+    "pack_actions",
+    "unpack_actions",
+    "supersample_grid",
+    "downsample",
+]
 
 FRAMESKIP = 5
 """DINO-WM's frameskip for all three tasks: one model action = 5 env actions."""
 
 ArrayT = TypeVar("ArrayT")  # a numpy array or a torch tensor: anything with .shape and .reshape
+
+GOAL_MODES: tuple[str, ...] = ("random", "replay")
+"""The goal modes every task has (see :meth:`Env.draw_start_goal`):
+
+- ``random``: :meth:`Env.sample_start_goal`, the task's own random pairs (no data needed);
+- ``replay``: the start is a state of a held-out data segment and the goal is where the simulator
+  gets to by replaying the next ``frameskip * horizon`` env actions of that segment (DINO-WM's
+  Push-T protocol), so the goal is reachable in exactly ``horizon`` model steps.
+"""
+
+Segment = tuple[np.ndarray, np.ndarray]
+"""A recorded trajectory ``(states [T+1, state_dim], env_actions [T, action_dim])``."""
+
+Policy = Callable[[np.ndarray, int], np.ndarray]
+"""A data-collection policy: ``act(state [state_dim], t) -> env action [action_dim]`` at env step ``t``."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class PixelRecipe:
+    """How wmplan builds a task's default visual world model (``--obs pixels``)."""
+
+    trajectories: int
+    """Trajectories of the task's default length, each step stored with a 64x64 frame."""
+    predictor_steps: int
+    """Gradient steps of the visual model's predictor."""
+
+    def __post_init__(self) -> None:
+        if self.trajectories < 2 or self.predictor_steps < 1:
+            raise ValueError(f"a pixel recipe needs >= 2 trajectories and >= 1 predictor step, got {self}")
+
+
+@dataclass(frozen=True, eq=False)
+class StartGoal:
+    """One drawn planning trial: reach ``goal`` from ``start``."""
+
+    start: np.ndarray
+    """``[state_dim]`` start state."""
+    goal: np.ndarray
+    """``[state_dim]`` goal state."""
+    source: tuple[int, int] | None = None
+    """For a replayed goal: ``(segment index, offset)`` in the segments given; None otherwise."""
 
 
 def pack_actions(actions: ArrayT, frameskip: int = FRAMESKIP) -> ArrayT:
@@ -72,21 +133,65 @@ def downsample(img: np.ndarray, factor: int) -> np.ndarray:
 
 
 class Env(abc.ABC):
-    """A task simulator with DINO-WM's conventions.
+    """A task simulator with DINO-WM's conventions, and everything wmplan knows about the task.
 
-    Subclasses set the class attributes and implement :meth:`_sample_state`, :meth:`_set_state`,
-    :meth:`_step`, :meth:`render`, :meth:`is_success` and :meth:`sample_start_goal`. States are
+    Subclasses set ``name`` and ``state_dim``, the action bounds, and implement
+    :meth:`_sample_state`, :meth:`_set_state`, :meth:`_step` and :meth:`render`. States are
     float64 vectors; the env owns a ``numpy.random.Generator`` used when ``reset`` draws a state.
+
+    The task's knowledge, with a default for each piece a subclass does not override:
+
+    ==========================  ==================================================================
+    ``action_dim``, ``frameskip``  env action size (2) and env actions per model action (5)
+    ``success_coords``           the state slice success and goal distances look at (whole state)
+    ``success_threshold``        success radius on ``success_coords`` (none: define it, or
+                                 override :meth:`is_success`)
+    :meth:`sample_start_goal`    random start/goal pairs (two random states)
+    ``goal_modes``               ways to draw pairs (:data:`GOAL_MODES`), ``default_goal_mode``
+                                 the one used unless asked otherwise (``random``)
+    :meth:`data_policy`          the data-collection policy (uniform random actions)
+    ``default_trajectory_steps`` env steps of a data trajectory (100)
+    ``world_extent``, ``y_up``   the world square :meth:`render` shows, for plots (none: no
+                                 trajectory plots)
+    :meth:`plot_tracks`          the 2-D positions a plot draws (``agent``: ``state[:2]``)
+    :meth:`obstacle_crossings`   which predicted paths pass through an obstacle (none)
+    ``pixel_recipe``             data and budget of the default visual model (:class:`PixelRecipe`)
+    ==========================  ==================================================================
     """
 
     name: ClassVar[str]
-    """The task's name in :func:`wmplan.platform.envs.make_env`."""
+    """The task's name in :func:`wmplan.platform.envs.make_env` (or a user's own)."""
     state_dim: ClassVar[int]
     """Length of a state vector."""
     action_dim: ClassVar[int] = 2
     """Length of one env action (2 for every task here)."""
     frameskip: ClassVar[int] = FRAMESKIP
     """Env actions per model action (DINO-WM: 5)."""
+
+    success_coords: ClassVar[slice] = slice(None)
+    """The state coordinates success is judged on and goal distances are measured over
+    (:meth:`is_success`, :meth:`goal_distance`); default: the whole state."""
+    success_threshold: ClassVar[float | None] = None
+    """Success: ``||state[success_coords] - goal[success_coords]|| < success_threshold`` (state units).
+    None: the task must override :meth:`is_success`."""
+
+    goal_modes: ClassVar[tuple[str, ...]] = GOAL_MODES
+    """The ways :meth:`draw_start_goal` can draw a start/goal pair; a subclass may add its own."""
+    default_goal_mode: ClassVar[str] = "random"
+    """The goal mode used when none is asked for."""
+
+    default_trajectory_steps: ClassVar[int] = 100
+    """Env steps per data trajectory when a data config asks for the default (``steps: 0``)."""
+
+    world_extent: ClassVar[tuple[float, float] | None] = None
+    """``(lo, hi)``: the world square ``[lo, hi]^2`` (state units of :meth:`plot_tracks`) that
+    :meth:`render` shows edge to edge. None: plots cannot place states on a render."""
+    y_up: ClassVar[bool] = False
+    """Whether :meth:`render` draws ``y`` upwards (row 0 at ``hi``) rather than row = ``y``."""
+
+    pixel_recipe: ClassVar[PixelRecipe] = PixelRecipe(trajectories=1000, predictor_steps=4000)
+    """Data and training budget of the task's default visual world model (``--obs pixels``);
+    the default is PointMaze's recipe, not measured on other tasks."""
 
     action_low: np.ndarray
     """Lower bound of one env action; ``step`` clips to ``[action_low, action_high]``."""
@@ -160,15 +265,145 @@ class Env(abc.ABC):
 
     @abc.abstractmethod
     def render(self, size: int = 64) -> np.ndarray:
-        """A top-down RGB image ``[size, size, 3]`` uint8 of the current state (no display, no GL)."""
+        """A top-down RGB image ``[size, size, 3]`` uint8 of the current state (no display, no GL).
 
-    @abc.abstractmethod
+        When ``world_extent`` is set, the image shows exactly the world square it names (with
+        ``y_up`` saying which way ``y`` runs), so plots can draw states on it.
+        """
+
+    # -- success --------------------------------------------------------------------------------
+
     def is_success(self, state: np.ndarray, goal: np.ndarray) -> Any:
-        """DINO-WM's success test; ``[D]`` inputs give a ``bool``, ``[N, D]`` inputs a bool array."""
+        """The task's success test; ``[D]`` inputs give a ``bool``, ``[N, D]`` inputs a bool array.
 
-    @abc.abstractmethod
+        Default: :meth:`goal_distance` ``< success_threshold``.
+
+        Raises:
+            NotImplementedError: the task sets no ``success_threshold`` and does not override this.
+        """
+        if self.success_threshold is None:
+            raise NotImplementedError(
+                f"task {self.name!r} has no success test: set success_threshold (and success_coords) "
+                f"on {type(self).__name__}, or override is_success"
+            )
+        s, g, single = _as_batch(state, goal)
+        ok = np.linalg.norm(s[:, self.success_coords] - g[:, self.success_coords], axis=-1) < self.success_threshold
+        return _result(ok, single)
+
+    def goal_distance(self, state: np.ndarray, goal: np.ndarray) -> Any:
+        """Euclidean distance over ``success_coords`` (state units): ``[D]`` inputs give a float,
+        ``[N, D]`` inputs an ``[N]`` array."""
+        s, g, single = _as_batch(state, goal)
+        c = self.success_coords
+        if single:  # the 1-D norm (a dot product), as episode records have always been measured
+            return float(np.linalg.norm(s[0, c] - g[0, c]))
+        return np.linalg.norm(s[:, c] - g[:, c], axis=-1)
+
+    # -- start/goal pairs -----------------------------------------------------------------------
+
     def sample_start_goal(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """A (start, goal) pair of valid states for a planning trial, drawn from ``rng``."""
+        """A random (start, goal) pair of valid states for a planning trial, drawn from ``rng``
+        (goal mode ``random``). Default: two independent random states (:meth:`_sample_state`)."""
+        return self._sample_state(rng), self._sample_state(rng)
+
+    @classmethod
+    def needs_dataset_for_goals(cls, goal_mode: str | None = None) -> bool:
+        """Whether drawing pairs in ``goal_mode`` (None: ``default_goal_mode``) needs recorded
+        segments (a data set's held-out trajectories)."""
+        return (goal_mode or cls.default_goal_mode) == "replay"
+
+    def draw_start_goal(
+        self,
+        rng: np.random.Generator,
+        *,
+        horizon: int,
+        goal_mode: str,
+        segments: Sequence[Segment] = (),
+    ) -> StartGoal:
+        """One start/goal pair for a trial of ``horizon`` model steps, drawn from ``rng`` only.
+
+        ``random`` calls :meth:`sample_start_goal`; ``replay`` calls :meth:`replay_start_goal` on
+        ``segments``. A subclass that adds a goal mode (to ``goal_modes``) handles it here and
+        leaves the others to this method. May change the env's current state.
+
+        Raises:
+            ValueError: a goal mode this task does not have.
+        """
+        if goal_mode == "random":
+            start, goal = self.sample_start_goal(rng)
+            return StartGoal(start=start, goal=goal)
+        if goal_mode == "replay":
+            return self.replay_start_goal(rng, segments, horizon=horizon)
+        raise ValueError(f"task {self.name!r} has no goal mode {goal_mode!r}; its modes: {', '.join(self.goal_modes)}")
+
+    def replay_start_goal(self, rng: np.random.Generator, segments: Sequence[Segment], *, horizon: int) -> StartGoal:
+        """A goal ``horizon`` model steps away, by replaying recorded actions (goal mode ``replay``).
+
+        Among the segments with at least ``frameskip * horizon`` actions one is picked uniformly,
+        then an offset uniformly; the simulator is reset to the state at that offset (the start)
+        and replays the next ``frameskip * horizon`` env actions; the goal is where the replay ends
+        (not the recorded state, which a replay need not reproduce exactly). Changes the env's state.
+
+        Raises:
+            ValueError: no segment has ``frameskip * horizon`` actions.
+        """
+        steps = self.frameskip * horizon
+        eligible = [i for i, (_, actions) in enumerate(segments) if len(actions) >= steps]
+        if not eligible:
+            longest = max((len(actions) for _, actions in segments), default=0)
+            raise ValueError(
+                f"{self.name}: no segment is long enough for horizon {horizon}: a goal replays "
+                f"frameskip * horizon = {steps} env actions ({steps + 1} states), but the longest of "
+                f"the {len(segments)} segments has {longest} actions"
+            )
+        k = int(rng.integers(len(eligible)))
+        states, actions = segments[eligible[k]]
+        offset = int(rng.integers(len(actions) - steps + 1))
+        start = self.reset(state=states[offset])
+        goal = self.rollout(actions[offset : offset + steps])[-1]
+        return StartGoal(start=start, goal=goal, source=(eligible[k], offset))
+
+    # -- data -----------------------------------------------------------------------------------
+
+    def data_policy(self, rng: np.random.Generator, *, steps: int) -> Policy:
+        """The data-collection policy of one trajectory of ``steps`` env steps, drawing from ``rng``.
+
+        The data generator clips what it returns to the action bounds. Default: uniformly random
+        actions within ``[action_low, action_high]``.
+        """
+        return lambda state, t: rng.uniform(self.action_low, self.action_high)
+
+    # -- pictures and diagnostics ---------------------------------------------------------------
+
+    def plot_tracks(self, states: np.ndarray) -> dict[str, np.ndarray]:
+        """The 2-D world positions a plot draws for states ``[T, D]``: ``{name: [T, 2]}``, in the
+        units of ``world_extent``. Default: ``{"agent": states[:, :2]}``."""
+        states = np.asarray(states, dtype=np.float64).reshape(-1, np.shape(states)[-1])
+        return {"agent": states[:, :2]}
+
+    def pixel_coords(self, xy: np.ndarray, *, size: int) -> np.ndarray:
+        """World positions ``[..., 2]`` (x, y) to ``[..., 2]`` (column, row) of a ``size`` render.
+
+        Pixel ``(c, r)`` has its centre at ``(c, r)`` (matplotlib's ``imshow`` convention); the
+        result is continuous.
+
+        Raises:
+            ValueError: the task has no ``world_extent``.
+        """
+        if self.world_extent is None:
+            raise ValueError(f"task {self.name!r} cannot be drawn on its render: set world_extent (and y_up) "
+                             f"on {type(self).__name__}")
+        lo, hi = self.world_extent
+        xy = np.asarray(xy, dtype=np.float64)
+        scale = size / (hi - lo)
+        col = (xy[..., 0] - lo) * scale - 0.5
+        row = ((hi - xy[..., 1]) if self.y_up else (xy[..., 1] - lo)) * scale - 0.5
+        return np.stack([col, row], axis=-1)
+
+    def obstacle_crossings(self, paths: np.ndarray) -> np.ndarray | None:
+        """Which state paths ``[N, T, D]`` pass through an obstacle between consecutive states
+        (``[N]`` bool), for judging a model's predictions; None for a task without obstacles."""
+        return None
 
     # -- what subclasses implement ----------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from wmplan.platform.envs.base import Env, _as_batch, _result, downsample, supersample_grid
+from wmplan.platform.envs.base import Env, PixelRecipe, downsample, supersample_grid
 
 __all__ = ["PointMazeEnv", "U_MAZE", "maze_xml", "maze_valid", "SUCCESS_THRESHOLD"]
 
@@ -114,6 +114,16 @@ class PointMazeEnv(Env):
 
     name: ClassVar[str] = "pointmaze"
     state_dim: ClassVar[int] = 4
+    success_coords: ClassVar[slice] = slice(0, 2)
+    """Success and goal distances look at the ball's position, not its velocity."""
+    success_threshold: ClassVar[float] = SUCCESS_THRESHOLD
+    world_extent: ClassVar[tuple[float, float]] = (-0.7, 4.3)
+    """:meth:`render` shows qpos ``[-0.7, 4.3]^2``: the whole 5x5 layout including its outer walls."""
+    y_up: ClassVar[bool] = True
+    pixel_recipe: ClassVar[PixelRecipe] = PixelRecipe(trajectories=1000, predictor_steps=4000)
+    """Not measured (Wall's budget with Push-T's data)."""
+    # Random states (start, goal: Env.sample_start_goal) and the data policy (uniform random
+    # actions: Env.data_policy) are the defaults of Env.
 
     def __init__(self, seed: int | None = None) -> None:
         import mujoco  # imported here so that the other tasks work without it
@@ -152,18 +162,7 @@ class PointMazeEnv(Env):
         mj.mj_step(self.model, self.data, self.frameskip)
         return self._read()
 
-    def sample_start_goal(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """Random valid start and goal states (positions in the corridor, random velocities)."""
-        return self._sample_state(rng), self._sample_state(rng)
-
-    def is_success(self, state: np.ndarray, goal: np.ndarray) -> Any:
-        """``||pos - goal_pos|| < 0.5`` on the ball position (the first two values)."""
-        s, g, single = _as_batch(state, goal)
-        ok = np.linalg.norm(s[:, :2] - g[:, :2], axis=-1) < SUCCESS_THRESHOLD
-        return _result(ok, single)
-
-    # The picture shows qpos [-0.7, 4.3]^2: the whole 5x5 layout including its outer walls.
-    _VIEW_LO, _VIEW_HI = -0.7, 4.3
+    _VIEW_LO, _VIEW_HI = world_extent
     _FLOOR = np.array([51.0, 77.0, 102.0])  # d4rl's ground colour (0.2, 0.3, 0.4)
     _WALL = np.array([178.0, 128.0, 77.0])  # d4rl's wall material (0.7, 0.5, 0.3)
     _BALL = np.array([77.0, 153.0, 77.0])  # d4rl's particle site (0.3, 0.6, 0.3)

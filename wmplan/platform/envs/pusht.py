@@ -25,11 +25,12 @@ block (gym-pusht's order). The space is rebuilt on every reset and, unlike DINO-
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import numpy as np
 
-from wmplan.platform.envs.base import Env, _as_batch, _result, downsample, supersample_grid
+from wmplan.platform.envs.base import Env, PixelRecipe, Policy, _as_batch, _result, downsample, supersample_grid
 
 __all__ = [
     "PushTEnv",
@@ -138,6 +139,15 @@ class PushTEnv(Env):
 
     name: ClassVar[str] = "pusht"
     state_dim: ClassVar[int] = 7
+    success_coords: ClassVar[slice] = slice(0, 4)
+    """Agent and block positions (the angle is judged apart, see :meth:`is_success`)."""
+    success_threshold: ClassVar[float] = POS_THRESHOLD
+    default_goal_mode: ClassVar[str] = "replay"
+    """DINO-WM's Push-T protocol: goals replay held-out data segments (random pairs are far apart)."""
+    world_extent: ClassVar[tuple[float, float]] = (0.0, WINDOW)
+    """:meth:`render` shows the 512x512 window, row = ``y``."""
+    pixel_recipe: ClassVar[PixelRecipe] = PixelRecipe(trajectories=1000, predictor_steps=12000)
+    """The README's measured Push-T visual model (its predictor needs more data and steps than Wall's)."""
 
     def __init__(self, seed: int | None = None, damping: float = 0.0, draw_target: bool = True) -> None:
         super().__init__(seed)
@@ -233,21 +243,38 @@ class PushTEnv(Env):
             if not agent_overlaps_block(state):
                 return state
 
-    def sample_start_goal(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """Two independent random states (DINO-WM's random-state protocol).
-
-        The paper's Push-T protocol replays a held-out data segment to get the goal; that needs a
-        data set and lives with the evaluation code.
-        """
-        return self._sample_state(rng), self._sample_state(rng)
-
     def is_success(self, state: np.ndarray, goal: np.ndarray) -> Any:
         """``||goal[:4] - state[:4]|| < 20`` and wrapped angle difference ``< pi / 9``."""
         s, g, single = _as_batch(state, goal)
-        pos_ok = np.linalg.norm(s[:, :4] - g[:, :4], axis=-1) < POS_THRESHOLD
+        pos_ok = np.linalg.norm(s[:, self.success_coords] - g[:, self.success_coords], axis=-1) < POS_THRESHOLD
         diff = np.abs(s[:, 4] - g[:, 4]) % (2 * np.pi)
         angle_ok = np.minimum(diff, 2 * np.pi - diff) < ANGLE_THRESHOLD
         return _result(pos_ok & angle_ok, single)
+
+    def data_policy(self, rng: np.random.Generator, *, steps: int) -> Policy:
+        """A scripted pusher: head for a point near the block, chosen anew every few steps, plus noise.
+
+        Random actions barely move the block (about 2% of steps); aiming at points around (and
+        through) the block pushes it in varied directions (about 50%).
+        """
+        target = np.zeros(2)
+        next_switch = [0]
+
+        def act(state: np.ndarray, t: int) -> np.ndarray:
+            if t >= next_switch[0]:
+                angle = rng.uniform(-math.pi, math.pi)
+                radius = rng.uniform(0.0, 70.0)
+                target[:] = state[2:4] + radius * np.array([math.cos(angle), math.sin(angle)])
+                next_switch[0] = t + int(rng.integers(4, 16))
+            action = (target - state[:2]) / ACTION_SCALE + rng.normal(0.0, 0.1, size=2)
+            return np.clip(action, self.action_low, self.action_high)
+
+        return act
+
+    def plot_tracks(self, states: np.ndarray) -> dict[str, np.ndarray]:
+        """The agent's positions ``states[:, :2]`` and the block's ``states[:, 2:4]``."""
+        states = np.asarray(states, dtype=np.float64).reshape(-1, np.shape(states)[-1])
+        return {"agent": states[:, :2], "block": states[:, 2:4]}
 
     # -- picture ------------------------------------------------------------------------------------
 
@@ -258,7 +285,7 @@ class PushTEnv(Env):
         assert self._state is not None, "call reset() before render()"
         if size not in self._background:
             f = max(1, -(-256 // size))
-            u = supersample_grid(size, 0.0, WINDOW, f)
+            u = supersample_grid(size, *self.world_extent, f)
             gx, gy = np.meshgrid(u, u, indexing="xy")
             bg = np.broadcast_to(_WHITE, gx.shape + (3,)).copy()
             if self.draw_target:

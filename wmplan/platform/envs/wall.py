@@ -27,13 +27,14 @@ one env step moves at most ``2 * 1.8 * sqrt(2)`` px).
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import numpy as np
 
-from wmplan.platform.envs.base import Env, _as_batch, _result, downsample, supersample_grid
+from wmplan.platform.envs.base import Env, PixelRecipe, Policy, downsample, supersample_grid
 
-__all__ = ["WallEnv", "wall_step", "wall_valid", "IMG_SIZE", "SUCCESS_THRESHOLD"]
+__all__ = ["WallEnv", "wall_step", "wall_valid", "wall_crossings", "IMG_SIZE", "SUCCESS_THRESHOLD"]
 
 IMG_SIZE = 65
 """Side of DINO-WM's wall image, in pixels; positions are in this image's pixel units."""
@@ -156,11 +157,45 @@ def wall_step(pos: np.ndarray, action: np.ndarray, wall_x: Any = 32.0, door_y: A
     return out[0] if single else out
 
 
+def wall_crossings(positions: np.ndarray, wall_x: float = 32.0, door_y: float = 30.0) -> np.ndarray:
+    """Which paths pass through the wall: ``positions [N, T, 2]`` (x, y) to ``[N]`` bool.
+
+    A path passes through the wall when it goes from one side of the wall band
+    (``|x - wall_x| > 3``) to the other and a segment between consecutive positions on the way
+    meets the centre line ``x = wall_x`` outside the door (``|y - door_y| > 4``). Positions inside
+    the band do not count as a side; going through the door is not a crossing.
+    """
+    p = np.asarray(positions, dtype=np.float64)
+    x, y = p[..., 0] - wall_x, p[..., 1]
+    side = np.where(np.abs(x) > WALL_HALF_WIDTH, np.sign(x), 0.0)
+    last_side = side[:, 0]
+    through = np.zeros(len(p), dtype=bool)
+    crossed = np.zeros(len(p), dtype=bool)
+    for i in range(p.shape[1] - 1):
+        x0, x1, y0, y1 = x[:, i], x[:, i + 1], y[:, i], y[:, i + 1]
+        meets = x0 * x1 < 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            y_c = y0 + (0.0 - x0) / (x1 - x0) * (y1 - y0)
+        through |= meets & (np.abs(y_c - door_y) > DOOR_HALF_HEIGHT)
+        s1 = side[:, i + 1]
+        outside = s1 != 0
+        crossed |= outside & (last_side != 0) & (s1 != last_side) & through
+        through = np.where(outside, False, through)
+        last_side = np.where(outside, s1, last_side)
+    return crossed
+
+
 class WallEnv(Env):
     """DINO-WM's WallSingle task: state = dot position ``(x, y)`` in pixels, action = 2-D displacement."""
 
     name: ClassVar[str] = "wall"
     state_dim: ClassVar[int] = 2
+    success_coords: ClassVar[slice] = slice(0, 2)
+    success_threshold: ClassVar[float] = SUCCESS_THRESHOLD
+    world_extent: ClassVar[tuple[float, float]] = (-0.5, IMG_SIZE - 0.5)
+    """:meth:`render` shows the 65x65 pixel grid's continuous extent, row = ``y``."""
+    pixel_recipe: ClassVar[PixelRecipe] = PixelRecipe(trajectories=200, predictor_steps=4000)
+    """The README's measured Wall visual model."""
 
     def __init__(self, wall_x: float = 32.0, door_y: float = 30.0, seed: int | None = None) -> None:
         super().__init__(seed)
@@ -201,11 +236,23 @@ class WallEnv(Env):
             left_x, right_x = right_x, left_x
         return np.array([left_x, start_y]), np.array([right_x, goal_y])
 
-    def is_success(self, state: np.ndarray, goal: np.ndarray) -> Any:
-        """``||goal - pos|| < 4.5`` on the position (the first two values)."""
-        s, g, single = _as_batch(state, goal)
-        ok = np.linalg.norm(s[:, :2] - g[:, :2], axis=-1) < SUCCESS_THRESHOLD
-        return _result(ok, single)
+    def data_policy(self, rng: np.random.Generator, *, steps: int) -> Policy:
+        """DINO-WM's wall data: heading a von Mises random walk (kappa 5), step length a normal
+        (mean 1.0, std 0.4) truncated to ``[0.2, 1.8]`` by redrawing."""
+        heading = [rng.uniform(-math.pi, math.pi)]
+
+        def act(state: np.ndarray, t: int) -> np.ndarray:
+            heading[0] = rng.vonmises(heading[0], 5.0)
+            length = 0.0
+            while not 0.2 <= length <= 1.8:
+                length = rng.normal(1.0, 0.4)
+            return length * np.array([math.cos(heading[0]), math.sin(heading[0])])
+
+        return act
+
+    def obstacle_crossings(self, paths: np.ndarray) -> np.ndarray:
+        """Paths ``[N, T, D]`` whose positions pass through this env's wall (:func:`wall_crossings`)."""
+        return wall_crossings(np.asarray(paths)[..., :2], self.wall_x, self.door_y)
 
     def render(self, size: int = 64) -> np.ndarray:
         """DINO-WM's picture: white room, black walls, the dot a red Gaussian (std 1.7 px).
@@ -216,7 +263,7 @@ class WallEnv(Env):
         assert self._state is not None, "call reset() before render()"
         if size not in self._background:
             f = max(1, -(-3 * IMG_SIZE // size)) if size != IMG_SIZE else 1
-            u = supersample_grid(size, -0.5, IMG_SIZE - 0.5, f)
+            u = supersample_grid(size, *self.world_extent, f)
             ux, uy = np.meshgrid(u, u, indexing="xy")  # [H, W]: column = x, row = y
             wall = (np.abs(ux - self.wall_x) <= WALL_HALF_WIDTH + 0.5) & (
                 np.abs(uy - self.door_y) > DOOR_HALF_HEIGHT + 0.5

@@ -13,7 +13,7 @@ from wmplan.platform.models.checkpoint import (
     register_model_kind,
     save_checkpoint,
 )
-from wmplan.platform.models.evaluation import evaluate_model, wall_crossings
+from wmplan.platform.models.evaluation import evaluate_model
 from wmplan.platform.models.mlp import ResidualMLP
 from wmplan.platform.models.state_model import StateModelConfig, StateWorldModel
 from wmplan.platform.models.training import TrainConfig, train_state_model, transition_windows
@@ -25,7 +25,7 @@ __all__ = [
     "StateModelConfig", "StateWorldModel",
     "TrainConfig", "train_state_model", "transition_windows",
     "VisualModelConfig", "VisualWorldModel", "VisualTrainConfig", "train_visual_model", "is_pixel_model", "render_states",
-    "evaluate_model", "wall_crossings",
+    "evaluate_model",
     "CheckpointError", "ModelKind", "MODEL_KINDS", "register_model_kind", "save_checkpoint",
     "load_world_model", "read_checkpoint_info", "checkpoint_code", "check_checkpoint_code", "checkpoint_obs",
     "check_checkpoint_task",

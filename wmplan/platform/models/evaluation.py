@@ -4,11 +4,10 @@ For every window of ``k`` model steps of the chosen split (every start offset), 
 the recorded packed actions out open loop from the recorded start state, and its predictions are
 compared with the recorded states ``frameskip, 2 * frameskip, ...`` env steps later.
 
-On the wall task the evaluation also counts *wall crossings*: windows where the model's rollout
-goes from one side of the wall band ``|x - wall_x| > 3`` to the other through the wall
-(the straight segment between consecutive predicted positions meets the wall's centre line outside
-the door, ``|y - door_y| > 4``), while the recorded trajectory, sampled at the same model steps,
-has no such crossing. A model with this fault lets planners walk through walls.
+On a task with obstacles the evaluation also counts *wall crossings*: windows where the model's
+rollout passes through an obstacle (the task's :meth:`~wmplan.platform.envs.Env.obstacle_crossings`;
+on Wall, from one side of the wall to the other outside the door) while the recorded trajectory,
+sampled at the same model steps, does not. A model with this fault lets planners walk through walls.
 """
 
 from __future__ import annotations
@@ -20,6 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from wmplan.platform.envs import Env, make_env
+from wmplan.platform.errors import ConfigError
 from wmplan.platform.world_model import WorldModel, check_world_model
 from wmplan.platform.models.training import transition_windows
 from wmplan.platform.models.visual import is_pixel_model
@@ -27,37 +28,15 @@ from wmplan.platform.models.visual import is_pixel_model
 if TYPE_CHECKING:
     from wmplan.platform.data import Dataset
 
-__all__ = ["evaluate_model", "wall_crossings"]
+__all__ = ["evaluate_model"]
 
 
-def wall_crossings(positions: np.ndarray, wall_x: float = 32.0, door_y: float = 30.0) -> np.ndarray:
-    """Which paths pass through the wall: ``positions [N, T, 2]`` (x, y) to ``[N]`` bool.
-
-    A path passes through the wall when it goes from one side of the wall band
-    (``|x - wall_x| > 3``) to the other and a segment between consecutive positions on the way
-    meets the centre line ``x = wall_x`` outside the door (``|y - door_y| > 4``). Positions inside
-    the band do not count as a side; going through the door is not a crossing.
-    """
-    from wmplan.platform.envs.wall import DOOR_HALF_HEIGHT, WALL_HALF_WIDTH
-
-    p = np.asarray(positions, dtype=np.float64)
-    x, y = p[..., 0] - wall_x, p[..., 1]
-    side = np.where(np.abs(x) > WALL_HALF_WIDTH, np.sign(x), 0.0)
-    last_side = side[:, 0]
-    through = np.zeros(len(p), dtype=bool)
-    crossed = np.zeros(len(p), dtype=bool)
-    for i in range(p.shape[1] - 1):
-        x0, x1, y0, y1 = x[:, i], x[:, i + 1], y[:, i], y[:, i + 1]
-        meets = x0 * x1 < 0
-        with np.errstate(divide="ignore", invalid="ignore"):
-            y_c = y0 + (0.0 - x0) / (x1 - x0) * (y1 - y0)
-        through |= meets & (np.abs(y_c - door_y) > DOOR_HALF_HEIGHT)
-        s1 = side[:, i + 1]
-        outside = s1 != 0
-        crossed |= outside & (last_side != 0) & (s1 != last_side) & through
-        through = np.where(outside, False, through)
-        last_side = np.where(outside, s1, last_side)
-    return crossed
+def _builtin_task(name: str) -> Env | None:
+    """wmplan's own task called ``name``, or None: a name read from a data set never runs code."""
+    try:
+        return make_env(name)
+    except ConfigError:
+        return None
 
 
 def _codec(model: WorldModel):
@@ -78,7 +57,15 @@ def _rollout(model: WorldModel, start: Tensor, actions: Tensor) -> Tensor:
     return torch.stack(states, dim=1)
 
 
-def evaluate_model(model: WorldModel, dataset: Dataset, *, k: int = 10, split: str = "val", batch: int = 4096) -> dict[str, Any]:
+def evaluate_model(
+    model: WorldModel,
+    dataset: Dataset,
+    *,
+    k: int = 10,
+    split: str = "val",
+    batch: int = 4096,
+    task: Env | None = None,
+) -> dict[str, Any]:
     """Open-loop prediction errors of ``model`` on a split of ``dataset``.
 
     ``model`` is any world model whose actions are the data set's packed env actions; when it has
@@ -93,6 +80,8 @@ def evaluate_model(model: WorldModel, dataset: Dataset, *, k: int = 10, split: s
         k: model steps of the open-loop rollouts.
         split: ``val`` or ``train``.
         batch: windows evaluated at once.
+        task: the data set's task, for its obstacle test; None: wmplan's own task of the data
+            set's name (a user's task must be given: a name read from a file is never imported).
 
     Returns:
         A dict with ``one_step_error`` and ``k_step_error`` (mean Euclidean distance between
@@ -102,7 +91,8 @@ def evaluate_model(model: WorldModel, dataset: Dataset, *, k: int = 10, split: s
         (``k`` mean Euclidean errors, steps 1..k), ``k_step_rmse_per_dim`` (``D`` values, env
         units), ``transitions`` and ``windows`` (how many one-step and k-step comparisons),
         ``wall_crossings`` and ``wall_crossing_rate`` (count and fraction of k-step windows whose
-        rollout passes through the wall while the recorded path does not; None on other tasks),
+        rollout passes through an obstacle while the recorded path does not; None for a task
+        without obstacles),
         and ``k``, ``split``, ``frameskip``.
     """
     model = check_world_model(model)
@@ -170,12 +160,10 @@ def evaluate_model(model: WorldModel, dataset: Dataset, *, k: int = 10, split: s
         "wall_crossings": None,
         "wall_crossing_rate": None,
     }
-    if dataset.env == "wall":
-        from wmplan.platform.envs.wall import WallEnv
-
-        geometry = WallEnv()  # the data sets use the default wall and door
-        model_cross = wall_crossings(pk[..., :2], geometry.wall_x, geometry.door_y)
-        real_cross = wall_crossings(sk[..., :2], geometry.wall_x, geometry.door_y)
+    task = task if task is not None else _builtin_task(dataset.env)
+    model_cross = None if task is None else task.obstacle_crossings(pk)
+    real_cross = None if task is None else task.obstacle_crossings(sk)
+    if model_cross is not None and real_cross is not None:
         count = int((model_cross & ~real_cross).sum())
         result["wall_crossings"] = count
         result["wall_crossing_rate"] = count / len(sk)
