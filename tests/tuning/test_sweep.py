@@ -180,7 +180,8 @@ def test_the_cpu_sweep_configs_name_a_visual_model_that_the_sweep_trains_when_mi
     """One command from a clean checkout: the configs ask for the 'auto' visual model, not a path
     that only exists after the README's commands, and the sweep, its studies and its held-out runs
     all resolve it to the same checkpoint and frame data."""
-    from wmplan.platform.workflow import PIXEL_RECIPES, default_data_config, default_train_config
+    from wmplan.platform.envs import task_class
+    from wmplan.platform.workflow import default_data_config, default_train_config
 
     for task in ("wall", "pusht"):
         config = load_sweep_config(ROOT / "benchmarks" / f"sweep_{task}.yaml")
@@ -189,7 +190,9 @@ def test_the_cpu_sweep_configs_name_a_visual_model_that_the_sweep_trains_when_mi
         assert {(str(r.checkpoint), str(r.data_path), r.obs) for r in runs} == {
             (f"checkpoints/{task}-pixels", f"data/{task}-pixels.parquet", "pixels")}
         data, train = default_data_config(task, obs="pixels"), default_train_config(task, obs="pixels")
-        assert data.frames and (data.episodes, train.steps) == PIXEL_RECIPES[task]
-    assert PIXEL_RECIPES["pusht"] == (1000, 12000)  # the README's Push-T commands
+        recipe = task_class(task).pixel_recipe
+        assert data.frames and (data.episodes, train.steps) == (recipe.trajectories, recipe.predictor_steps)
+    recipe = task_class("pusht").pixel_recipe
+    assert (recipe.trajectories, recipe.predictor_steps) == (1000, 12000)  # the README's Push-T commands
     with pytest.raises(ConfigError, match=r"option 'obs' must be one of \['state', 'pixels'\], got 'pixel'"):
         load_sweep_config(None, ["obs=pixel"])
