@@ -16,11 +16,12 @@ from typing import Any, Literal
 
 import yaml
 
-from wmplan.platform.envs import ENV_NAMES, make_env
-from wmplan.platform.errors import ConfigError, unknown_name_error
+from wmplan.platform.envs import DEFAULT_TASK, task_class
+from wmplan.platform.errors import ConfigError
 from wmplan.platform.models import check_checkpoint_code, check_checkpoint_task, read_checkpoint_info
 from wmplan.platform.options import build_options, parse_value, require
 from wmplan.platform.planners import make_planner, planner_class
+from wmplan.platform.registry import make_task
 from wmplan.platform.workflow import default_checkpoint, default_data_path, prepare_model
 
 __all__ = ["ExperimentConfig", "load_config", "apply_overrides", "read_config_file"]
@@ -32,8 +33,8 @@ class ExperimentConfig:
 
     name: str = "wmplan"
     """Experiment name (the MLflow experiment the run is recorded under)."""
-    task: str = "wall"
-    """Task: wall, pointmaze or pusht."""
+    task: str = DEFAULT_TASK
+    """Task: a built-in or registered name, or package.module:factory (a user's Env)."""
     model: str = "auto"
     """World-model checkpoint directory; 'auto': checkpoints/TASK (or checkpoints/TASK-pixels), trained first when it does not exist."""
     obs: Literal["state", "pixels"] = "state"
@@ -74,8 +75,7 @@ class ExperimentConfig:
     """Record the run in MLflow (MLFLOW_TRACKING_URI, else mlflow.db and mlartifacts/ in the working directory)."""
 
     def __post_init__(self) -> None:
-        if self.task not in ENV_NAMES:
-            raise unknown_name_error("task", self.task, ENV_NAMES)
+        task_class(self.task)  # an unknown task fails here
         require(isinstance(self.planners, Mapping) and bool(self.planners),
                 f"planners must map at least one planner name to its options, got {self.planners!r}")
         require(isinstance(self.horizons, list) and bool(self.horizons) and all(isinstance(h, int) and h >= 1 for h in self.horizons),
@@ -132,7 +132,7 @@ class ExperimentConfig:
         """
         info = read_checkpoint_info(self.checkpoint)
         where = repr(str(self.checkpoint))
-        env = make_env(self.task)
+        env = make_task(self.task)
         check_checkpoint_task(info, task=self.task, state_dim=env.state_dim, action_dim=env.action_dim,
                               frameskip=env.frameskip, obs="pixels" if self.obs == "pixels" else None, where=where)
         check_checkpoint_code(info, allow_code=self.allowed_code, where=where)

@@ -29,12 +29,12 @@ from wmplan.jobs.cluster import LOG_FILE, actor_resources, check_services, log_t
 from wmplan.jobs.experiment import ExperimentConfig, load_config
 from wmplan.jobs.pool import Failure, run_on_actors
 from wmplan.platform.data import read_dataset
-from wmplan.platform.envs import make_env
 from wmplan.platform.episode import EpisodeRecord, EpisodeSpec, summarize_rows
 from wmplan.platform.errors import ConfigError, RunInterrupted
 from wmplan.platform.models import read_checkpoint_info
 from wmplan.platform.options import build_options
 from wmplan.platform.progress import Progress
+from wmplan.platform.registry import make_task
 from wmplan.platform.workflow import episode_specs
 from wmplan.storage.parquet import SET_ASIDE_SUFFIX, completed_episodes, read_table, set_aside_unreadable, write_records
 
@@ -215,11 +215,11 @@ def run_experiment(
             raise ConfigError(f"run {run_id!r} already exists in {directory}; resume it with --resume {run_id}")
 
     # Everything that can fail on the user's input fails here, before Ray starts.
-    env = make_env(config.task)
+    env = make_task(config.task)
     check_services(config)  # a Ray head or tracking store that does not answer: one line in seconds, not a hang
     config.prepare_model(say)
     checkpoint_info = read_checkpoint_info(config.checkpoint)
-    dataset = read_dataset(config.data_path) if config.task == "pusht" else None
+    dataset = read_dataset(config.data_path) if env.needs_dataset_for_goals() else None
     specs = {h: episode_specs(env, horizon=h, count=config.episodes, seed=config.seed, dataset=dataset) for h in config.horizons}
 
     directory.mkdir(parents=True, exist_ok=True)
