@@ -30,11 +30,12 @@ from wmplan.jobs.pool import ActorPool, Failure
 from wmplan.jobs.cluster import actor_resources, start_ray
 from wmplan.jobs.runner import failed_records
 from wmplan.platform.data import read_dataset
-from wmplan.platform.envs import ENV_NAMES, make_env
+from wmplan.platform.envs import DEFAULT_TASK, task_class
 from wmplan.platform.episode import EpisodeRecord, EpisodeSpec, summarize
 from wmplan.platform.errors import ConfigError, unknown_name_error
 from wmplan.platform.options import require
 from wmplan.platform.planners import PLANNERS, make_planner
+from wmplan.platform.registry import make_task
 from wmplan.platform.workflow import OBS, episode_specs
 from wmplan.storage.parquet import write_records
 from wmplan.tuning.spaces import DEFAULT_SPACES, options_from_params, parse_space_overrides, suggest
@@ -53,8 +54,8 @@ class TuneConfig:
 
     study: str = ""
     """Study name (default TASK-PLANNER-hH); running the same name again resumes it."""
-    task: str = "wall"
-    """Task: wall, pointmaze or pusht."""
+    task: str = DEFAULT_TASK
+    """Task: a built-in or registered name, or package.module:factory (a user's Env)."""
     model: str = "auto"
     """World-model checkpoint directory; 'auto': checkpoints/TASK (or checkpoints/TASK-pixels), trained when missing."""
     obs: str = "state"
@@ -98,8 +99,7 @@ class TuneConfig:
     """Record the study in MLflow: a parent run per study, a child run per trial (MLFLOW_TRACKING_URI or ./mlflow.db)."""
 
     def __post_init__(self) -> None:
-        if self.task not in ENV_NAMES:
-            raise unknown_name_error("task", self.task, ENV_NAMES)
+        task_class(self.task)  # an unknown task fails here
         if self.planner not in PLANNERS:
             raise unknown_name_error("planner", self.planner, PLANNERS)
         if self.obs not in OBS:
@@ -186,9 +186,9 @@ def _values(config: TuneConfig, records: Sequence[EpisodeRecord]) -> list[float]
 def run_study(config: TuneConfig, *, say: Callable[[str], None] = lambda m: None) -> TuneResult:
     """Run the study to ``config.trials`` finished trials, then the best options on the test set."""
     experiment = config.experiment()
-    env = make_env(config.task)
+    env = make_task(config.task)
     experiment.prepare_model(say)
-    dataset = read_dataset(experiment.data_path) if config.task == "pusht" else None
+    dataset = read_dataset(experiment.data_path) if env.needs_dataset_for_goals() else None
     tuning = episode_specs(env, horizon=config.horizon, count=config.tuning_episodes, seed=config.seed, dataset=dataset)
     test = episode_specs(env, horizon=config.horizon, count=config.test_episodes, seed=config.seed + TEST_SEED_OFFSET, dataset=dataset)
     space = parse_space_overrides(config.planner, list(config.space)) if config.space else DEFAULT_SPACES[config.planner]

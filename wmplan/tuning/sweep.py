@@ -42,8 +42,8 @@ from optuna.trial import TrialState
 
 from wmplan.jobs.experiment import ExperimentConfig, read_config_file
 from wmplan.jobs.runner import _actor_resources, _start_ray, code_version, new_run_id, run_experiment
-from wmplan.platform.data import DEFAULT_STEPS, read_dataset
-from wmplan.platform.envs import ENV_NAMES, make_env
+from wmplan.platform.data import read_dataset
+from wmplan.platform.envs import DEFAULT_TASK, task_class
 from wmplan.platform.episode import summarize_rows
 from wmplan.platform.errors import ConfigError, unknown_name_error
 from wmplan.platform.models import read_checkpoint_info
@@ -66,10 +66,10 @@ _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 class SweepConfig:
     """A sweep: every planner at every horizon, each tuned with the same budget, judged on held-out pairs."""
 
-    name: str = "wall"
+    name: str = DEFAULT_TASK
     """Sweep name: its output folder, its studies (NAME-PLANNER-hH) and its MLflow run."""
-    task: str = "wall"
-    """Task: wall, pointmaze or pusht."""
+    task: str = DEFAULT_TASK
+    """Task: a built-in or registered name, or package.module:factory (a user's Env)."""
     model: str = "auto"
     """World-model checkpoint directory (any kind the platform loads); 'auto': checkpoints/TASK (or
     checkpoints/TASK-pixels), trained when missing."""
@@ -119,8 +119,7 @@ class SweepConfig:
     def __post_init__(self) -> None:
         require(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name) is not None,
                 f"name must be letters, digits, '_', '.' or '-', got {self.name!r}")
-        if self.task not in ENV_NAMES:
-            raise unknown_name_error("task", self.task, ENV_NAMES)
+        task_class(self.task)  # an unknown task fails here
         require(isinstance(self.planners, list) and bool(self.planners) and len(set(self.planners)) == len(self.planners),
                 f"planners must be a non-empty list without repeats, got {self.planners!r}")
         require(isinstance(self.horizons, list) and bool(self.horizons) and len(set(self.horizons)) == len(self.horizons)
@@ -229,15 +228,17 @@ def load_sweep_config(path: str | Path | None, overrides: Sequence[str] = ()) ->
 
 
 def check_horizons(config: SweepConfig) -> None:
-    """Fail unless every horizon has goals: a Push-T goal replays frameskip x H env actions of a
-    validation trajectory, which must be at least that long. Wall and PointMaze draw random pairs.
+    """Fail unless every horizon has goals: a task whose goals replay data (its env's
+    ``needs_dataset_for_goals``, e.g. Push-T) replays frameskip x H env actions of a validation
+    trajectory, which must be at least that long. Tasks that draw random pairs need no data.
 
     Raises:
         ConfigError: naming the horizon, the env steps it needs, and how to generate longer data.
     """
-    if config.task != "pusht":
+    task = task_class(config.task)
+    if not task.needs_dataset_for_goals():
         return
-    frameskip = make_env(config.task).frameskip
+    frameskip = task.frameskip
     path = config.experiment().data_path
     need = frameskip * max(config.horizons)
     pixels = " --frames" if config.obs == "pixels" else ""
@@ -247,7 +248,7 @@ def check_horizons(config: SweepConfig) -> None:
         longest = max((len(t.actions) for t in read_dataset(path).split("val")), default=0)
         have = f"the longest validation trajectory of {str(path)!r} has {longest}"
     elif config.model == "auto":
-        longest = DEFAULT_STEPS[config.task]
+        longest = task.default_trajectory_steps
         have = f"model: auto would generate {str(path)!r} with {longest} env steps per trajectory"
     else:
         raise ConfigError(f"{config.task} goals replay validation trajectories of the data set {str(path)!r}, "
@@ -372,7 +373,7 @@ def format_sweep(config: SweepConfig, rows: Sequence[Mapping[str, Any]], *, devi
     ``success% [low, high] / median time of successful episodes``), in-model beside real success,
     and the options each cell ran with."""
     cell = {(r["planner"], r["horizon"]): r for r in rows}
-    frameskip = make_env(config.task).frameskip
+    frameskip = task_class(config.task).frameskip
     tuning = (f"{config.trials} Optuna trials per planner and horizon on {config.tuning_episodes} tuning episodes, "
               f"best options" if config.trials else "no tuning: defaults and the fixed options")
     lines = [
