@@ -87,8 +87,23 @@ def is_plugin_spec(name: str | os.PathLike[str]) -> bool:
     return isinstance(name, str) and _SPEC.match(name) is not None
 
 
+_BUILTIN_PLANNER_SPECS = {
+    "grasp": "wmplan.platform.planners.grasp:GRASP",
+    "gd": "wmplan.platform.planners.gd:GD",
+    "cem": "wmplan.platform.planners.cem:CEM",
+    "latco": "wmplan.platform.planners.latco:LatCo",
+    "mppi": "wmplan.platform.planners.mppi:MPPI",
+}
+"""wmplan's own planners, named like plug-ins: the registry imports them on first use (it sits below
+the planners package, which imports it)."""
+
+
 def _ensure_builtin_planners() -> None:
-    import wmplan.platform.planners  # noqa: F401  (registers wmplan's planners on import)
+    if _builtin_planners:
+        return
+    for spec in _BUILTIN_PLANNER_SPECS.values():
+        module, attr = spec.split(":")
+        register_planner(getattr(importlib.import_module(module), attr))
 
 
 def names(kind: Kind) -> tuple[str, ...]:

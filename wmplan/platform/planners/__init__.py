@@ -20,7 +20,7 @@ from wmplan.platform.planners.gd import GD, GDOptions
 from wmplan.platform.planners.grasp import GRASP, GRASPOptions, lifted_loss
 from wmplan.platform.planners.latco import LatCo, LatCoOptions
 from wmplan.platform.planners.mppi import MPPI, MPPIOptions
-from wmplan.platform.registry import PLANNERS, planner_class, register_planner
+from wmplan.platform.registry import PLANNERS, planner_class
 
 __all__ = [
     "PLANNERS", "make_planner", "planner_class", "Planner", "PlannerOptions", "PlanResult", "PlanTrace",
@@ -29,8 +29,6 @@ __all__ = [
     "MPPI", "MPPIOptions", "lifted_loss", "rollout", "terminal_cost",
 ]
 
-for _cls in (GRASP, GD, CEM, LatCo, MPPI):
-    register_planner(_cls)
 
 
 def make_planner(name: str, /, **options: Any) -> Planner[Any]:
