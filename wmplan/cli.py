@@ -14,6 +14,7 @@ import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
+from wmplan.platform.envs import DEFAULT_TASK
 from wmplan.platform.errors import ConfigError
 
 EXIT_FAILURE = 1
@@ -49,9 +50,9 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
         description="Generate trajectories with a task's data-collection policy, in parallel, into one Parquet file "
         "(train/val split by trajectory; the configuration is stored in the file).",
     )
-    p.add_argument("--env", required=True, help="task: wall, pointmaze or pusht")
+    p.add_argument("--env", required=True, help="task: a built-in or registered name, or package.module:factory")
     p.add_argument("--episodes", type=int, default=None,
-                   help="number of trajectories (default: 1000; with --frames, the task's visual recipe: wall 200)")
+                   help="number of trajectories (default: 1000; with --frames, the task's visual recipe)")
     p.add_argument("--steps", type=int, default=0, help="env steps per trajectory (default: the task's, 100)")
     p.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="held-out fraction of trajectories (default: %(default)s)")
@@ -66,12 +67,10 @@ def _run_data(args: argparse.Namespace) -> int:
     import time
 
     from wmplan.platform.data import DataConfig, generate_dataset
-    from wmplan.platform.envs import ENV_NAMES
-    from wmplan.platform.errors import unknown_name_error
+    from wmplan.platform.envs import task_class
     from wmplan.platform.workflow import default_data_config, default_data_path
 
-    if args.env not in ENV_NAMES:
-        raise unknown_name_error("task", args.env, ENV_NAMES)
+    task_class(args.env)  # an unknown task fails here
     obs = "pixels" if args.frames else "state"
     config = DataConfig(
         env=args.env, episodes=default_data_config(args.env, obs=obs).episodes if args.episodes is None else args.episodes,
@@ -99,11 +98,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "then a predictor learns in its latent space. --encoder package.module:factory --encoder-weights FILE plugs "
         "in a frozen encoder of your own instead. Defaults that differ by --obs are shown as STATE/PIXELS.",
     )
-    p.add_argument("--env", required=True, help="task: wall, pointmaze or pusht")
+    p.add_argument("--env", required=True, help="task: a built-in or registered name, or package.module:factory")
     p.add_argument("--obs", choices=["state", "pixels"], default="state", help="what the model sees (default: %(default)s)")
     p.add_argument("--data", default=None, help="data set (default: data/ENV.parquet, or data/ENV-pixels.parquet)")
     p.add_argument("--out", default=None, help="checkpoint directory (default: checkpoints/ENV, or checkpoints/ENV-pixels)")
-    p.add_argument("--steps", type=int, default=None, help="predictor gradient steps (default: 8000/4000, Push-T pixels 12000)")
+    p.add_argument("--steps", type=int, default=None, help="predictor gradient steps (default: 8000/the task's visual recipe)")
     p.add_argument("--batch-size", type=int, default=256, help="windows per step (default: %(default)s)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: %(default)s)")
     p.add_argument("--rollout-steps", type=int, default=3, help="model steps unrolled in the loss (default: %(default)s)")
@@ -127,12 +126,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     from wmplan.platform.data import read_dataset
     from wmplan.platform.demo import resolve_device
-    from wmplan.platform.envs import ENV_NAMES
-    from wmplan.platform.errors import unknown_name_error
+    from wmplan.platform.envs import task_class
     from wmplan.platform.workflow import default_checkpoint, default_data_path, default_train_config, train_model
 
-    if args.env not in ENV_NAMES:
-        raise unknown_name_error("task", args.env, ENV_NAMES)
+    task_class(args.env)  # an unknown task fails here
     pixels = args.obs == "pixels"
     data = Path(args.data) if args.data else default_data_path(args.env, obs=args.obs)
     out = Path(args.out) if args.out else default_checkpoint(args.env, obs=args.obs)
@@ -222,11 +219,11 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
         "in the real simulator and report success with a 95%% Wald interval. Without --model, the task's default "
         "checkpoint is used, and created (data generated, model trained) when it does not exist.",
     )
-    p.add_argument("--env", required=True, help="task: wall, pointmaze or pusht")
+    p.add_argument("--env", required=True, help="task: a built-in or registered name, or package.module:factory")
     p.add_argument("--model", default=None, help="checkpoint directory (default: checkpoints/ENV or checkpoints/ENV-pixels by --obs, trained if missing)")
     p.add_argument("--obs", choices=["state", "pixels"], default="state",
                    help="what the default model sees, when no --model is given (default: %(default)s)")
-    p.add_argument("--data", default=None, help="data set (default: data/ENV.parquet or data/ENV-pixels.parquet by --obs; Push-T goals come from its validation split)")
+    p.add_argument("--data", default=None, help="data set (default: data/ENV.parquet or data/ENV-pixels.parquet by --obs; goals that replay data come from its validation split)")
     p.add_argument("--planner", default="cem,gd,grasp", help="comma-separated planners (default: %(default)s)")
     p.add_argument("--horizon", default="5", help="comma-separated horizons in model steps, 5 env steps each (default: %(default)s)")
     p.add_argument("--episodes", type=int, default=50, help="episodes per planner and horizon (default: %(default)s)")
@@ -243,13 +240,11 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
 def _run_plan(args: argparse.Namespace) -> int:
     from wmplan.platform.data import read_dataset
     from wmplan.platform.demo import resolve_device
-    from wmplan.platform.envs import ENV_NAMES
-    from wmplan.platform.errors import unknown_name_error
+    from wmplan.platform.envs import task_class
     from wmplan.platform.models import load_world_model
     from wmplan.platform.workflow import default_checkpoint, default_data_path, format_outcomes, plan_task, prepare_model
 
-    if args.env not in ENV_NAMES:
-        raise unknown_name_error("task", args.env, ENV_NAMES)
+    task_class(args.env)  # an unknown task fails here
     planners = _csv(args.planner)
     try:
         horizons = [int(h) for h in _csv(args.horizon)]
@@ -267,10 +262,10 @@ def _run_plan(args: argparse.Namespace) -> int:
     data = Path(args.data) if args.data else default_data_path(args.env, obs=args.obs)
     say = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     if args.model:
-        from wmplan.platform.envs import make_env
         from wmplan.platform.models import check_checkpoint_task, read_checkpoint_info
+        from wmplan.platform.registry import make_task
 
-        env = make_env(args.env)
+        env = make_task(args.env)
         check_checkpoint_task(read_checkpoint_info(args.model), task=args.env, state_dim=env.state_dim, action_dim=env.action_dim,
                               frameskip=env.frameskip, obs="pixels" if args.obs == "pixels" else None, where=repr(args.model))
         model = load_world_model(args.model, device=device, allow_code=[args.encoder] if args.encoder else [])
@@ -360,7 +355,7 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
         "start/goal pairs, trials in parallel on warm Ray actors, pruning hopeless trials; then run the best "
         "options once on a held-out test set. Running the same study again finishes the requested trials.",
     )
-    p.add_argument("--task", default="wall", help="task (default: %(default)s)")
+    p.add_argument("--task", default=DEFAULT_TASK, help="task: a built-in or registered name, or package.module:factory (default: %(default)s)")
     p.add_argument("--planner", default="grasp", help="planner whose options are searched (default: %(default)s)")
     p.add_argument("--horizon", type=int, default=5, help="horizon in model steps (default: %(default)s)")
     p.add_argument("--model", default="auto", help="checkpoint directory, or auto (default: %(default)s)")
