@@ -29,7 +29,6 @@ from wmplan.storage.plots import (
     success_time_vs_horizon_figure,
     success_vs_horizon_figure,
     success_vs_horizon_png,
-    world_to_pixel,
 )
 from wmplan.storage.tracking import ExperimentTracker
 
@@ -318,39 +317,42 @@ def test_world_to_pixel_matches_the_renders():
     img = env.render(256).astype(float)
     dot = img[..., 1] < 80  # the red dot's core: low green on a white floor (walls are black: all low)
     dot &= img[..., 0] > 150
-    np.testing.assert_allclose(_centroid(dot), world_to_pixel(np.array([12.0, 47.0]), task="wall", size=256), atol=1.0)
+    np.testing.assert_allclose(_centroid(dot), env.pixel_coords(np.array([12.0, 47.0]), size=256), atol=1.0)
 
     pytest.importorskip("pymunk")
     env = make_env("pusht")
     env.reset(state=np.array([100.0, 400.0, 300.0, 300.0, 0.3, 0.0, 0.0]))
     img = env.render(256).astype(int)
     agent = (img[..., 2] > 200) & (img[..., 0] < 90)  # the royal-blue agent (65, 105, 225)
-    np.testing.assert_allclose(_centroid(agent), world_to_pixel(np.array([100.0, 400.0]), task="pusht", size=256), atol=1.0)
+    np.testing.assert_allclose(_centroid(agent), env.pixel_coords(np.array([100.0, 400.0]), size=256), atol=1.0)
 
     pytest.importorskip("mujoco")
     env = make_env("pointmaze")
     state = env.reset(seed=3)
     img = env.render(256).astype(int)
     ball = (img[..., 1] > 120) & (img[..., 0] < 110)  # d4rl's green particle on the blue-grey floor
-    np.testing.assert_allclose(_centroid(ball), world_to_pixel(state[:2], task="pointmaze", size=256), atol=1.0)
+    np.testing.assert_allclose(_centroid(ball), env.pixel_coords(state[:2], size=256), atol=1.0)
 
 
 def test_draw_trajectory_puts_the_markers_at_the_states():
+    from wmplan.platform.envs import make_env
+
+    wall, pusht = make_env("wall"), make_env("pusht")
     white = np.full((256, 256, 3), 255, dtype=np.uint8)
     states = np.array([[10.0, 50.0], [20.0, 40.0], [30.0, 30.0]])
     goal = np.array([55.0, 8.0])
-    out = draw_trajectory(white, task="wall", states=states, goal=goal)
+    out = draw_trajectory(white, env=wall, states=states, goal=goal)
     assert out.shape == (256, 256, 3) and out.dtype == np.uint8
-    c, r = np.round(world_to_pixel(states[0], task="wall", size=256)).astype(int)
+    c, r = np.round(wall.pixel_coords(states[0], size=256)).astype(int)
     assert tuple(out[r, c]) == pytest.approx((0, 191, 0), abs=25)  # the green start marker
-    c, r = np.round(world_to_pixel(goal, task="wall", size=256)).astype(int)
+    c, r = np.round(wall.pixel_coords(goal, size=256)).astype(int)
     assert tuple(out[r, c]) == pytest.approx((255, 0, 255), abs=25)  # the magenta goal star
     assert tuple(out[5, 250]) == (255, 255, 255)  # far from everything: the image itself
 
     # Push-T: the block's path is drawn too, in its own colour
-    out = draw_trajectory(np.full((128, 128, 3), 255, np.uint8), task="pusht",
+    out = draw_trajectory(np.full((128, 128, 3), 255, np.uint8), env=pusht,
                           states=np.array([[100.0, 100.0, 400.0, 400.0, 0, 0, 0], [120.0, 100.0, 300.0, 400.0, 0, 0, 0]]))
-    c, r = np.round(world_to_pixel(np.array([350.0, 400.0]), task="pusht", size=128)).astype(int)
+    c, r = np.round(pusht.pixel_coords(np.array([350.0, 400.0]), size=128)).astype(int)
     assert out[r, c, 0] > 200 and out[r, c, 2] < 100  # orange block path
 
 

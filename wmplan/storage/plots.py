@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from wmplan.platform.envs import Env
 from wmplan.platform.episode import summarize_rows
 from wmplan.platform.stats import wald_interval
 from wmplan.storage.parquet import select_group
@@ -24,8 +25,6 @@ from wmplan.storage.parquet import select_group
 __all__ = [
     "figure",
     "png_bytes",
-    "world_to_pixel",
-    "track_positions",
     "draw_trajectory",
     "planner_offsets",
     "success_vs_horizon_figure",
@@ -47,47 +46,6 @@ Row = Mapping[str, Any]
 """One ``episodes`` row (a dict from :meth:`pyarrow.Table.to_pylist`)."""
 
 _SUMMARY_COLUMNS = ["task", "planner", "horizon", "success", "model_success", "planning_time_s", "failed"]
-
-
-# The world extent each task's render covers on both axes, and whether the image's rows run
-# along -y (row 0 at the largest y). These mirror the envs' ``render`` methods.
-_VIEWS: dict[str, tuple[float, float, bool]] = {
-    "wall": (-0.5, 64.5, False),  # wall.render: the 65x65 pixel grid's continuous extent, row = y
-    "pointmaze": (-0.7, 4.3, True),  # pointmaze.render: _VIEW_LO.._VIEW_HI, y up
-    "pusht": (0.0, 512.0, False),  # pusht.render: the 512x512 window, row = y
-}
-
-
-def world_to_pixel(xy: np.ndarray, *, task: str, size: int) -> np.ndarray:
-    """Positions ``[..., 2]`` (x, y) in the task's world to ``[..., 2]`` (column, row) of its render.
-
-    Pixel ``(c, r)`` of a ``size x size`` render has its centre at ``(c, r)`` (matplotlib's
-    ``imshow`` convention); the result is continuous. Wall: pixel units of the 65x65 grid; PointMaze:
-    qpos in maze units, ``y`` up; Push-T: the 512x512 world.
-
-    Raises:
-        ValueError: for a task without a known view.
-    """
-    if task not in _VIEWS:
-        raise ValueError(f"no render mapping for task {task!r}; known: {', '.join(_VIEWS)}")
-    lo, hi, y_up = _VIEWS[task]
-    xy = np.asarray(xy, dtype=np.float64)
-    scale = size / (hi - lo)
-    col = (xy[..., 0] - lo) * scale - 0.5
-    row = ((hi - xy[..., 1]) if y_up else (xy[..., 1] - lo)) * scale - 0.5
-    return np.stack([col, row], axis=-1)
-
-
-def track_positions(states: np.ndarray, *, task: str) -> dict[str, np.ndarray]:
-    """The 2-D world positions to draw for states ``[T, D_env]``: ``{name: [T, 2]}``.
-
-    Wall and PointMaze: ``{"agent": states[:, :2]}``; Push-T: also ``{"block": states[:, 2:4]}``.
-    """
-    states = np.asarray(states, dtype=np.float64).reshape(-1, np.shape(states)[-1])
-    out = {"agent": states[:, :2]}
-    if task == "pusht":
-        out["block"] = states[:, 2:4]
-    return out
 
 
 START_COLOR = (0.0, 0.75, 0.0)
@@ -117,16 +75,18 @@ def png_bytes(fig: Any, *, tight: bool = False) -> bytes:
     return buf.getvalue()
 
 
-def draw_trajectory(image: np.ndarray, *, task: str, states: np.ndarray, goal: np.ndarray | None = None) -> np.ndarray:
+def draw_trajectory(image: np.ndarray, *, env: Env, states: np.ndarray, goal: np.ndarray | None = None) -> np.ndarray:
     """Draw executed states on a render of the task: the image with paths and markers, same size.
 
-    Each tracked position (:func:`track_positions`) is a line through its states, with a filled
-    circle at the start (green), a cross at the end, and, when ``goal`` is given, a star at the
-    goal's position (magenta).
+    The task's env says what to draw and where: each of its tracked positions
+    (:meth:`~wmplan.platform.envs.Env.plot_tracks`) is a line through its states, placed on the
+    render with :meth:`~wmplan.platform.envs.Env.pixel_coords` (its ``world_extent`` and ``y_up``),
+    with a filled circle at the start (green), a cross at the end, and, when ``goal`` is given, a
+    star at the goal's position (magenta).
 
     Args:
         image: ``[S, S, 3]`` uint8 render of the task (``env.render(S)``).
-        task: the task's name.
+        env: the task's simulator (any state; it is not stepped).
         states: ``[T, D_env]`` executed states, first the start.
         goal: ``[D_env]`` goal state, or None when unknown.
 
@@ -145,15 +105,15 @@ def draw_trajectory(image: np.ndarray, *, task: str, states: np.ndarray, goal: n
     ax.set_ylim(size - 0.5, -0.5)
     ax.set_axis_off()
     marker = max(6.0, size / 24)
-    goals = track_positions(goal, task=task) if goal is not None else {}
-    for name, xy in track_positions(states, task=task).items():
-        px = world_to_pixel(xy, task=task, size=size)
+    goals = env.plot_tracks(np.asarray(goal)[None]) if goal is not None else {}
+    for name, xy in env.plot_tracks(states).items():
+        px = env.pixel_coords(xy, size=size)
         color = PATH_COLORS.get(name, (0.2, 0.2, 0.2))
         ax.plot(px[:, 0], px[:, 1], "-", color=color, lw=max(1.0, size / 200), alpha=0.9)
         ax.plot(px[-1, 0], px[-1, 1], "x", color=color, ms=marker, mew=2)
         ax.plot(px[0, 0], px[0, 1], "o", color=START_COLOR, ms=marker, mec="none")
         if name in goals:
-            g = world_to_pixel(goals[name][0], task=task, size=size)
+            g = env.pixel_coords(goals[name][0], size=size)
             ax.plot(g[0], g[1], "*", color=GOAL_COLOR, ms=marker * 1.4, mec="none")
     fig.canvas.draw()
     return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()

@@ -347,7 +347,7 @@ class ExperimentTracker(MlflowRecorder):
             env.reset(state=states[0])
             image = env.render(_RENDER_SIZE)
             goal = None if goals is None or eid not in goals else np.asarray(goals[eid], dtype=np.float64)
-            drawn = draw_trajectory(image, task=task, states=states, goal=goal)
+            drawn = draw_trajectory(image, env=env, states=states, goal=goal)
             verdict = "success" if row["success"] else ("failed" if row["failed"] else "miss")
             panels.append((f"episode {eid}: {verdict}, d = {row['final_distance']:.3g}", drawn))
         return trajectories_png(panels)
