@@ -9,9 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from wmplan.platform.envs import Env
 from wmplan.platform.envs.wall import WallEnv
 from wmplan.platform.options import require
 from wmplan.platform.planners import Optimized, Planner, PlannerOptions, Problem, randn
@@ -90,6 +92,50 @@ def shifted_wall(*, door_y: float = 30.0, seed: int | None = None) -> WallEnv:
     return WallEnv(wall_x=40.0, door_y=door_y, seed=seed)
 
 
+class Drift(Env):
+    """A user's own task, an ``Env`` subclass that keeps Env's defaults wherever it can.
+
+    A point on the plane ``[0, 10]^2``; an env action ``(ax, ay, throttle)`` in ``[-1, 1]^3`` (three
+    values, unlike wmplan's tasks) moves it by ``0.5 * (ax, ay) * (1 + throttle)``, clamped to the
+    plane. It sets only what the defaults cannot know: sizes, bounds, its success radius and the
+    world square its picture shows; random pairs, the data policy, the goal modes, the plot tracks,
+    the trajectory length and the visual recipe are Env's.
+    """
+
+    name = "drift"
+    state_dim = 2
+    action_dim = 3
+    success_threshold = 0.5
+    world_extent = (0.0, 10.0)
+    y_up = True
+
+    def __init__(self, *, seed: int | None = None) -> None:
+        super().__init__(seed)
+        self.action_low = np.full(3, -1.0)
+        self.action_high = np.full(3, 1.0)
+
+    def _sample_state(self, rng: np.random.Generator) -> np.ndarray:
+        return rng.uniform(1.0, 9.0, size=2)
+
+    def _set_state(self, state: np.ndarray) -> np.ndarray:
+        if not np.all((state >= 0.0) & (state <= 10.0)):
+            raise ValueError(f"drift: state {state} is off the plane")
+        return state.copy()
+
+    def _step(self, action: np.ndarray) -> np.ndarray:
+        assert self._state is not None
+        return np.clip(self._state + 0.5 * action[:2] * (1.0 + action[2]), 0.0, 10.0)
+
+    def render(self, size: int = 64) -> np.ndarray:
+        """White, with the point a black disc of radius ``size / 16`` pixels where :meth:`pixel_coords` puts it."""
+        assert self._state is not None, "call reset() before render()"
+        c, r = self.pixel_coords(self._state, size=size)
+        cols, rows = np.meshgrid(np.arange(size), np.arange(size), indexing="xy")
+        img = np.full((size, size, 3), 255, dtype=np.uint8)
+        img[(cols - c) ** 2 + (rows - r) ** 2 <= (size / 16) ** 2] = 0
+        return img
+
+
 def point_mass(*, device: torch.device, dims: int = 2, damping: float = 0.5) -> PointMass:
     """A user's world model factory: a damped point mass on ``device``."""
     return PointMass(dims=dims, damping=damping).to(device)
@@ -115,6 +161,13 @@ class WithoutOptimize(Planner[RandomShootingOptions]):
     """A planner class that does not implement ``_optimize``."""
 
     Options = RandomShootingOptions
+
+
+class DriftWithoutSuccess(Drift):
+    """A user's task that sets neither a success radius nor the world square of its picture."""
+
+    success_threshold = None
+    world_extent = None
 
 
 def not_a_task(*, seed: int | None = None) -> dict[str, Any]:
