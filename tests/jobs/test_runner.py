@@ -180,17 +180,17 @@ def test_the_example_config_is_valid():
     ({"CPU": 16.0, "GPU": 1.0}, 2, ({"num_gpus": 0.5, "num_cpus": 1.0}, "cuda", 1)),  # never pending forever
 ])
 def test_actor_resources_follow_the_cluster(resources, actors, expected):
-    from wmplan.jobs.runner import _actor_resources
+    from wmplan.jobs.cluster import actor_resources
 
     class Cluster:
         @staticmethod
         def cluster_resources():
             return resources
 
-    assert _actor_resources(Cluster, load_config(None, [f"actors={actors}"])) == expected
+    assert actor_resources(Cluster, load_config(None, [f"actors={actors}"])) == expected
     if "GPU" not in resources:
         with pytest.raises(ConfigError, match="has no GPU"):
-            _actor_resources(Cluster, load_config(None, [f"actors={actors}", "device=cuda"]))
+            actor_resources(Cluster, load_config(None, [f"actors={actors}", "device=cuda"]))
 
 
 def test_ctrl_c_leaves_a_resumable_run_and_one_line(ray_cluster, tmp_path, tiny_wall_model, mlflow_store):

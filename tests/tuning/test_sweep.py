@@ -164,11 +164,11 @@ def test_config_file_keys_are_checked(tmp_path):
 def test_device_auto_takes_the_gpus_of_the_cluster_and_names_them(tmp_path):
     script = (
         "import ray\n"
-        "from wmplan.jobs.runner import _actor_resources\n"
+        "from wmplan.jobs.cluster import actor_resources\n"
         "from wmplan.tuning.sweep import SweepConfig, _device_name\n"
         "ray.init(num_cpus=1, num_gpus=1, resources={'accelerator_type:H100': 1}, include_dashboard=False)\n"
         "config = SweepConfig(device='auto').experiment()\n"
-        "print(_device_name(ray, _actor_resources(ray, config)[1]))\n"
+        "print(_device_name(ray, actor_resources(ray, config)[1]))\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=tmp_path,
                          env={**os.environ, "RAY_AUTH_MODE": "disabled"})

@@ -27,7 +27,7 @@ from optuna.trial import TrialState
 from wmplan.jobs.actor import PlanActor, WorkItem
 from wmplan.jobs.experiment import ExperimentConfig
 from wmplan.jobs.pool import ActorPool, Failure
-from wmplan.jobs.cluster import actor_resources, start_ray
+from wmplan.jobs.cluster import actor_resources, check_services, start_ray
 from wmplan.jobs.runner import failed_records
 from wmplan.platform.data import read_dataset
 from wmplan.platform.envs import DEFAULT_TASK, task_class
@@ -38,6 +38,7 @@ from wmplan.platform.planners import PLANNERS, make_planner
 from wmplan.platform.registry import make_task
 from wmplan.platform.workflow import OBS, episode_specs
 from wmplan.storage.parquet import write_records
+from wmplan.storage.services import check_database_url, redact
 from wmplan.tuning.spaces import DEFAULT_SPACES, options_from_params, parse_space_overrides, suggest
 from wmplan.tuning.trials import best_trial
 
@@ -127,8 +128,13 @@ class TuneConfig:
 def open_study(config: TuneConfig) -> optuna.Study:
     """Create or load the study in its storage (journal file unless the URL names a database)."""
     url = config.storage_url
+    database_errors: tuple[type[Exception], ...] = ()
     if "://" in url:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        check_database_url(url, what=f"study storage {redact(url)}")  # not listening, or no driver: one line, not a hang
         storage: Any = url
+        database_errors = (SQLAlchemyError,)
     else:
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
@@ -137,8 +143,12 @@ def open_study(config: TuneConfig) -> optuna.Study:
         storage = JournalStorage(JournalFileBackend(url))
     directions = ["maximize", "minimize"] if config.time_objective else ["maximize"]
     pruner = optuna.pruners.NopPruner() if config.time_objective else optuna.pruners.MedianPruner(n_startup_trials=5)
-    study = optuna.create_study(study_name=config.name, storage=storage, load_if_exists=True, directions=directions,
-                                sampler=optuna.samplers.TPESampler(seed=config.seed), pruner=pruner)
+    try:
+        study = optuna.create_study(study_name=config.name, storage=storage, load_if_exists=True, directions=directions,
+                                    sampler=optuna.samplers.TPESampler(seed=config.seed), pruner=pruner)
+    except database_errors as exc:  # e.g. the database does not exist, or the user may not log in
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise ConfigError(f"study storage {redact(url)}: {reason}") from None
     if len(study.directions) != len(directions):
         raise ConfigError(f"study {config.name!r} exists with {len(study.directions)} objective(s); "
                           f"time_objective={config.time_objective} asks for {len(directions)}")
@@ -187,6 +197,7 @@ def run_study(config: TuneConfig, *, say: Callable[[str], None] = lambda m: None
     """Run the study to ``config.trials`` finished trials, then the best options on the test set."""
     experiment = config.experiment()
     env = make_task(config.task)
+    check_services(experiment, tracking=config.tracking, storage=config.storage_url)  # before any training or Ray
     experiment.prepare_model(say)
     dataset = read_dataset(experiment.data_path) if env.needs_dataset_for_goals() else None
     tuning = episode_specs(env, horizon=config.horizon, count=config.tuning_episodes, seed=config.seed, dataset=dataset)

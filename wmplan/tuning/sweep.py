@@ -41,7 +41,8 @@ import pyarrow.parquet as pq
 from optuna.trial import TrialState
 
 from wmplan.jobs.experiment import ExperimentConfig, read_config_file
-from wmplan.jobs.runner import _actor_resources, _start_ray, code_version, new_run_id, run_experiment
+from wmplan.jobs.cluster import actor_resources, start_ray
+from wmplan.jobs.runner import code_version, new_run_id, run_experiment
 from wmplan.platform.data import read_dataset
 from wmplan.platform.envs import DEFAULT_TASK, task_class
 from wmplan.platform.episode import summarize_rows
@@ -461,8 +462,8 @@ def run_sweep(config: SweepConfig, *, say: Callable[[str], None] = lambda m: pri
     execution.prepare_model(say)
     sha = read_checkpoint_info(execution.checkpoint).get("sha256")
     _check_resumable(config, sha)
-    ray = _start_ray(execution)
-    device = _device_name(ray, _actor_resources(ray, execution)[1])
+    ray = start_ray(execution)
+    device = _device_name(ray, actor_resources(ray, execution)[1])
     say(f"sweep {config.name!r}: {len(config.planners)} planners x {len(config.horizons)} horizons on {device} -> {config.directory}")
     cells = {(p, h): _cell(config, p, h, say) for h in config.horizons for p in config.planners}
 
