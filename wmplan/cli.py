@@ -67,7 +67,7 @@ def _run_data(args: argparse.Namespace) -> int:
     import time
 
     from wmplan.platform.data import DataConfig, generate_dataset
-    from wmplan.platform.envs import task_class
+    from wmplan.platform.registry import task_class
     from wmplan.platform.workflow import default_data_config, default_data_path
 
     task_class(args.env)  # an unknown task fails here
@@ -126,7 +126,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     from wmplan.platform.data import read_dataset
     from wmplan.platform.demo import resolve_device
-    from wmplan.platform.envs import task_class
+    from wmplan.platform.registry import task_class
     from wmplan.platform.workflow import default_checkpoint, default_data_path, default_train_config, train_model
 
     task_class(args.env)  # an unknown task fails here
@@ -240,8 +240,8 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
 def _run_plan(args: argparse.Namespace) -> int:
     from wmplan.platform.data import read_dataset
     from wmplan.platform.demo import resolve_device
-    from wmplan.platform.envs import task_class
     from wmplan.platform.models import load_world_model
+    from wmplan.platform.registry import task_class
     from wmplan.platform.workflow import default_checkpoint, default_data_path, format_outcomes, plan_task, prepare_model
 
     task_class(args.env)  # an unknown task fails here

@@ -251,6 +251,37 @@ def test_killed_driver_leaves_no_ray_process(tmp_path, tiny_wall_model):
         kill_all(token, session)
 
 
+def test_the_reaper_knows_ray_processes_by_marker_or_by_session(tmp_path):
+    """Marked processes, and renamed ``ray::`` processes with a file open in the session directory
+    (a renamed process may have lost its marker); not a viewer that merely has a session log open."""
+    from wmplan.jobs.reaper import MARKER_ENV, ray_processes
+
+    session = tmp_path / "session_x"
+    (session / "logs").mkdir(parents=True)
+    log = session / "logs" / "agent.log"
+    log.write_text("")
+    hold = f"import time; f = open({str(log)!r}); time.sleep(120)"
+    marker = secrets.token_hex(6)
+    env = {k: v for k, v in os.environ.items() if k != MARKER_ENV}
+    procs = {
+        "marked": subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], env={**env, MARKER_ENV: marker}),
+        "renamed": subprocess.Popen(["ray::FakeAgent", "-c", hold], executable=sys.executable, env=env),
+        "viewer": subprocess.Popen([sys.executable, "-c", hold], env=env),
+    }
+    try:
+        def found(sessions: set[str]) -> set[str]:
+            pids = set(ray_processes(marker, sessions))
+            return {name for name, p in procs.items() if p.pid in pids}
+
+        sessions: set[str] = set()
+        wait_for(lambda: found(sessions) == {"marked"}, 30, "the marked process is found")
+        wait_for(lambda: found({str(session)}) == {"marked", "renamed"}, 30, "the renamed process with a session file is found")
+    finally:
+        for p in procs.values():
+            p.kill()
+            p.wait(timeout=30)
+
+
 # -- a quiet terminal ------------------------------------------------------------------------------------
 
 

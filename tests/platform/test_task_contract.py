@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 from wmplan.platform.data import DataConfig, generate_dataset, read_dataset
-from wmplan.platform.envs import ENV_NAMES, GOAL_MODES, Env, PixelRecipe, task_class
+from wmplan.platform.envs import ENV_NAMES, GOAL_MODES, Env, PixelRecipe
 from wmplan.platform.episode import make_episode_specs
-from wmplan.platform.registry import make_task
+from wmplan.platform.registry import make_task, task_class
 from wmplan.platform.workflow import default_data_config, default_train_config, episode_specs
 
 FIXTURES = "tests.platform.plugin_fixtures"

@@ -180,7 +180,7 @@ def test_the_cpu_sweep_configs_name_a_visual_model_that_the_sweep_trains_when_mi
     """One command from a clean checkout: the configs ask for the 'auto' visual model, not a path
     that only exists after the README's commands, and the sweep, its studies and its held-out runs
     all resolve it to the same checkpoint and frame data."""
-    from wmplan.platform.envs import task_class
+    from wmplan.platform.registry import task_class
     from wmplan.platform.workflow import default_data_config, default_train_config
 
     for task in ("wall", "pusht"):

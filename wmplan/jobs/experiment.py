@@ -16,12 +16,12 @@ from typing import Any, Literal
 
 import yaml
 
-from wmplan.platform.envs import DEFAULT_TASK, task_class
+from wmplan.platform.envs import DEFAULT_TASK
 from wmplan.platform.errors import ConfigError
 from wmplan.platform.models import check_checkpoint_code, check_checkpoint_task, read_checkpoint_info
 from wmplan.platform.options import build_options, parse_value, require
 from wmplan.platform.planners import make_planner, planner_class
-from wmplan.platform.registry import make_task
+from wmplan.platform.registry import make_task, task_class
 from wmplan.platform.workflow import default_checkpoint, default_data_path, prepare_model
 
 __all__ = ["ExperimentConfig", "load_config", "apply_overrides", "read_config_file"]

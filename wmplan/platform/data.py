@@ -46,7 +46,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from wmplan.platform.envs import Env, task_class
+from wmplan.platform.envs import Env
 from wmplan.platform.errors import ConfigError
 from wmplan.platform.options import require
 from wmplan.platform.threads import available_cores
@@ -83,6 +83,8 @@ class DataConfig:
     """Side of the stored frames in pixels."""
 
     def __post_init__(self) -> None:
+        from wmplan.platform.registry import task_class  # here, not at import: the workers never import torch
+
         task_class(self.env)  # an unknown task fails here (a plug-in is built once per process to find its class)
         require(self.episodes >= 1, f"episodes must be >= 1, got {self.episodes}")
         require(self.steps >= 0, f"steps must be >= 0 (0: default), got {self.steps}")
@@ -92,6 +94,8 @@ class DataConfig:
     @property
     def steps_per_episode(self) -> int:
         """Env steps per trajectory: ``steps``, or the task's ``default_trajectory_steps``."""
+        from wmplan.platform.registry import task_class
+
         return self.steps or task_class(self.env).default_trajectory_steps
 
 

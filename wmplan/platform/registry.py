@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import torch
 
-from wmplan.platform.envs import ENV_NAMES, Env, make_env
+from wmplan.platform.envs import ENV_NAMES, Env, env_class, make_env
 from wmplan.platform.errors import ConfigError, unknown_name_error
 from wmplan.platform.world_model import WorldModel, check_world_model, is_observation_model
 
@@ -64,7 +64,7 @@ if TYPE_CHECKING:
 __all__ = [
     "KINDS", "Kind", "PlannerTable", "PLANNERS", "is_plugin_spec", "names",
     "register_planner", "register_task", "register_model", "unregister",
-    "planner_class", "make_task", "load_model",
+    "planner_class", "make_task", "task_class", "load_model",
 ]
 
 Kind = Literal["planner", "task", "model"]
@@ -374,6 +374,31 @@ def make_task(spec: str, /, **options: Any) -> Env:
     if not isinstance(env, Env):
         raise ConfigError(f"task {spec!r} returned {_what(env)}, not an Env (wmplan.platform.envs.Env)")
     return env
+
+
+@functools.cache
+def _plugin_task_class(spec: str) -> type[Env]:
+    return type(make_task(spec))
+
+
+def task_class(spec: str) -> type[Env]:
+    """The :class:`~wmplan.platform.envs.Env` class of a task, for what the class knows
+    (``frameskip``, ``default_trajectory_steps``, ``pixel_recipe``, ``needs_dataset_for_goals``, ...);
+    what a config calls to check a task name.
+
+    A built-in name gives its class without building a simulator. Any other name is built once
+    with its default options (:func:`make_task`) to learn its class: once per process for a
+    ``package.module:factory`` spec (cached), on every call for a registered name (which may be
+    registered again).
+
+    Raises:
+        ConfigError: as :func:`make_task`.
+    """
+    if isinstance(spec, str) and spec in ENV_NAMES:
+        return env_class(spec)
+    if isinstance(spec, str) and is_plugin_spec(spec):
+        return _plugin_task_class(spec)
+    return type(make_task(spec))
 
 
 def load_model(

@@ -17,14 +17,14 @@ from typing import Any
 import torch
 
 from wmplan.platform.data import DataConfig, Dataset, generate_dataset, read_dataset
-from wmplan.platform.envs import Env, task_class
+from wmplan.platform.envs import Env
 from wmplan.platform.episode import EpisodeRecord, EpisodeSpec, make_episode_specs, run_episodes, summarize
 from wmplan.platform.errors import ConfigError, unknown_name_error
 from wmplan.platform.models import (
     TrainConfig, VisualTrainConfig, evaluate_model, load_world_model, save_checkpoint, train_state_model, train_visual_model,
 )
 from wmplan.platform.planners import make_planner
-from wmplan.platform.registry import make_task
+from wmplan.platform.registry import make_task, task_class
 from wmplan.platform.progress import Progress as Reporter, StageProgress
 
 Progress = Callable[[str], None]

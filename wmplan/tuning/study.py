@@ -30,12 +30,12 @@ from wmplan.jobs.pool import ActorPool, Failure
 from wmplan.jobs.cluster import actor_resources, check_services, start_ray
 from wmplan.jobs.runner import failed_records
 from wmplan.platform.data import read_dataset
-from wmplan.platform.envs import DEFAULT_TASK, task_class
+from wmplan.platform.envs import DEFAULT_TASK
 from wmplan.platform.episode import EpisodeRecord, EpisodeSpec, summarize
 from wmplan.platform.errors import ConfigError, unknown_name_error
 from wmplan.platform.options import require
 from wmplan.platform.planners import PLANNERS, make_planner
-from wmplan.platform.registry import make_task
+from wmplan.platform.registry import make_task, task_class
 from wmplan.platform.workflow import OBS, episode_specs
 from wmplan.storage.parquet import write_records
 from wmplan.storage.services import check_database_url, redact

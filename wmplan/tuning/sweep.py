@@ -44,12 +44,13 @@ from wmplan.jobs.experiment import ExperimentConfig, read_config_file
 from wmplan.jobs.cluster import actor_resources, start_ray
 from wmplan.jobs.runner import code_version, new_run_id, run_experiment
 from wmplan.platform.data import read_dataset
-from wmplan.platform.envs import DEFAULT_TASK, task_class
+from wmplan.platform.envs import DEFAULT_TASK
 from wmplan.platform.episode import summarize_rows
 from wmplan.platform.errors import ConfigError, unknown_name_error
 from wmplan.platform.models import read_checkpoint_info
 from wmplan.platform.options import build_options, parse_value, require
 from wmplan.platform.planners import make_planner, planner_class
+from wmplan.platform.registry import task_class
 from wmplan.platform.workflow import format_summaries
 from wmplan.storage.parquet import read_table, write_records
 from wmplan.tuning.spaces import parse_space_overrides

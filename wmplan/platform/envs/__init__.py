@@ -3,12 +3,12 @@
 Each simulator's heavy dependency (``mujoco`` for PointMaze, ``pymunk`` for Push-T) is imported
 only when that task is built. Everything wmplan knows about a task is on its :class:`Env` class
 (see :mod:`wmplan.platform.envs.base`); the rest of wmplan asks the env, or the class
-:func:`task_class` finds for any task name (built-in, registered or ``package.module:factory``).
+:func:`wmplan.platform.registry.task_class` finds for any task name (built-in, registered or
+``package.module:factory``).
 """
 
 from __future__ import annotations
 
-import functools
 import importlib
 from typing import Any
 
@@ -19,7 +19,7 @@ from wmplan.platform.errors import unknown_name_error
 
 __all__ = [
     "Env", "FRAMESKIP", "GOAL_MODES", "PixelRecipe", "Policy", "Segment", "StartGoal",
-    "ENV_NAMES", "DEFAULT_TASK", "make_env", "task_class", "pack_actions", "unpack_actions",
+    "ENV_NAMES", "DEFAULT_TASK", "make_env", "env_class", "pack_actions", "unpack_actions",
 ]
 
 _BUILTIN: dict[str, str] = {
@@ -35,7 +35,14 @@ DEFAULT_TASK = "wall"
 """The task a config plans on when it names none."""
 
 
-def _builtin_class(name: str) -> type[Env]:
+def env_class(name: str) -> type[Env]:
+    """The :class:`Env` subclass of wmplan's own task ``name`` (one of :data:`ENV_NAMES`), without building it.
+
+    Raises:
+        ConfigError: for an unknown name, listing the valid ones.
+    """
+    if name not in _BUILTIN:
+        raise unknown_name_error("task", name, ENV_NAMES)
     module, _, attr = _BUILTIN[name].partition(":")
     cls: type[Env] = getattr(importlib.import_module(module), attr)
     return cls
@@ -49,35 +56,4 @@ def make_env(name: str, **kwargs: Any) -> Env:
     Raises:
         ConfigError: for an unknown name, listing the valid ones.
     """
-    if name not in _BUILTIN:
-        raise unknown_name_error("task", name, ENV_NAMES)
-    return _builtin_class(name)(**kwargs)
-
-
-@functools.cache
-def _plugin_task_class(spec: str) -> type[Env]:
-    from wmplan.platform.registry import make_task
-
-    return type(make_task(spec))
-
-
-def task_class(spec: str) -> type[Env]:
-    """The :class:`Env` class of a task, for what the class knows (``frameskip``,
-    ``default_trajectory_steps``, ``pixel_recipe``, ``needs_dataset_for_goals`` ...).
-
-    A built-in name gives its class without building a simulator. Any other name goes through
-    :func:`wmplan.platform.registry.make_task`, which builds the task once with its default
-    options: once per process for a ``package.module:factory`` spec (cached), on every call for a
-    name registered with :func:`~wmplan.platform.registry.register_task` (which may be registered
-    again). Use it to validate a task name in a config.
-
-    Raises:
-        ConfigError: an unknown name, or a spec that cannot be imported or does not give an ``Env``.
-    """
-    if spec in _BUILTIN:
-        return _builtin_class(spec)
-    if isinstance(spec, str) and ":" in spec:
-        return _plugin_task_class(spec)
-    from wmplan.platform.registry import make_task
-
-    return type(make_task(spec))
+    return env_class(name)(**kwargs)
