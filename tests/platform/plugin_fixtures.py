@@ -7,7 +7,7 @@ line are deliberately wrong, one fault each, for the registry's error messages.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -102,12 +102,12 @@ class Drift(Env):
     the trajectory length and the visual recipe are Env's.
     """
 
-    name = "drift"
-    state_dim = 2
-    action_dim = 3
-    success_threshold = 0.5
-    world_extent = (0.0, 10.0)
-    y_up = True
+    name: ClassVar[str] = "drift"
+    state_dim: ClassVar[int] = 2
+    action_dim: ClassVar[int] = 3
+    success_threshold: ClassVar[float | None] = 0.5
+    world_extent: ClassVar[tuple[float, float] | None] = (0.0, 10.0)
+    y_up: ClassVar[bool] = True
 
     def __init__(self, *, seed: int | None = None) -> None:
         super().__init__(seed)

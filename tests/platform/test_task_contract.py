@@ -121,8 +121,10 @@ def test_pairs_are_reproducible_by_seed(spec: str, goal_mode: str) -> None:
     np.testing.assert_array_equal(alone.start, a[3].start)
     np.testing.assert_array_equal(alone.goal, a[3].goal)
     if goal_mode == "replay":  # the goal is exactly H model steps of recorded actions away
+        assert segments is not None
         fresh = make_task(spec)
         for s in a:
+            assert s.source is not None
             k, offset = s.source
             states, actions = segments[k]
             np.testing.assert_array_equal(s.start, fresh.reset(state=states[offset]))
@@ -152,12 +154,13 @@ def test_success_agrees_with_the_threshold(spec: str) -> None:
     direction = np.zeros(env.state_dim)
     direction[coords] = 1.0 / np.sqrt(len(coords))  # a unit step spread over the success coordinates
     thr = env.success_threshold
+    assert thr is not None
     inside, outside = goal + 0.99 * thr * direction, goal + 1.01 * thr * direction
     assert env.is_success(goal, goal) is True
     assert env.is_success(inside, goal) is True and env.is_success(outside, goal) is False
     np.testing.assert_array_equal(env.is_success(np.stack([inside, outside]), goal), [True, False])
     assert env.goal_distance(outside, goal) == pytest.approx(1.01 * thr)
-    np.testing.assert_allclose(env.goal_distance(np.stack([inside, outside]), goal), [0.99 * thr, 1.01 * thr])
+    np.testing.assert_allclose(env.goal_distance(np.stack([inside, outside]), goal), np.array([0.99, 1.01]) * thr)
 
 
 # -- data -------------------------------------------------------------------------------------------------
@@ -189,7 +192,8 @@ def test_a_plug_in_tasks_data_are_the_same_bytes_in_parallel(tmp_path: Path) -> 
     a = generate_dataset(config, tmp_path / "a.parquet", workers=1)
     b = generate_dataset(config, tmp_path / "b.parquet", workers=2)
     assert hashlib.sha256(a.read_bytes()).hexdigest() == hashlib.sha256(b.read_bytes()).hexdigest()
-    assert read_dataset(a).trajectories[0].frames.shape == (7, 16, 16, 3)
+    frames = read_dataset(a).trajectories[0].frames
+    assert frames is not None and frames.shape == (7, 16, 16, 3)
 
 
 # -- a task that leaves a piece out -----------------------------------------------------------------------
