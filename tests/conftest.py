@@ -66,3 +66,22 @@ def uri(tmp_path, _mlflow_template_db, monkeypatch) -> str:
     uri = tracking_uri(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # nothing may fall back to the cwd's ./mlflow.db
     return uri
+
+
+# -- tiers ---------------------------------------------------------------------------------------------
+
+INTEGRATION_FIXTURES = frozenset({"ray_cluster", "uri", "mlflow_store", "tiny_wall_model", "recorded_run", "ui_process"})
+"""Fixtures that start real services (Ray, MLflow stores and servers) or train a model: their tests are integration tests."""
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test is in one tier: ``integration`` (real Ray, MLflow, PostgreSQL, browsers, subprocesses of the
+    command, training) when it is marked so or uses a fixture of :data:`INTEGRATION_FIXTURES` or lives in
+    tests/jobs/; otherwise ``unit`` (fast, in-process). ``pytest -m unit`` runs the fast tier."""
+    for item in items:
+        path = item.path.as_posix()
+        if (item.get_closest_marker("integration") or INTEGRATION_FIXTURES & set(item.fixturenames)
+                or "/tests/jobs/" in path):
+            item.add_marker(pytest.mark.integration)
+        else:
+            item.add_marker(pytest.mark.unit)

@@ -132,6 +132,7 @@ def test_interval_from_the_environment_and_durations(monkeypatch):
 
 
 @pytest.mark.parametrize("every", ["0", "3600"])
+@pytest.mark.integration  # a subprocess of its own, or processes
 def test_wmplan_data_writes_progress_lines_to_a_file(tmp_path, every):
     """What a user sees with ``wmplan data ... > log 2>&1``: whole lines, no carriage returns."""
     env = {**os.environ, EVERY_S_ENV: every}  # 0: a line per chunk of 16 trajectories; 3600: only the last

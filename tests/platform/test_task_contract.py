@@ -187,6 +187,7 @@ def test_data_are_generated_through_the_tasks_policy(spec: str, tmp_path: Path) 
     assert DataConfig(env=spec).steps_per_episode == env.default_trajectory_steps
 
 
+@pytest.mark.integration  # a subprocess of its own, or processes
 def test_a_plug_in_tasks_data_are_the_same_bytes_in_parallel(tmp_path: Path) -> None:
     config = DataConfig(env=f"{FIXTURES}:Drift", episodes=40, steps=6, seed=2, frames=True, frame_size=16)
     a = generate_dataset(config, tmp_path / "a.parquet", workers=1)

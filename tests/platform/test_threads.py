@@ -51,6 +51,7 @@ def test_threads_option_is_checked_and_the_context_restores_on_errors(two_thread
     assert torch.get_num_threads() == 2
 
 
+@pytest.mark.integration  # a subprocess of its own, or processes
 def test_data_generation_does_not_load_torch(tmp_path):
     """What each data worker runs (workers=1 runs it in this process): simulators on numpy, no torch thread pool."""
     script = ("import sys; from wmplan.platform.data import DataConfig, generate_dataset; "

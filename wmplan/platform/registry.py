@@ -49,22 +49,23 @@ import importlib
 import inspect
 import os
 import re
+import typing
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
-import torch
-
 from wmplan.platform.envs import ENV_NAMES, Env, env_class, make_env
 from wmplan.platform.errors import ConfigError, unknown_name_error
-from wmplan.platform.world_model import WorldModel, check_world_model, is_observation_model
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch is imported where models are: resolving a task never loads it (data workers)
+    import torch
+
     from wmplan.platform.planners.base import Planner
+    from wmplan.platform.world_model import WorldModel
 
 __all__ = [
     "KINDS", "Kind", "PlannerTable", "PLANNERS", "is_plugin_spec", "names",
     "register_planner", "register_task", "register_model", "unregister",
-    "planner_class", "make_task", "task_class", "load_model",
+    "planner_class", "make_task", "task_class", "is_model_factory", "model_factory", "load_model",
 ]
 
 Kind = Literal["planner", "task", "model"]
@@ -401,6 +402,61 @@ def task_class(spec: str) -> type[Env]:
     return type(make_task(spec))
 
 
+def is_model_factory(spec: str | os.PathLike[str]) -> bool:
+    """Whether ``spec`` names a model factory (a registered name or ``package.module:callable``)
+    rather than a checkpoint directory."""
+    return isinstance(spec, str) and (spec in _models or is_plugin_spec(spec))
+
+
+def _returns_no_model(factory: Callable[..., Any]) -> str | None:
+    """The class a factory is declared to return when that class has no ``step`` method (so its
+    result cannot be a world model); None when it may be one or says nothing (no annotation)."""
+    if inspect.isclass(factory):
+        returned: object = factory
+    else:
+        try:
+            returned = typing.get_type_hints(factory).get("return")
+        except Exception:  # noqa: BLE001 - an annotation that does not resolve here says nothing
+            return None
+    if not inspect.isclass(returned) or callable(getattr(returned, "step", None)):
+        return None
+    return returned.__qualname__
+
+
+def _bound_model_factory(spec: str, options: Mapping[str, Any]) -> Callable[..., Any]:
+    """The callable ``spec`` names, checked to take ``device`` and ``options`` as keywords."""
+    factory = _models.get(spec) or _plugin("model", spec)
+    if not callable(factory):
+        raise ConfigError(f"model {spec!r} is {_what(factory)}, not a callable that returns a world model")
+    if "device" in options:
+        raise ConfigError(f"model {spec!r}: give device as load_model's own argument, not as an option")
+    import torch
+
+    _bind(factory, {"device": torch.device("cpu"), **options}, f"model {spec!r}")
+    return factory
+
+
+def model_factory(spec: str, *, options: Mapping[str, Any] | None = None) -> Callable[..., WorldModel]:
+    """The factory of a registered model name or a ``package.module:callable`` spec, checked without calling it.
+
+    What a driver checks before anything starts (the model itself is loaded where it plans, e.g.
+    in each Ray actor): the module imports, the attribute is callable, it takes ``device`` and
+    every key of ``options`` as keywords, and, when it is a class or declares its return type,
+    that type has a ``step`` method.
+
+    Raises:
+        ConfigError: naming the spec and what is wrong.
+    """
+    if not is_model_factory(spec):
+        raise ConfigError(f"model {spec!r} is neither a registered model name nor a package.module:callable spec")
+    factory = _bound_model_factory(spec, options or {})
+    wrong = _returns_no_model(factory)
+    if wrong is not None:
+        raise ConfigError(f"model {spec!r} returns {wrong} (as declared), which has no step method: not a world model "
+                          "(wmplan.platform.world_model.WorldModel)")
+    return cast("Callable[..., WorldModel]", factory)
+
+
 def load_model(
     spec: str | os.PathLike[str],
     *,
@@ -426,16 +482,14 @@ def load_model(
             result that is not a world model or lives on another device.
         wmplan.platform.models.CheckpointError: for a missing or broken checkpoint.
     """
+    import torch
+
+    from wmplan.platform.world_model import check_world_model, is_observation_model
+
     options = dict(options or {})
     device = torch.device(device)
-    if isinstance(spec, str) and (spec in _models or is_plugin_spec(spec)):
-        factory = _models.get(spec) or _plugin("model", spec)
-        if not callable(factory):
-            raise ConfigError(f"model {spec!r} is {_what(factory)}, not a callable that returns a world model")
-        if "device" in options:
-            raise ConfigError(f"model {spec!r}: give device as load_model's own argument, not as an option")
-        _bind(factory, {"device": device, **options}, f"model {spec!r}")
-        model = factory(device=device, **options)
+    if isinstance(spec, str) and is_model_factory(spec):
+        model = _bound_model_factory(spec, options)(device=device, **options)
         where = f"model {spec!r}"
     else:
         from wmplan.platform.models import load_world_model
