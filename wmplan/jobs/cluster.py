@@ -40,10 +40,11 @@ __all__ = ["start_ray", "actor_resources", "ray_address", "check_ray_head", "che
 
 LOG_FILE = "wmplan.log"
 """The file in a run's directory that holds what Ray and MLflow said during the run."""
-LOGGERS = ("wmplan", "ray", "mlflow", "alembic", "sqlalchemy", "sqlalchemy.engine", "huey")
-"""The loggers :func:`log_to_file` redirects (MLflow gives ``sqlalchemy.engine`` a handler of its own)."""
+LOGGERS = (__name__, "ray", "mlflow", "alembic", "sqlalchemy", "sqlalchemy.engine", "huey")
+"""The loggers :func:`log_to_file` redirects (MLflow gives ``sqlalchemy.engine`` a handler of its own); wmplan's
+other loggers keep saying their warnings on the terminal."""
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-_log = logging.getLogger("wmplan")
+_log = logging.getLogger(__name__)
 WORKER_DIED = r"A worker died or was killed while executing"
 """The start of the block the raylet sends every driver when a worker process dies."""
 _reaper: subprocess.Popen | None = None
@@ -257,7 +258,7 @@ def log_to_file(path: str | os.PathLike[str], *, mlflow: bool = False) -> None:
         _saved[name] = (list(logger.handlers), logger.propagate, logger.level)
         logger.handlers = [_handler]
         logger.propagate = False
-        if name == "wmplan" and logger.level == logging.NOTSET:
+        if name == __name__ and logger.level == logging.NOTSET:
             logger.setLevel(logging.INFO)
 
 
