@@ -80,7 +80,8 @@ def main() -> None:
     horizons = [int(h) for h in args.horizons.split(",")]
     model = ResidualMLP(args.state_dim, args.action_dim, hidden=args.hidden, depth=3, seed=0).to(device)
     peak = matmul_rate(device)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    cpu = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
     print(f"device: {device} ({where}); torch {torch.__version__}; matmul peak {peak / 1e9:.1f} GFLOP/s (float32, 2048^3)")
     print(f"model: residual MLP, D={args.state_dim}, A={args.action_dim}, 3x{args.hidden} hidden; batch {args.batch}\n")
     names = list(PLANNERS)

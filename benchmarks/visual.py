@@ -13,6 +13,7 @@ and the time per iteration of GRASP, GD and CEM on a batch of problems in that l
 from __future__ import annotations
 
 import argparse
+import functools
 import platform
 import time
 
@@ -55,7 +56,8 @@ def main() -> None:
     args = parser.parse_args()
     device = resolve_device(args.device)
     pictures = frames(512, 64)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    cpu = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
     print(f"device: {device} ({where}); torch {torch.__version__}; matmul peak {matmul_rate(device) / 1e9:.1f} GFLOP/s")
     print(f"64x64 frames, built-in encoder (32 channels), predictor 3x256; planning batch {args.batch}, H={args.horizon}\n")
     names = list(BUDGET)
@@ -69,7 +71,7 @@ def main() -> None:
         ae = train_autoencoder(model, pictures, train, None)
         model.encoder.requires_grad_(False)
         model.decoder.requires_grad_(False)  # type: ignore[union-attr]
-        encode_s = timed(lambda: model.encode(pictures), device)
+        encode_s = timed(functools.partial(model.encode, pictures), device)
         d = config.latent_dim
         z = torch.randn(4096, 4, d, device=device)
         a = torch.rand(4096, 3, 10, device=device) * 2 - 1

@@ -107,7 +107,8 @@ def test_killed_driver_resumes_to_a_complete_run(ray_cluster, tmp_path, tiny_wal
     args = [sys.executable, "-m", "wmplan", "run", "--run-id", "driver", "--set", f"model={ckpt}", "--set", f"data={data}",
             "--set", f"output={tmp_path}", "--set", "horizons=2", "--set", "episodes=24", "--set", "batch_size=2",
             "--set", "planners=grasp", "--set", "planners.grasp.iterations=300", "--set", "actors=1"]
-    driver = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**__import__("os").environ, "RAY_AUTH_MODE": "disabled"})
+    driver = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env={**__import__("os").environ, "RAY_AUTH_MODE": "disabled"})
     parts = tmp_path / "driver" / "episodes"
     deadline = time.monotonic() + 600  # generous: a busy machine plans slowly
     while time.monotonic() < deadline and len(list(parts.glob("part-*.parquet"))) < 2:

@@ -149,7 +149,8 @@ def test_study_storage_that_cannot_be_used_is_one_line(tmp_path, tiny_wall_model
 def test_service_checks_name_the_address_and_what_to_check(tmp_path):
     (port,) = free_ports(1)
     cases = [
-        (lambda: check_tracking_uri(f"http://user:pw@127.0.0.1:{port}"), f"http://user:***@127.0.0.1:{port} (MLFLOW_TRACKING_URI) does not answer (connection refused)"),
+        (lambda: check_tracking_uri(f"http://user:pw@127.0.0.1:{port}"),
+         f"http://user:***@127.0.0.1:{port} (MLFLOW_TRACKING_URI) does not answer (connection refused)"),
         (lambda: check_tracking_uri(f"postgresql+psycopg2://root@127.0.0.1:{port}/db"), f"nothing answers at 127.0.0.1:{port} (connection refused)"),
         (lambda: check_tracking_uri(f"sqlite:///{tmp_path}/no/such/mlflow.db"), "does not exist"),
         (lambda: check_database_url("nosuchdb://h/x"), "unknown kind of database 'nosuchdb'"),

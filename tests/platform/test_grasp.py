@@ -5,12 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.platform.helpers import CountingModel
 from wmplan.platform.planners import make_planner
 from wmplan.platform.planners.grasp import lifted_loss
-from wmplan.platform.world_model import LinearModel
-
-from tests.platform.helpers import CountingModel
 from wmplan.platform.problems import reachable_problems
+from wmplan.platform.world_model import LinearModel
 
 
 @pytest.mark.parametrize("stop", [True, False])
@@ -83,7 +82,8 @@ def test_noise_decay_shrinks_noise_within_a_phase():
 def test_residuals_fall_on_a_reachable_problem():
     model = LinearModel.rotation(dim=2, angle=0.3)
     start, goal = reachable_problems(model, 8, 10, seed=5)
-    r = make_planner("grasp", horizon=10, iterations=300, state_lr=0.01, action_lr=0.05, goal_weight=0.1, noise_scale=0.001).plan(model, start, goal, seed=0)
+    planner = make_planner("grasp", horizon=10, iterations=300, state_lr=0.01, action_lr=0.05, goal_weight=0.1, noise_scale=0.001)
+    r = planner.plan(model, start, goal, seed=0)
     first, last = r.trace.residual[0].mean(), r.trace.residual[-1].mean()
     assert last < 0.2 * first, (first, last)
     assert r.final_distance.median() < 0.3

@@ -5,18 +5,18 @@ It runs over wmplan's planners and a plug-in planner named ``package.module:Clas
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
-
 from torch import Tensor
 
+from tests.platform.helpers import PoisonModel
+from tests.platform.plugin_fixtures import RANDOM_SHOOTING
 from wmplan.platform.errors import ConfigError
 from wmplan.platform.planners import PLANNERS, Problem, make_planner, rollout, terminal_cost
 from wmplan.platform.problems import reachable_problems
 from wmplan.platform.world_model import LinearModel
-
-from tests.platform.helpers import PoisonModel
-from tests.platform.plugin_fixtures import RANDOM_SHOOTING
 
 # Small budgets so the suite stays fast; the last test uses each planner's defaults.
 FAST = {
@@ -128,7 +128,7 @@ def test_option_errors_name_the_problem(name):
         make_planner(name, iterations="many")
     planner = make_planner(name, horizon=4)
     assert planner.options.horizon == 4
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         planner.options.horizon = 5  # options are frozen
 
 

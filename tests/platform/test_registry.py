@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.platform.plugin_fixtures import RANDOM_SHOOTING, RandomShooting, point_mass, shifted_wall
 from wmplan.platform import registry
 from wmplan.platform.envs import ENV_NAMES
 from wmplan.platform.envs.wall import WallEnv
@@ -19,8 +20,6 @@ from wmplan.platform.world_model import (
     check_observation_model,
     is_observation_model,
 )
-
-from tests.platform.plugin_fixtures import RANDOM_SHOOTING, RandomShooting, point_mass, shifted_wall
 
 FIXTURES = "tests.platform.plugin_fixtures"
 
@@ -142,7 +141,8 @@ def test_plugin_task_by_spec_and_by_registered_name():
 @pytest.mark.parametrize(
     ("spec", "options", "needle"),
     [
-        (f"{FIXTURES}:shifted_wall", {"door": 25.0}, r"unknown option 'door' for task '.*:shifted_wall' \(did you mean 'door_y'\?\); valid: door_y, seed"),
+        (f"{FIXTURES}:shifted_wall", {"door": 25.0},
+         r"unknown option 'door' for task '.*:shifted_wall' \(did you mean 'door_y'\?\); valid: door_y, seed"),
         (f"{FIXTURES}:not_a_task", {}, r"task '.*:not_a_task' returned a dict, not an Env"),
         (f"{FIXTURES}:NOT_A_PLANNER", {}, r"task '.*:NOT_A_PLANNER' is an int, not a callable that returns an Env"),
         (f"{FIXTURES}:no_task", {}, r"task '.*:no_task': 'tests.platform.plugin_fixtures' has no attribute 'no_task'"),
@@ -184,7 +184,8 @@ def test_checkpoint_directories_load_as_before(tmp_path):
         (f"{FIXTURES}:point_mass", {"dim": 3}, r"unknown option 'dim' for model '.*:point_mass' \(did you mean 'dims'\?\)"),
         (f"{FIXTURES}:point_mass", {"device": "cpu"}, r"give device as load_model's own argument"),
         (f"{FIXTURES}:model_without_device", {}, r"unknown option 'device' for model '.*:model_without_device'"),
-        (f"{FIXTURES}:not_a_model", {}, r"model '.*:not_a_model' returned a Linear, which is not a usable world model: Linear is not a world model: it lacks state_dim"),
+        (f"{FIXTURES}:not_a_model", {},
+         r"model '.*:not_a_model' returned a Linear, which is not a usable world model: Linear is not a world model: it lacks state_dim"),
         (f"{FIXTURES}:half_pixel_model", {}, r"not a usable world model: HalfPixelModel is not an observation model: it lacks frame_size, encode"),
         (f"{FIXTURES}:NOT_A_PLANNER", {}, r"model '.*:NOT_A_PLANNER' is an int, not a callable that returns a world model"),
         ("tests.nowhere:model", {}, r"model cannot import module 'tests.nowhere'"),

@@ -55,7 +55,8 @@ def test_threads_option_is_checked_and_the_context_restores_on_errors(two_thread
 def test_data_generation_does_not_load_torch(tmp_path):
     """What each data worker runs (workers=1 runs it in this process): simulators on numpy, no torch thread pool."""
     script = ("import sys; from wmplan.platform.data import DataConfig, generate_dataset; "
-              f"generate_dataset(DataConfig(env='pusht', episodes=2, steps=5, frames=True, frame_size=16), {str(tmp_path / 'd.parquet')!r}, workers=1); "
+              "generate_dataset(DataConfig(env='pusht', episodes=2, steps=5, frames=True, frame_size=16), "
+              f"{str(tmp_path / 'd.parquet')!r}, workers=1); "
               "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)  # seconds when idle
     assert out.returncode == 0, out.stderr

@@ -10,7 +10,6 @@ import pyarrow as pa
 import pytest
 
 from wmplan.platform.episode import EpisodeRecord, summarize
-from wmplan.storage.parquet import read_table, write_records
 from wmplan.storage.mlflow import (
     EXPERIMENT_KIND,
     MAX_PARAM_VALUE,
@@ -22,6 +21,7 @@ from wmplan.storage.mlflow import (
     runs_page_url,
     tracking_uri,
 )
+from wmplan.storage.parquet import read_table, write_records
 from wmplan.storage.plots import (
     draw_trajectory,
     planner_offsets,
@@ -370,8 +370,8 @@ def test_residual_grid_is_nan_aware():
 def test_success_curves_from_snapshots():
     import pyarrow as pa
 
-    from wmplan.storage.schemas import EPISODES
     from wmplan.storage.plots import success_curves, success_vs_iterations_png
+    from wmplan.storage.schemas import EPISODES
 
     base = dict(run_id="r", task="wall", horizon=5, mode="open_loop", seed=0, plan_seed=0, model_success=True,
                 final_distance=1.0, model_final_distance=1.0, planning_time_s=1.0, iterations=40, replans=1,

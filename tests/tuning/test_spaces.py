@@ -226,7 +226,8 @@ def test_unknown_planner_lists_the_valid_ones() -> None:
 def test_config_form_matches_cli_form() -> None:
     cli = parse_space_overrides(
         "grasp",
-        ["noise_scale=0.001:0.1:log:zero", "sync_interval=0,25,50", "state_lr=0.05", "-goal_weight", "+iterations=100:1000:int", "+noise_decay=true,false"],
+        ["noise_scale=0.001:0.1:log:zero", "sync_interval=0,25,50", "state_lr=0.05", "-goal_weight",
+         "+iterations=100:1000:int", "+noise_decay=true,false"],
     )
     config = space_from_config(
         "grasp",

@@ -12,9 +12,9 @@ from wmplan.platform.errors import ConfigError, unknown_name_error
 from wmplan.platform.planners import make_planner
 from wmplan.platform.problems import reachable_problems
 from wmplan.platform.stats import wald_interval
-from wmplan.platform.world_model import LinearModel, PointMass, WorldModel
+from wmplan.platform.world_model import LinearModel, PointMass
 
-ANALYTIC_MODELS: dict[str, Callable[[], WorldModel]] = {
+ANALYTIC_MODELS: dict[str, Callable[[], LinearModel | PointMass]] = {
     "linear": lambda: LinearModel.rotation(dim=2, radius=1.0, angle=0.3),
     "pointmass": lambda: PointMass(dims=2, dt=0.2, damping=0.2),
 }

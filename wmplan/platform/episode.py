@@ -527,8 +527,8 @@ def run_episodes(
             init_actions = result.actions[:, n:].detach()
 
     return [
-        _record(env, spec, ep, planner_name=planner_name, mode=mode, plan_seed=seeds[0], planning_time_s=wall_time, iterations=iterations, replans=calls,
-                snapshots=sorted(set(snapshot_iterations)) if mode == "open_loop" else ())
+        _record(env, spec, ep, planner_name=planner_name, mode=mode, plan_seed=seeds[0], planning_time_s=wall_time, iterations=iterations,
+                replans=calls, snapshots=sorted(set(snapshot_iterations)) if mode == "open_loop" else ())
         for spec, ep in zip(specs, episodes)
     ]
 

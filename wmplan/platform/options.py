@@ -39,7 +39,10 @@ def option_docs(cls: type) -> dict[str, str]:
             source = textwrap.dedent(inspect.getsource(klass))
         except (OSError, TypeError):  # no source available (e.g. frozen application)
             continue
-        body = ast.parse(source).body[0].body  # type: ignore[attr-defined]
+        tree = ast.parse(source).body[0]
+        if not isinstance(tree, ast.ClassDef):  # a class's source is its class statement
+            continue
+        body = tree.body
         for node, after in zip(body, body[1:]):
             if (
                 isinstance(node, ast.AnnAssign)
@@ -109,7 +112,7 @@ def build_options(cls: type[T], values: Mapping[str, Any], *, owner: str, item: 
         ConfigError: for an unknown key (listing the valid ones), a value of the wrong type, or a
             value the dataclass's own checks reject.
     """
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]  # T is any options dataclass; mypy cannot see that
     hints = _resolved_types(cls)
     converted: dict[str, Any] = {}
     for key, value in values.items():

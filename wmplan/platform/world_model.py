@@ -20,7 +20,6 @@ from typing import Any, Literal, Protocol, TypeGuard, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-
 __all__ = [
     "WorldModel", "ObservationModel", "CostModel", "LinearModel", "PointMass",
     "check_world_model", "check_observation_model", "is_observation_model", "OBSERVATIONS",

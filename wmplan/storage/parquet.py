@@ -12,6 +12,7 @@ import os
 import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -58,11 +59,12 @@ def records_to_tables(run_id: str, records: Sequence[EpisodeRecord]) -> dict[str
         traj["step"] += list(range(n))
         traj["state"] += [s.tolist() for s in r.executed_states]
         traj["action"] += [a.tolist() for a in r.actions] + [None] * (n - len(r.actions))
+    columns: dict[str, Any] = dict(res)  # the lists, with the chunked ones joined into arrays
     for key in ("iteration", "step", "residual"):
-        res[key] = np.concatenate(res[key]) if res[key] else np.zeros(0, dtype=np.float32 if key == "residual" else np.int32)
-    residual_values = res["residual"]
-    res["residual"] = pa.array(residual_values, type=pa.float32(), mask=np.isnan(residual_values))
-    residuals = pa.table(res, schema=TABLES["residuals"])
+        columns[key] = np.concatenate(res[key]) if res[key] else np.zeros(0, dtype=np.float32 if key == "residual" else np.int32)
+    residual_values = columns["residual"]
+    columns["residual"] = pa.array(residual_values, type=pa.float32(), mask=np.isnan(residual_values))
+    residuals = pa.table(columns, schema=TABLES["residuals"])
     trajectories = pa.Table.from_pydict(traj, schema=TABLES["trajectories"])
     return {"episodes": episodes, "residuals": residuals, "trajectories": trajectories}
 

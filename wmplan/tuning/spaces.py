@@ -168,25 +168,33 @@ class Param:
         assert self.zero and self.low is not None and self.high is not None
         return float(self.low) * (self.low / self.high) ** (ZERO_SHARE / (1.0 - ZERO_SHARE))
 
+    @property
+    def bounds(self) -> tuple[float | int, float | int]:
+        """``(low, high)`` of a range (a float or int parameter, whose bounds are checked when it is made)."""
+        assert self.low is not None and self.high is not None, f"parameter {self.name!r} is categorical"
+        return self.low, self.high
+
     def distribution(self) -> BaseDistribution:
         """The Optuna distribution of the raw trial parameter :attr:`key`."""
         if self.kind == "categorical":
             return CategoricalDistribution(self.choices)
+        low, high = self.bounds
         if self.zero:
-            return FloatDistribution(self.zero_floor, float(self.high), log=True)  # type: ignore[arg-type]
+            return FloatDistribution(self.zero_floor, float(high), log=True)
         if self.kind == "int":
-            return IntDistribution(int(self.low), int(self.high), log=self.log)  # type: ignore[arg-type]
-        return FloatDistribution(float(self.low), float(self.high), log=self.log)  # type: ignore[arg-type]
+            return IntDistribution(int(low), int(high), log=self.log)
+        return FloatDistribution(float(low), float(high), log=self.log)
 
     def value(self, raw: Any) -> Any:
         """The option value of the raw trial value (for a fraction: the fraction itself)."""
         if self.kind == "categorical":
             return raw
-        if self.zero and raw < self.low:
+        low, high = self.bounds
+        if self.zero and raw < low:
             return 0 if self.kind == "int" else 0.0
         if self.kind == "int":
-            return min(max(int(math.floor(raw + 0.5)), int(self.low)), int(self.high))  # type: ignore[arg-type]
-        return min(max(float(raw), float(self.low)), float(self.high))  # type: ignore[arg-type]
+            return min(max(int(math.floor(raw + 0.5)), int(low)), int(high))
+        return min(max(float(raw), float(low)), float(high))
 
 
 def _log(name: str, low: float, high: float, *, zero: bool = False) -> Param:

@@ -13,7 +13,15 @@ import importlib
 from typing import Any
 
 from wmplan.platform.envs.base import (
-    FRAMESKIP, GOAL_MODES, Env, PixelRecipe, Policy, Segment, StartGoal, pack_actions, unpack_actions,
+    FRAMESKIP,
+    GOAL_MODES,
+    Env,
+    PixelRecipe,
+    Policy,
+    Segment,
+    StartGoal,
+    pack_actions,
+    unpack_actions,
 )
 from wmplan.platform.errors import unknown_name_error
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -45,7 +45,10 @@ __all__ = [
 FRAMESKIP = 5
 """DINO-WM's frameskip for all three tasks: one model action = 5 env actions."""
 
-ArrayT = TypeVar("ArrayT")  # a numpy array or a torch tensor: anything with .shape and .reshape
+if TYPE_CHECKING:  # envs never import torch at run time (data workers must not load it)
+    import torch
+
+ArrayT = TypeVar("ArrayT", "np.ndarray", "torch.Tensor")  # a numpy array or a torch tensor
 
 GOAL_MODES: tuple[str, ...] = ("random", "replay")
 """The goal modes every task has (see :meth:`Env.draw_start_goal`):
@@ -95,22 +98,22 @@ def pack_actions(actions: ArrayT, frameskip: int = FRAMESKIP) -> ArrayT:
     Consecutive env actions are concatenated (action ``t * frameskip + f`` lands in columns
     ``f * A : (f + 1) * A`` of row ``t``), as DINO-WM does. Works on numpy arrays and torch tensors.
     """
-    shape = tuple(actions.shape)  # type: ignore[attr-defined]
+    shape = tuple(actions.shape)
     if len(shape) < 2 or shape[-2] % frameskip:
         raise ValueError(
             f"pack_actions needs [..., T * frameskip, A] with frameskip={frameskip}; got shape {shape}"
         )
-    return actions.reshape(*shape[:-2], shape[-2] // frameskip, frameskip * shape[-1])  # type: ignore[attr-defined]
+    return actions.reshape(*shape[:-2], shape[-2] // frameskip, frameskip * shape[-1])
 
 
 def unpack_actions(actions: ArrayT, frameskip: int = FRAMESKIP) -> ArrayT:
     """Inverse of :func:`pack_actions`: ``[..., T, frameskip * A]`` to ``[..., T * frameskip, A]``."""
-    shape = tuple(actions.shape)  # type: ignore[attr-defined]
+    shape = tuple(actions.shape)
     if len(shape) < 2 or shape[-1] % frameskip:
         raise ValueError(
             f"unpack_actions needs [..., T, frameskip * A] with frameskip={frameskip}; got shape {shape}"
         )
-    return actions.reshape(*shape[:-2], shape[-2] * frameskip, shape[-1] // frameskip)  # type: ignore[attr-defined]
+    return actions.reshape(*shape[:-2], shape[-2] * frameskip, shape[-1] // frameskip)
 
 
 def supersample_grid(size: int, lo: float, hi: float, factor: int) -> np.ndarray:

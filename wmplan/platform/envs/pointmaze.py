@@ -15,7 +15,7 @@ ball radius 0.1). Rendering is a top-down numpy drawing (no GL).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 

@@ -169,7 +169,7 @@ def save_checkpoint(model: nn.Module, directory: str | os.PathLike[str], *, metr
 
     kind = _kind_of(model)
     config = getattr(model, "config", None)
-    if not dataclasses.is_dataclass(config) or not isinstance(config, kind.config_class):
+    if not dataclasses.is_dataclass(config) or isinstance(config, type) or not isinstance(config, kind.config_class):
         raise CheckpointError(f"{type(model).__name__}.config must be a {kind.config_class.__name__}, got {type(config).__name__}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -218,7 +218,9 @@ def read_checkpoint_info(path: str | os.PathLike[str]) -> dict:
     if not isinstance(info, dict):
         raise CheckpointError(f"corrupt checkpoint {str(directory)!r}: {CONFIG_FILE} is not a JSON object")
     if info.get("format") != FORMAT_NAME:
-        raise CheckpointError(f"{str(config_path)!r} is not a wmplan world-model checkpoint (format {info.get('format')!r}, expected {FORMAT_NAME!r})")
+        raise CheckpointError(
+            f"{str(config_path)!r} is not a wmplan world-model checkpoint (format {info.get('format')!r}, expected {FORMAT_NAME!r})"
+        )
     version = info.get("format_version")
     if version != FORMAT_VERSION:
         raise CheckpointError(

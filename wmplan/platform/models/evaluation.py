@@ -21,9 +21,9 @@ from torch import Tensor
 
 from wmplan.platform.envs import Env, make_env
 from wmplan.platform.errors import ConfigError
-from wmplan.platform.world_model import WorldModel, check_world_model
 from wmplan.platform.models.training import transition_windows
 from wmplan.platform.models.visual import is_pixel_model
+from wmplan.platform.world_model import WorldModel, check_world_model
 
 if TYPE_CHECKING:
     from wmplan.platform.data import Dataset
@@ -105,7 +105,7 @@ def evaluate_model(
     d = trajectories[0].states.shape[1]
     a_dim = f * trajectories[0].actions.shape[1]
     pixels = is_pixel_model(model)
-    env_dim = model.config.state_dim if pixels else model.state_dim  # type: ignore[attr-defined]
+    env_dim = model.config.state_dim if pixels else model.state_dim  # type: ignore[attr-defined]  # a pixel model has its env size on its config
     if model.action_dim != a_dim or env_dim != d:
         raise ValueError(
             f"model (state_dim {env_dim}, action_dim {model.action_dim}) does not fit data set "
@@ -118,14 +118,14 @@ def evaluate_model(
     device = model.action_low.device
     with torch.no_grad():
         if pixels:
-            latents = [model.encode(t.frames).cpu().numpy() for t in trajectories]  # type: ignore[attr-defined]
+            latents = [model.encode(t.frames).cpu().numpy() for t in trajectories]  # type: ignore[attr-defined]  # pixels: an ObservationModel
         else:
             latents = [encode(torch.tensor(t.states, dtype=torch.float32, device=device)).cpu().numpy() for t in trajectories]
     latent_trajs = [SimpleNamespace(states=z, actions=t.actions) for z, t in zip(latents, trajectories)]
 
     def run(k_: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         states, actions = transition_windows(trajectories, f, k_)
-        z_windows, _ = transition_windows(latent_trajs, f, k_)  # type: ignore[arg-type]
+        z_windows, _ = transition_windows(latent_trajs, f, k_)
         if len(states) == 0:
             raise ValueError(
                 f"the {split!r} trajectories ({len(trajectories[0].actions)} env steps) are too short "

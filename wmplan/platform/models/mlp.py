@@ -31,7 +31,8 @@ class ResidualMLP(nn.Module):
         seed: seed of the weight initialisation (None: torch's global generator).
     """
 
-    def __init__(self, state_dim: int, action_dim: int, *, hidden: int = 256, depth: int = 3, action_bound: float = 1.0, seed: int | None = None) -> None:
+    def __init__(self, state_dim: int, action_dim: int, *, hidden: int = 256, depth: int = 3, action_bound: float = 1.0,
+                 seed: int | None = None) -> None:
         super().__init__()
         self.state_dim, self.action_dim = int(state_dim), int(action_dim)
         self.register_buffer("action_low", torch.full((action_dim,), -float(action_bound)))

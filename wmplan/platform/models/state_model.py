@@ -100,6 +100,13 @@ class StateWorldModel(nn.Module):
     ``action_std`` ``[A]``, set by :meth:`set_normalization` (defaults 0 and 1).
     """
 
+    state_mean: Tensor
+    state_std: Tensor
+    action_mean: Tensor
+    action_std: Tensor
+    action_low: Tensor
+    action_high: Tensor
+
     def __init__(self, config: StateModelConfig, *, seed: int | None = None) -> None:
         super().__init__()
         self.config = config

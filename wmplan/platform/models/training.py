@@ -16,7 +16,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from wmplan.platform.threads import torch_threads
 
 if TYPE_CHECKING:  # pyarrow is imported only by code that reads data sets
     from wmplan.platform.data import Dataset, Trajectory
+    from wmplan.platform.models.visual import VisualWorldModel
 
 __all__ = ["TrainConfig", "train_state_model", "fit_rollouts", "descend", "one_step_mse", "transition_windows", "normalization_stats"]
 
@@ -79,7 +80,18 @@ class TrainConfig:
         require(self.depth >= 1, f"depth must be >= 1, got {self.depth}")
 
 
-def transition_windows(trajectories: Sequence[Trajectory], frameskip: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+class StatesAndActions(Protocol):
+    """What :func:`transition_windows` reads of a trajectory: a data set's :class:`Trajectory`, or its
+    latents paired with its actions."""
+
+    @property
+    def states(self) -> np.ndarray: ...
+
+    @property
+    def actions(self) -> np.ndarray: ...
+
+
+def transition_windows(trajectories: Sequence[StatesAndActions], frameskip: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """All windows of ``k`` model steps, from every start offset of every trajectory.
 
     Args:
@@ -118,7 +130,7 @@ def normalization_stats(trajectories: Sequence[Trajectory], frameskip: int) -> t
     return states.mean(0), s_std, np.tile(actions.mean(0), frameskip), np.tile(a_std, frameskip)
 
 
-def one_step_mse(model: torch.nn.Module, z_windows: torch.Tensor, actions: torch.Tensor, batch: int = 8192) -> float:
+def one_step_mse(model: StateWorldModel | VisualWorldModel, z_windows: torch.Tensor, actions: torch.Tensor, batch: int = 8192) -> float:
     """Mean over transitions and dimensions of the squared one-step error in model space.
 
     ``z_windows [N, 2, D]`` are model-space states one model step apart, ``actions [N, 1, A]``.
@@ -269,7 +281,7 @@ def descend(
 
 
 def fit_rollouts(
-    model: torch.nn.Module,
+    model: StateWorldModel | VisualWorldModel,
     z_all: torch.Tensor,
     a_all: torch.Tensor,
     config: TrainConfig,
@@ -294,13 +306,14 @@ def fit_rollouts(
     gen = torch.Generator().manual_seed(config.seed + 1)  # batch order; init used `seed`
     n = len(z_all)
     batch = min(config.batch_size, n)
-    order = {"perm": torch.randperm(n, generator=gen), "pos": 0}
+    perm, pos = torch.randperm(n, generator=gen), 0  # the epoch's order, and where the next batch starts
 
     def batch_loss(step: int) -> torch.Tensor:
-        if order["pos"] + batch > n:
-            order["perm"], order["pos"] = torch.randperm(n, generator=gen), 0
-        idx = order["perm"][order["pos"] : order["pos"] + batch].to(device)
-        order["pos"] += batch
+        nonlocal perm, pos
+        if pos + batch > n:
+            perm, pos = torch.randperm(n, generator=gen), 0
+        idx = perm[pos : pos + batch].to(device)
+        pos += batch
         z_true, a = z_all[idx], a_all[idx]
         z = z_true[:, 0]
         loss = torch.zeros((), device=device)

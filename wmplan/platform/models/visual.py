@@ -128,6 +128,13 @@ class ConvEncoder(nn.Module):
         return self.net(x - self.frame_mean)
 
 
+def _zero_(layer: nn.Module) -> None:
+    """Set every parameter of ``layer`` (a last layer's weight and bias) to zero, so that it outputs zeros."""
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.zero_()
+
+
 class ConvDecoder(nn.Module):
     """``[B, C, g, g]`` feature grids back to ``[B, 3, 8g, 8g]`` frames: the mean picture plus a correction.
 
@@ -146,9 +153,7 @@ class ConvDecoder(nn.Module):
             nn.ConvTranspose2d(c, c, 4, stride=2, padding=1), nn.SiLU(),
             nn.ConvTranspose2d(c, 3, 4, stride=2, padding=1),
         )
-        with torch.no_grad():  # an untrained decoder draws the mean picture
-            self.net[-1].weight.zero_()
-            self.net[-1].bias.zero_()
+        _zero_(self.net[-1])  # an untrained decoder draws the mean picture
 
     def forward(self, e: Tensor) -> Tensor:
         return self.frame_mean + self.net(e)
@@ -223,9 +228,7 @@ class VisualWorldModel(nn.Module):
             self.decoder = ConvDecoder(frame_size=config.frame_size, channels=config.channels,
                                        latent_channels=config.latent_channels) if config.decoder else None
             self.predictor = mlp_layers(d, d, extra_in=a, hidden=config.hidden, depth=config.depth)
-        with torch.no_grad():  # an untrained predictor says "nothing moves"
-            self.predictor[-1].weight.zero_()
-            self.predictor[-1].bias.zero_()
+        _zero_(self.predictor[-1])  # an untrained predictor says "nothing moves"
         self.register_buffer("latent_mean", torch.zeros(d))
         self.register_buffer("latent_scale", torch.ones(()))
         self.register_buffer("action_mean", torch.zeros(a))

@@ -19,6 +19,7 @@ Three stages, each deterministic for a seed on the CPU:
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,10 +32,20 @@ import torch
 from wmplan.platform.envs import make_env
 from wmplan.platform.errors import ConfigError
 from wmplan.platform.models.training import (
-    STD_FLOOR, TrainConfig, descend, fit_rollouts, one_step_mse, transition_windows,
+    STD_FLOOR,
+    TrainConfig,
+    descend,
+    fit_rollouts,
+    one_step_mse,
+    transition_windows,
 )
 from wmplan.platform.models.visual import (
-    VisualModelConfig, VisualWorldModel, frames_to_tensor, load_encoder_weights, load_user_encoder,
+    ConvEncoder,
+    VisualModelConfig,
+    VisualWorldModel,
+    frames_to_tensor,
+    load_encoder_weights,
+    load_user_encoder,
 )
 from wmplan.platform.options import require
 from wmplan.platform.threads import torch_threads
@@ -95,12 +106,12 @@ def _frames_of(trajectories: list[Trajectory], dataset: Dataset) -> np.ndarray:
             f"data set {str(dataset.path)!r} has no frames: generate one with "
             f"'wmplan data --env {dataset.env} --frames' for a visual model"
         )
-    return np.concatenate([t.frames for t in trajectories])  # type: ignore[misc]
+    return np.concatenate([t.frames for t in trajectories])
 
 
 def encode_trajectories(model: VisualWorldModel, trajectories: list[Trajectory], *, batch: int = 512) -> list[np.ndarray]:
     """Latents ``[T+1, D]`` (float32) of every trajectory's frames, encoded in batches on the model's device."""
-    return [model.encode(t.frames, batch=batch).cpu().numpy() for t in trajectories]  # type: ignore[arg-type]
+    return [model.encode(t.frames, batch=batch).cpu().numpy() for t in trajectories]  # type: ignore[arg-type]  # frames: checked by _frames_of
 
 
 def train_autoencoder(model: VisualWorldModel, frames: np.ndarray, config: VisualTrainConfig,
@@ -111,7 +122,7 @@ def train_autoencoder(model: VisualWorldModel, frames: np.ndarray, config: Visua
     ``encoder_seconds`` and ``encoder_frames_per_s``.
     """
     device = model.latent_mean.device
-    assert model.decoder is not None
+    assert isinstance(model.encoder, ConvEncoder) and model.decoder is not None  # the built-in autoencoder
     steps = config.encoder_steps
     data = torch.as_tensor(frames)  # uint8 on the host; batches move to the device
     mean_frame = mean_picture(frames, device=device)  # [S, S, 3]
@@ -231,14 +242,14 @@ def _train_visual_model(dataset: Dataset, config: VisualTrainConfig, *,
     size = int(train_frames.shape[1])
     device = torch.device(config.device)
     env = make_env(dataset.env)
-    common = dict(
-        env=dataset.env, state_dim=int(dataset.meta["state_dim"]), action_dim=f * len(env.action_low), frameskip=f,
+    model_config_of = functools.partial(  # the config's fields shared by both encoders
+        VisualModelConfig, env=dataset.env, state_dim=int(dataset.meta["state_dim"]), action_dim=f * len(env.action_low), frameskip=f,
         env_action_low=tuple(float(x) for x in env.action_low), env_action_high=tuple(float(x) for x in env.action_high),
         frame_size=size, hidden=config.hidden, depth=config.depth,
     )
     metrics: dict[str, Any] = {}
     if config.encoder == "builtin":
-        model_config = VisualModelConfig(**common, channels=config.channels, latent_channels=config.latent_channels, decoder=True)
+        model_config = model_config_of(channels=config.channels, latent_channels=config.latent_channels, decoder=True)
         model = VisualWorldModel(model_config, seed=config.seed).to(device)
         metrics.update(train_autoencoder(model, train_frames, config, progress))
         if not config.decoder:
@@ -249,7 +260,7 @@ def _train_visual_model(dataset: Dataset, config: VisualTrainConfig, *,
         encoder.eval()
         with torch.no_grad():
             shape = tuple(encoder(torch.zeros(1, 3, size, size)).shape[1:])
-        model_config = VisualModelConfig(**common, encoder=config.encoder, encoder_latent_shape=shape, decoder=False)
+        model_config = model_config_of(encoder=config.encoder, encoder_latent_shape=shape, decoder=False)
         model = VisualWorldModel(model_config, seed=config.seed, encoder=encoder).to(device)
     model.encoder.requires_grad_(False)
     if model.decoder is not None:
@@ -276,7 +287,7 @@ def _train_visual_model(dataset: Dataset, config: VisualTrainConfig, *,
 
     # Stage 3: the predictor on latent windows.
     latent_trajs = [SimpleNamespace(states=z, actions=t.actions) for z, t in zip(z_train, train)]
-    w_z, w_a = transition_windows(latent_trajs, f, k)  # type: ignore[arg-type]
+    w_z, w_a = transition_windows(latent_trajs, f, k)
     if len(w_z) == 0:
         raise ConfigError(
             f"trajectories of {len(train[0].actions)} env steps are too short for rollout_steps={k} at frameskip {f} "
@@ -288,7 +299,7 @@ def _train_visual_model(dataset: Dataset, config: VisualTrainConfig, *,
 
     z_all, a_all = tensor(w_z), tensor(w_a)
     if val:
-        v_z, v_a = transition_windows([SimpleNamespace(states=z, actions=t.actions) for z, t in zip(z_val, val)], f, 1)  # type: ignore[arg-type]
+        v_z, v_a = transition_windows([SimpleNamespace(states=z, actions=t.actions) for z, t in zip(z_val, val)], f, 1)
         v_z_t, v_a_t = tensor(v_z), tensor(v_a)
     metrics["val_mse_before"] = one_step_mse(model, v_z_t, v_a_t) if val else None
     model.predictor.requires_grad_(True)

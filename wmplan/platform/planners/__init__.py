@@ -13,7 +13,15 @@ from typing import Any
 
 from wmplan.platform.options import build_options
 from wmplan.platform.planners.base import (
-    Optimized, Planner, PlannerOptions, PlanResult, PlanTrace, Problem, randn, rollout, terminal_cost,
+    Optimized,
+    Planner,
+    PlannerOptions,
+    PlanResult,
+    PlanTrace,
+    Problem,
+    randn,
+    rollout,
+    terminal_cost,
 )
 from wmplan.platform.planners.cem import CEM, CEMOptions
 from wmplan.platform.planners.gd import GD, GDOptions

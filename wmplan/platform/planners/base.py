@@ -256,13 +256,13 @@ class Optimized:
     """``[B, H+1, D]`` for lifted planners."""
 
 
-O = TypeVar("O", bound=PlannerOptions)
+OptionsT = TypeVar("OptionsT", bound=PlannerOptions)
 """The options dataclass of a planner."""
 
 P = TypeVar("P", bound="Planner[Any]")
 
 
-class Planner(abc.ABC, Generic[O]):
+class Planner(abc.ABC, Generic[OptionsT]):
     """A planner: searches a world model for actions that reach a goal.
 
     Subclasses name their options type (``class GD(Planner[GDOptions])``), set ``name`` and
@@ -274,7 +274,7 @@ class Planner(abc.ABC, Generic[O]):
     name: ClassVar[str]
     """The planner's name in results (a plug-in used by ``package.module:Class`` needs none)."""
     Options: ClassVar[type[PlannerOptions]]
-    """The frozen options dataclass (a subclass of :class:`PlannerOptions`): the ``O`` of ``Planner[O]``."""
+    """The frozen options dataclass (a subclass of :class:`PlannerOptions`): the ``OptionsT`` of ``Planner[OptionsT]``."""
     lifted: ClassVar[bool] = False
     """True for planners that optimise states as well as actions (their trace has residuals)."""
     stochastic_by_default: ClassVar[bool] = False
@@ -286,12 +286,12 @@ class Planner(abc.ABC, Generic[O]):
     theirs in :mod:`wmplan.tuning.spaces`; a plug-in planner without one must be tuned with
     ``--space NAME=SPEC``."""
 
-    def __init__(self, options: O | None = None) -> None:
+    def __init__(self, options: OptionsT | None = None) -> None:
         if options is None:
-            options = cast(O, self.Options())
+            options = cast(OptionsT, self.Options())
         if not isinstance(options, self.Options):
             raise TypeError(f"{type(self).__name__} needs {self.Options.__name__}, got {type(options).__name__}")
-        self.options: O = options
+        self.options: OptionsT = options
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.options})"

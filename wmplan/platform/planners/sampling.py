@@ -16,7 +16,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from wmplan.platform.planners.base import O, Optimized, Planner, Problem, randn
+from wmplan.platform.planners.base import Optimized, OptionsT, Planner, Problem, randn
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,7 @@ def refine_by_sampling(
     return Refined(mean, std, best, elite_mean, best_distance)
 
 
-class SamplingPlanner(Planner[O]):
+class SamplingPlanner(Planner[OptionsT]):
     """A planner that refines a Gaussian over action sequences by sampling; subclasses give the schedule."""
 
     stochastic_by_default = True
