@@ -54,7 +54,7 @@ def test_planner_options_must_be_finite(home):
     for value in ("inf", "-inf", "nan"):
         line = one_line_error(wmplan("run", "--set", f"planners.grasp.state_lr={value}", "--set", f"output={home}/runs", cwd=home))
         assert "'state_lr' must be a finite number" in line
-    line = one_line_error(wmplan("plan", "--env", "wall", "--set", "gd.lr=inf", cwd=home))
+    line = one_line_error(wmplan("plan", "--env", "wall", "--set", "planners.gd.lr=inf", cwd=home))
     assert "'lr' must be a finite number" in line
     assert not (home / "runs").exists() and not (home / "checkpoints").exists()
 

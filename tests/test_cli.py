@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from wmplan.cli import main
+from wmplan.storage.parquet import read_table
 
 WMPLAN = [sys.executable, "-m", "wmplan"]
-FAST = ["--set", "grasp.iterations=30", "--set", "gd.iterations=30", "--set", "latco.iterations=30",
-        "--set", "cem.iterations=3", "--set", "mppi.iterations=3"]
+FAST = ["--set", "planners.grasp.iterations=30", "--set", "planners.gd.iterations=30", "--set", "planners.latco.iterations=30",
+        "--set", "planners.cem.iterations=3", "--set", "planners.mppi.iterations=3"]
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -49,13 +50,15 @@ def test_demo_prints_one_row_per_planner_and_horizon(capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--set", "grasp.noise_scal=0.1"], "unknown option 'noise_scal' for planner 'grasp' (did you mean 'noise_scale'?)"),
+        (["--set", "planners.grasp.noise_scal=0.1"], "unknown option 'noise_scal' for planner 'grasp' (did you mean 'noise_scale'?)"),
         (["--planners", "grasp,cme"], "unknown planner 'cme' (did you mean 'cem'?)"),
-        (["--set", "grasp.iterations=ten"], "option 'iterations' cannot be read from 'ten' (expected int)"),
-        (["--set", "gd.lr=-1", "--planners", "gd"], "lr must be > 0"),
-        (["--set", "grasp.sync_mode=cme"], "option 'sync_mode' must be one of ['gd', 'cem']"),
-        (["--set", "noise_scale=0.1"], "--set expects PLANNER.OPTION=VALUE"),
-        (["--horizons", "ten"], "--horizons must be comma-separated integers"),
+        (["--set", "planners.grasp.iterations=ten"], "option 'iterations' cannot be read from 'ten' (expected int)"),
+        (["--set", "planners.gd.lr=-1", "--planners", "gd"], "lr must be > 0"),
+        (["--set", "planners.grasp.sync_mode=cme"], "option 'sync_mode' must be one of ['gd', 'cem']"),
+        (["--set", "noise_scale=0.1"], "unknown key 'noise_scale' for demo config"),
+        (["--set", "grasp.noise_scale=0.1"], "unknown key 'grasp' for demo config (by planner: planners.PLANNER.OPTION=VALUE)"),
+        (["--set", "planners.grasp"], "--set expects KEY=VALUE"),
+        (["--horizons", "ten"], "horizons must be comma-separated integers, got 'ten'"),
     ],
 )
 def test_bad_demo_input_is_one_clear_line_and_exit_2(args, message):
@@ -85,15 +88,18 @@ def test_data_train_eval_plan_from_the_command_line(tmp_path):
     out = run("eval-model", "--model", str(ckpt), "--data", str(data), "--k", "3")
     assert out.returncode == 0 and "| 3_step_error |" in out.stdout
     out = run("plan", "--env", "wall", "--model", str(ckpt), "--data", str(data), "--planner", "cem,grasp",
-              "--horizon", "2", "--episodes", "4", "--set", "cem.iterations=2", "--set", "grasp.iterations=10")
+              "--horizon", "2", "--episodes", "4", "--set", "planners.cem.iterations=2", "--set", "planners.grasp.iterations=10",
+              "--output", str(tmp_path / "runs"))
     assert out.returncode == 0, out.stderr
     rows = [line for line in out.stdout.splitlines() if line.startswith("| cem |") or line.startswith("| grasp |")]
     assert len(rows) == 2 and all("| 2 | 4 |" in r for r in rows)
+    (run_dir,) = (tmp_path / "runs").iterdir()  # the same Parquet as 'wmplan run', planned in this process
+    assert (run_dir / "run.json").exists() and len(read_table(run_dir)) == 8
 
 
 def test_missing_and_corrupt_checkpoints_are_clear_errors(tmp_path):
     out = run("plan", "--env", "wall", "--model", str(tmp_path / "nope"), "--episodes", "2")
-    assert out.returncode == 2 and "no checkpoint" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 2 and "does not exist (no config.json there)" in out.stderr and "Traceback" not in out.stderr
     data, ckpt = tmp_path / "wall.parquet", tmp_path / "ckpt"
     assert run("data", "--env", "wall", "--episodes", "4", "--steps", "20", "--workers", "1", "--out", str(data)).returncode == 0
     assert run("train", "--env", "wall", "--data", str(data), "--out", str(ckpt), "--steps", "2", "--hidden", "8", "--depth", "1").returncode == 0

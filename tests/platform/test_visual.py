@@ -244,7 +244,8 @@ def test_pixels_from_the_command_line(datasets, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "| one_step_mse (latent) |" in out.stdout and (tmp_path / "strip.png").read_bytes()[:4] == b"\x89PNG"
     out = run("plan", "--env", "wall", "--model", str(ckpt), "--data", data, "--planner", "cem,grasp", "--horizon", "2",
-              "--episodes", "3", "--set", "cem.iterations=2", "--set", "grasp.iterations=5")
+              "--episodes", "3", "--set", "planners.cem.iterations=2", "--set", "planners.grasp.iterations=5",
+              "--output", str(tmp_path / "runs"))
     assert out.returncode == 0, out.stderr
     assert sum(line.startswith(("| cem | 2 | 3 |", "| grasp | 2 | 3 |")) for line in out.stdout.splitlines()) == 2
     states_only = str(tmp_path / "states.parquet")

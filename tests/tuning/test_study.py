@@ -24,7 +24,7 @@ SPACE = ("iterations=1:3:int", "samples=8:32:int:log", "init_std=0.1:2:log")
 def config_for(tmp_path, model, **changes):
     ckpt, data = model
     base = dict(study="s", task="wall", model=str(ckpt), data=str(data), planner="cem", horizon=2, trials=4,
-                parallel=2, tuning_episodes=4, chunk=2, test_episodes=4, storage=str(tmp_path / "studies.journal"),
+                parallel=2, tuning_episodes=4, batch_size=2, test_episodes=4, storage=str(tmp_path / "studies.journal"),
                 space=SPACE, actors=2, output=str(tmp_path / "out"))
     return TuneConfig(**{**base, **changes})
 

@@ -28,7 +28,7 @@ CELL = re.compile(r"(\d+\.\d)% \[(\d+\.\d), (\d+\.\d)\] / (-|\d+\.\d\d s)")
 def sweep_config(tmp_path, model, **changes) -> SweepConfig:
     ckpt, data = model
     base = dict(name="t", task="wall", model=str(ckpt), data=str(data), planners=["cem", "gd"], horizons=[2, 3],
-                trials=2, tuning_episodes=4, chunk=2, test_episodes=4, options={"cem": {"samples": 32}}, space=SPACE,
+                trials=2, tuning_episodes=4, batch_size=2, test_episodes=4, options={"cem": {"samples": 32}}, space=SPACE,
                 output=str(tmp_path / "out"))
     return SweepConfig(**{**base, **changes})
 

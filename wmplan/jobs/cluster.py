@@ -33,7 +33,7 @@ from wmplan.storage.services import (
 )
 
 if TYPE_CHECKING:
-    from wmplan.jobs.experiment import ExperimentConfig
+    from wmplan.config import Settings
 
 __all__ = ["start_ray", "actor_resources", "ray_address", "check_ray_head", "check_services", "log_to_file",
            "stop_logging_to_file", "hide_worker_death_notices", "LOG_FILE"]
@@ -62,7 +62,7 @@ def hide_worker_death_notices() -> None:
         os.environ["RAY_DEDUP_LOGS_SKIP_REGEX"] = f"{current}|{WORKER_DIED}" if current else WORKER_DIED
 
 
-def ray_address(config: ExperimentConfig) -> tuple[str, str]:
+def ray_address(config: Settings) -> tuple[str, str]:
     """The cluster the driver joins and where that was set: ``RAY_ADDRESS`` wins over the config's
     ``address`` (as in ``ray.init``); ``("", "")`` means a local Ray is started."""
     env = os.environ.get("RAY_ADDRESS", "").strip()
@@ -128,10 +128,10 @@ def check_ray_head(address: str, *, source: str = "RAY_ADDRESS", timeout_s: floa
         raise ServiceError(f"{what}: the head answers but is not serving yet (health {answer!r}); {hint}")
 
 
-def check_services(config: ExperimentConfig, *, tracking: bool | None = None, storage: str = "",
+def check_services(config: Settings, *, ray: bool = True, tracking: bool | None = None, storage: str = "",
                    timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-    """Check, in seconds, the services a run will use: the Ray head it joins (none for a local Ray,
-    or when this process has joined one already), the MLflow tracking store when ``tracking`` (default:
+    """Check, in seconds, the services a run will use: the Ray head it joins (none for a local Ray, without
+    ``ray``, or when this process has joined one already), the MLflow tracking store when ``tracking`` (default:
     ``config.tracking``), and a database ``storage`` URL (a study's Optuna storage; a file is not checked).
 
     Raises:
@@ -139,9 +139,9 @@ def check_services(config: ExperimentConfig, *, tracking: bool | None = None, st
     """
     from wmplan.storage.mlflow import tracking_uri
 
-    ray = sys.modules.get("ray")
+    joined = sys.modules.get("ray")
     address, source = ray_address(config)
-    if address and not (ray is not None and ray.is_initialized()):
+    if ray and address and not (joined is not None and joined.is_initialized()):
         check_ray_head(address, source=source, timeout_s=timeout_s)
     if config.tracking if tracking is None else tracking:
         check_tracking_uri(tracking_uri(Path.cwd()), timeout_s=timeout_s)
@@ -173,7 +173,7 @@ def _tell_reaper(session: str | None) -> None:
         pass
 
 
-def start_ray(config: ExperimentConfig) -> Any:
+def start_ray(config: Settings) -> Any:
     """Join the cluster of :func:`ray_address`, or start a local Ray on this machine's cores; returns
     the ``ray`` module. Nothing happens when this process has joined a cluster already.
 
@@ -213,7 +213,7 @@ def start_ray(config: ExperimentConfig) -> Any:
     return ray
 
 
-def actor_resources(ray: Any, config: ExperimentConfig) -> tuple[dict[str, float], str, int]:
+def actor_resources(ray: Any, config: Settings) -> tuple[dict[str, float], str, int]:
     """Each actor's share of the cluster: (``ray.remote`` resources, device, torch threads).
 
     With GPUs (``device: cuda``, or ``auto`` on a cluster that has them) each actor gets a GPU

@@ -1,12 +1,16 @@
-"""Experiment runs on a Ray actor pool: every episode planned once, stored as it arrives, resumable.
+"""Experiment runs, on a Ray actor pool or in this process: every episode planned once, stored as it arrives, resumable.
 
 A run gets an id and a directory ``OUTPUT/RUN_ID`` holding ``run.json`` (the resolved config, the
-code version, the checkpoint's hash) and the Parquet tables of :mod:`wmplan.storage.parquet`. The
-driver validates everything before Ray starts, prepares the world model (training it when the
-config says ``model: auto`` and none exists), hands batches of episodes to the actors (an idle
-actor takes the next batch, so faster actors do more), writes each batch's records the moment they
-arrive, and shows progress with the running success rate and the time left. If the driver dies,
-``resume`` plans only the episodes the run directory does not hold yet.
+code version, the sha256 of the model's checkpoint, or of the files a plug-in model's options
+name) and the Parquet tables of :mod:`wmplan.storage.parquet`. The driver validates everything
+before Ray starts, prepares the world model (training it when the config says ``model: auto`` and
+none exists), cuts the episodes into batches (work items), has an
+executor plan them, writes each batch's records the moment they arrive, and shows progress with the
+running success rate and the time left. The executor is the config's ``executor``: ``ray`` hands
+the batches to a pool of actors (an idle actor takes the next batch, so faster actors do more);
+``local`` plans them one after another in this process with the same actor class (``wmplan plan``),
+so both give the same records for the same config. If the driver dies, ``resume`` plans only the
+episodes the run directory does not hold yet.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -26,19 +30,18 @@ import numpy as np
 
 from wmplan.jobs.actor import PlanActor, WorkItem
 from wmplan.jobs.cluster import LOG_FILE, actor_resources, check_services, log_to_file, start_ray, stop_logging_to_file
-from wmplan.jobs.experiment import ExperimentConfig, load_config
+from wmplan.jobs.experiment import ExperimentConfig
 from wmplan.jobs.pool import Failure, run_on_actors
 from wmplan.platform.data import read_dataset
 from wmplan.platform.episode import EpisodeRecord, EpisodeSpec, summarize_rows
 from wmplan.platform.errors import ConfigError, RunInterrupted
-from wmplan.platform.models import read_checkpoint_info
 from wmplan.platform.options import build_options
 from wmplan.platform.progress import Progress
 from wmplan.platform.registry import make_task
 from wmplan.platform.workflow import episode_specs
 from wmplan.storage.parquet import SET_ASIDE_SUFFIX, completed_episodes, read_table, set_aside_unreadable, write_records
 
-__all__ = ["RunResult", "RunInterrupted", "run_experiment", "new_run_id", "code_version", "failed_records"]
+__all__ = ["RunResult", "RunInterrupted", "run_experiment", "new_run_id", "code_version", "failed_records", "actor_arguments"]
 
 RUN_FILE = "run.json"
 
@@ -54,7 +57,8 @@ def code_version() -> str:
     root = Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True,
+                               timeout=10, check=False).stdout.strip()
         return commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return f"wmplan-{__version__}"
@@ -115,31 +119,58 @@ class _PlanningProgress(Progress):
         self.update(len(records), success=f"{100 * self.successes / max(1, self.done + len(records)):.1f}%")
 
 
-def _plan(config: ExperimentConfig, run_id: str, directory: Path, items: list[WorkItem], total: int,
-          say: Callable[[str], None]) -> int:
-    """Plan every item on the actor pool, storing each batch as it arrives; returns the failed batches."""
-    if not items:
-        return 0
-    failed_batches = 0
+def actor_arguments(config: ExperimentConfig, *, device: str, threads: int) -> dict[str, Any]:
+    """The keyword arguments of :class:`PlanActor` for ``config``, whichever executor builds it."""
+    return {"task": config.task, **config.model_arguments(), "device": device, "threads": threads}
+
+
+def _on_ray(config: ExperimentConfig, run_id: str, items: list[WorkItem],
+            say: Callable[[str], None]) -> Iterator[tuple[int, list[EpisodeRecord] | Failure]]:
+    """The Ray executor: every item on a pool of actors, results as they arrive."""
     ray = start_ray(config)
     resources, device, threads = actor_resources(ray, config)
     remote = ray.remote(max_restarts=0, max_task_retries=0, **resources)(PlanActor)
     names = (f"wmplan-{run_id}-actor-{n}" for n in range(1_000_000))
 
     def make() -> Any:
-        return remote.options(name=next(names)).remote(
-            task=config.task, checkpoint=str(config.checkpoint.resolve()), device=device, threads=threads,
-            allow_code=config.allowed_code)
+        return remote.options(name=next(names)).remote(**actor_arguments(config, device=device, threads=threads))
 
+    yield from run_on_actors(make, lambda actor, item: actor.run.remote(item), items,
+                             actors=config.actors, max_attempts=config.max_attempts,
+                             on_actor_lost=lambda i, why: say(f"\nactor lost during batch {i} ({why}); re-running it"))
+
+
+def _in_process(config: ExperimentConfig, items: list[WorkItem]) -> Iterator[tuple[int, list[EpisodeRecord] | Failure]]:
+    """The local executor: every item in this process, one after another, by one :class:`PlanActor`.
+
+    As on Ray, an error raised by a batch's own code fails that batch (with its message), not the run.
+    """
+    import torch
+
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: cuda was asked for, but this machine has no CUDA device")
+    device = "cuda" if config.device != "cpu" and torch.cuda.is_available() else "cpu"
+    actor = PlanActor(**actor_arguments(config, device=device, threads=torch.get_num_threads()))
+    for index, item in enumerate(items):
+        try:
+            yield index, actor.run(item)
+        except Exception as exc:  # noqa: BLE001 - the batch fails with its reason, as on an actor
+            yield index, Failure(index=index, attempts=1, reason=f"{type(exc).__name__}: {exc}")
+
+
+def _plan(config: ExperimentConfig, run_id: str, directory: Path, items: list[WorkItem], total: int,
+          say: Callable[[str], None]) -> int:
+    """Plan every item with the config's executor, storing each batch as it arrives; returns the failed batches."""
+    if not items:
+        return 0
+    failed_batches = 0
+    results = _in_process(config, items) if config.executor == "local" else _on_ray(config, run_id, items, say)
     progress = _PlanningProgress(total)
     try:
-        for index, result in run_on_actors(make, lambda actor, item: actor.run.remote(item), items,
-                                           actors=config.actors, max_attempts=config.max_attempts,
-                                           on_actor_lost=lambda i, why: say(f"\nactor lost during batch {i} ({why}); re-running it")):
-            item = items[index]
+        for index, result in results:
             if isinstance(result, Failure):
                 failed_batches += 1
-                result = failed_records(item=item, reason=f"batch failed after {result.attempts} attempt(s): {result.reason}")
+                result = failed_records(item=items[index], reason=f"batch failed after {result.attempts} attempt(s): {result.reason}")
             write_records(directory, run_id, result)
             progress.add(result)
     finally:
@@ -183,7 +214,7 @@ def run_experiment(
     say: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
     tracker: Any = None,
 ) -> RunResult:
-    """Run (or resume) an experiment on a Ray actor pool.
+    """Run (or resume) an experiment with its executor: a Ray actor pool, or this process.
 
     Args:
         config: the validated experiment; None with ``resume`` reads the run's own config.
@@ -204,11 +235,12 @@ def run_experiment(
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ConfigError(f"cannot resume {resume!r}: {run_file} is damaged ({type(exc).__name__}: {exc})") from None
         # Where to run may change on resume (actors, cluster, device); what to run may not.
-        where = {} if config is None else {"actors": config.actors, "address": config.address, "device": config.device}
+        where = {} if config is None else {"actors": config.actors, "address": config.address, "device": config.device,
+                                           "executor": config.executor}
         config = build_options(ExperimentConfig, {**meta["config"], **where}, owner=f"run {resume!r}", item="key")
         run_id = resume
     else:
-        config = config or load_config(None)
+        config = config or ExperimentConfig()
         run_id = run_id or new_run_id()
         directory = Path(config.output) / run_id
         if (directory / RUN_FILE).exists():
@@ -216,9 +248,9 @@ def run_experiment(
 
     # Everything that can fail on the user's input fails here, before Ray starts.
     env = make_task(config.task)
-    check_services(config)  # a Ray head or tracking store that does not answer: one line in seconds, not a hang
+    check_services(config, ray=config.executor == "ray")  # a Ray head or tracking store that does not answer: one line in seconds
     config.prepare_model(say)
-    checkpoint_info = read_checkpoint_info(config.checkpoint)
+    checkpoint_info = {"sha256": config.model_sha256()}  # a plug-in model: of the files its options name
     dataset = read_dataset(config.data_path) if env.needs_dataset_for_goals() else None
     specs = {h: episode_specs(env, horizon=h, count=config.episodes, seed=config.seed, dataset=dataset) for h in config.horizons}
 

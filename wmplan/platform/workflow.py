@@ -1,9 +1,11 @@
-"""The single-process path from a task name to a judged set of episodes.
+"""From a task name to a trained model and judged episodes, in one process, for any caller.
 
 ``prepare_model`` makes sure a trained world model exists (generating the data set and training
-on it when not), and ``plan_task`` runs every (planner, horizon) pair of an experiment on the same
-seeded episodes in one process. The Ray pool of :mod:`wmplan.jobs` runs the same episodes in
-parallel; this module is what one actor (or a laptop without Ray) does.
+on it when not), ``episode_specs`` draws a task's seeded start/goal pairs, and ``plan_task`` runs
+every (planner, horizon) pair on a model object held in memory (the Python API, e.g. for a
+benchmark that has just trained one). The commands do not use ``plan_task``: ``wmplan plan`` and
+``wmplan run`` are one path, :func:`wmplan.jobs.runner.run_experiment`, with a local or a Ray
+executor.
 """
 
 from __future__ import annotations
@@ -21,11 +23,18 @@ from wmplan.platform.envs import Env
 from wmplan.platform.episode import EpisodeRecord, EpisodeSpec, make_episode_specs, run_episodes, summarize
 from wmplan.platform.errors import ConfigError, unknown_name_error
 from wmplan.platform.models import (
-    TrainConfig, VisualTrainConfig, evaluate_model, load_world_model, save_checkpoint, train_state_model, train_visual_model,
+    TrainConfig,
+    VisualTrainConfig,
+    evaluate_model,
+    load_world_model,
+    save_checkpoint,
+    train_state_model,
+    train_visual_model,
 )
 from wmplan.platform.planners import make_planner
+from wmplan.platform.progress import Progress as Reporter
+from wmplan.platform.progress import StageProgress
 from wmplan.platform.registry import make_task, task_class
-from wmplan.platform.progress import Progress as Reporter, StageProgress
 
 Progress = Callable[[str], None]
 TrainProgress = Callable[[str, int, int, float], None]
@@ -84,6 +93,7 @@ def train_model(
     ``progress(stage, step, total, loss)`` is called after every gradient step. ``task`` is the
     data set's task for the evaluation's obstacle test (None: wmplan's own task of that name).
     """
+    model: torch.nn.Module
     if isinstance(config, VisualTrainConfig):
         model, metrics = train_visual_model(dataset, config, progress=progress)
     else:
@@ -120,14 +130,14 @@ def prepare_model(
     if (checkpoint / "config.json").exists():
         return load_world_model(checkpoint, device=device)
     if not data_path.exists():
-        config = data_config or default_data_config(env, obs=obs)
-        if config.env != env:
-            raise ConfigError(f"data config is for {config.env!r}, not {env!r}")
-        frames = f" with {config.frame_size}x{config.frame_size} frames" if config.frames else ""
-        say(f"no data set at {data_path}: generating {config.episodes} trajectories of {env}{frames} ...")
-        shown = Reporter(stage="data", total=config.episodes, unit="trajectories", say=say) if progress else None
+        generation = data_config or default_data_config(env, obs=obs)
+        if generation.env != env:
+            raise ConfigError(f"data config is for {generation.env!r}, not {env!r}")
+        frames = f" with {generation.frame_size}x{generation.frame_size} frames" if generation.frames else ""
+        say(f"no data set at {data_path}: generating {generation.episodes} trajectories of {env}{frames} ...")
+        shown = Reporter(stage="data", total=generation.episodes, unit="trajectories", say=say) if progress else None
         try:
-            generate_dataset(config, data_path, progress=(lambda done, total: shown.update_to(done)) if shown else None)
+            generate_dataset(generation, data_path, progress=(lambda done, total: shown.update_to(done)) if shown else None)
         finally:
             if shown:
                 shown.close()

@@ -16,27 +16,27 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import optuna
 from optuna.trial import TrialState
 
+from wmplan.config import ONE_PER_ITEM, Settings
 from wmplan.jobs.actor import PlanActor, WorkItem
+from wmplan.jobs.cluster import actor_resources, check_services, start_ray
 from wmplan.jobs.experiment import ExperimentConfig
 from wmplan.jobs.pool import ActorPool, Failure
-from wmplan.jobs.cluster import actor_resources, check_services, start_ray
-from wmplan.jobs.runner import failed_records
+from wmplan.jobs.runner import actor_arguments, failed_records
 from wmplan.platform.data import read_dataset
-from wmplan.platform.envs import DEFAULT_TASK
 from wmplan.platform.episode import EpisodeRecord, EpisodeSpec, summarize
 from wmplan.platform.errors import ConfigError, unknown_name_error
 from wmplan.platform.options import require
 from wmplan.platform.planners import PLANNERS, make_planner
-from wmplan.platform.registry import make_task, task_class
-from wmplan.platform.workflow import OBS, episode_specs
+from wmplan.platform.registry import make_task
+from wmplan.platform.workflow import episode_specs
 from wmplan.storage.parquet import write_records
 from wmplan.storage.services import check_database_url, redact
 from wmplan.tuning.spaces import DEFAULT_SPACES, options_from_params, parse_space_overrides, suggest
@@ -50,22 +50,14 @@ FAIL_REASON = "fail_reason"
 
 
 @dataclass(frozen=True, kw_only=True)
-class TuneConfig:
-    """A study of one planner on one task, model and horizon."""
+class TuneConfig(Settings):
+    """A study of one planner on one task, model and horizon (and the settings every command shares)."""
+
+    WHAT: ClassVar[str] = "study config"
+    ALIASES: ClassVar[Mapping[str, str]] = {"chunk": "batch_size"}
 
     study: str = ""
     """Study name (default TASK-PLANNER-hH); running the same name again resumes it."""
-    task: str = DEFAULT_TASK
-    """Task: a built-in or registered name, or package.module:factory (a user's Env)."""
-    model: str = "auto"
-    """World-model checkpoint directory; 'auto': checkpoints/TASK (or checkpoints/TASK-pixels), trained when missing."""
-    obs: str = "state"
-    """What the 'auto' model sees: 'state', or 'pixels' (a visual model trained on frames)."""
-    data: str = ""
-    """Data set (default data/TASK.parquet, or data/TASK-pixels.parquet)."""
-    encoder: str = ""
-    """A user encoder, package.module:factory, that the model's checkpoint names (code named in a checkpoint runs only
-    when it is named here too)."""
     planner: str = "grasp"
     """The planner whose options are searched."""
     horizon: int = 5
@@ -73,39 +65,27 @@ class TuneConfig:
     trials: int = 30
     """Trials the study should have finished (complete, pruned or failed) when the command ends."""
     parallel: int = 2
-    """Trials run at once (their chunks share the actors)."""
+    """Trials run at once (their batches share the actors)."""
     tuning_episodes: int = 40
     """Episodes of the tuning set each trial is scored on."""
-    chunk: int = 10
-    """Episodes per actor call; the trial reports its success rate after each chunk."""
     test_episodes: int = 100
     """Episodes of the held-out test set the best options are run on."""
-    seed: int = 0
-    """Seed of the tuning set (the test set uses seed + 1000003) and of the sampler."""
+    batch_size: int = 10
+    """Episodes per actor call; the trial reports its success rate after each batch."""
     storage: str = ""
     """Optuna storage URL or journal file (default: studies.journal in the working directory)."""
     time_objective: bool = False
     """Add median planning time as a second objective (a Pareto front; no pruning)."""
-    space: tuple[str, ...] = ()
-    """Search-space overrides, e.g. 'noise_scale=0.001:0.1:log', 'state_lr=0.05', '-goal_weight'."""
-    actors: int = 2
-    """Ray actors (each loads the model once for the whole study)."""
-    device: str = "auto"
-    """'auto' uses a GPU per actor when the cluster has GPUs."""
-    address: str = ""
-    """Ray cluster address; empty: RAY_ADDRESS or a local Ray."""
+    space: tuple[str, ...] = field(default=(), metadata=ONE_PER_ITEM)
+    """Search-space items (one per --space), e.g. 'noise_scale=0.001:0.1:log', 'state_lr=0.05', '-goal_weight'."""
     output: str = "studies"
     """Directory for the trials' and the test run's episode tables."""
-    tracking: bool = True
-    """Record the study in MLflow: a parent run per study, a child run per trial (MLFLOW_TRACKING_URI or ./mlflow.db)."""
 
     def __post_init__(self) -> None:
-        task_class(self.task)  # an unknown task fails here
+        super().__post_init__()
         if self.planner not in PLANNERS:
             raise unknown_name_error("planner", self.planner, PLANNERS)
-        if self.obs not in OBS:
-            raise unknown_name_error("obs", self.obs, OBS)
-        for name in ("horizon", "trials", "parallel", "tuning_episodes", "chunk", "test_episodes", "actors"):
+        for name in ("horizon", "trials", "parallel", "tuning_episodes", "test_episodes"):
             require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         parse_space_overrides(self.planner, list(self.space))  # validated now
 
@@ -119,10 +99,7 @@ class TuneConfig:
 
     def experiment(self) -> ExperimentConfig:
         """The execution settings shared with experiment runs (model, actors, cluster)."""
-        return ExperimentConfig(task=self.task, model=self.model, obs=self.obs, data=self.data, encoder=self.encoder,  # type: ignore[arg-type]
-                                planners={self.planner: {}},
-                                horizons=[self.horizon], actors=self.actors, device=self.device,  # type: ignore[arg-type]
-                                address=self.address, output=self.output, tracking=False)
+        return self.derive(ExperimentConfig, planners={self.planner: {}}, horizons=[self.horizon], tracking=False)
 
 
 def open_study(config: TuneConfig) -> optuna.Study:
@@ -141,7 +118,7 @@ def open_study(config: TuneConfig) -> optuna.Study:
 
         Path(url).parent.mkdir(parents=True, exist_ok=True)
         storage = JournalStorage(JournalFileBackend(url))
-    directions = ["maximize", "minimize"] if config.time_objective else ["maximize"]
+    directions: list[Literal["maximize", "minimize"]] = ["maximize", "minimize"] if config.time_objective else ["maximize"]
     pruner = optuna.pruners.NopPruner() if config.time_objective else optuna.pruners.MedianPruner(n_startup_trials=5)
     try:
         study = optuna.create_study(study_name=config.name, storage=storage, load_if_exists=True, directions=directions,
@@ -248,9 +225,8 @@ def _optimize(config: TuneConfig, study: optuna.Study, tracker: Any, tuning: lis
     ray = start_ray(experiment)
     resources, device, threads = actor_resources(ray, experiment)
     remote = ray.remote(max_restarts=0, max_task_retries=0, **resources)(PlanActor)
-    make = lambda: remote.remote(task=config.task, checkpoint=str(experiment.checkpoint.resolve()), device=device,  # noqa: E731
-                                 threads=threads, allow_code=experiment.allowed_code)
-    chunks = [tuning[i : i + config.chunk] for i in range(0, len(tuning), config.chunk)]
+    make = lambda: remote.remote(**actor_arguments(experiment, device=device, threads=threads))  # noqa: E731
+    chunks = [tuning[i : i + config.batch_size] for i in range(0, len(tuning), config.batch_size)]
     with ActorPool(make, lambda actor, item: actor.run.remote(item), size=config.actors) as pool:
         active: dict[int, _Trial] = {}
         asked = 0
@@ -305,8 +281,8 @@ def _optimize(config: TuneConfig, study: optuna.Study, tracker: Any, tuning: lis
         best = _best_trial(study, config)
         test_records: list[EpisodeRecord] = []
         shutil.rmtree(out / "test", ignore_errors=True)  # a resumed study's test run replaces the earlier one
-        for lo in range(0, len(test), config.chunk):
-            pool.submit(_item(config, best.params_options, test[lo : lo + config.chunk], config.seed + TEST_SEED_OFFSET))
+        for lo in range(0, len(test), config.batch_size):
+            pool.submit(_item(config, best.params_options, test[lo : lo + config.batch_size], config.seed + TEST_SEED_OFFSET))
         while pool.pending:
             _, result = pool.next_result()
             if isinstance(result, Failure):

@@ -25,7 +25,6 @@ Layout of ``output`` (default ``runs/sweep-NAME``)::
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import re
@@ -34,22 +33,22 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from optuna.trial import TrialState
 
-from wmplan.jobs.experiment import ExperimentConfig, read_config_file
+from wmplan.config import BY_PLANNER, Settings, load
 from wmplan.jobs.cluster import actor_resources, start_ray
+from wmplan.jobs.experiment import ExperimentConfig
 from wmplan.jobs.runner import code_version, new_run_id, run_experiment
 from wmplan.platform.data import read_dataset
 from wmplan.platform.envs import DEFAULT_TASK
 from wmplan.platform.episode import summarize_rows
 from wmplan.platform.errors import ConfigError, unknown_name_error
-from wmplan.platform.models import read_checkpoint_info
-from wmplan.platform.options import build_options, parse_value, require
-from wmplan.platform.planners import make_planner, planner_class
+from wmplan.platform.options import require
+from wmplan.platform.planners import make_planner
 from wmplan.platform.registry import task_class
 from wmplan.platform.workflow import format_summaries
 from wmplan.storage.parquet import read_table, write_records
@@ -65,24 +64,14 @@ _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 @dataclass(frozen=True, kw_only=True)
-class SweepConfig:
+class SweepConfig(Settings):
     """A sweep: every planner at every horizon, each tuned with the same budget, judged on held-out pairs."""
+
+    WHAT: ClassVar[str] = "sweep config"
+    ALIASES: ClassVar[Mapping[str, str]] = {"chunk": "batch_size"}
 
     name: str = DEFAULT_TASK
     """Sweep name: its output folder, its studies (NAME-PLANNER-hH) and its MLflow run."""
-    task: str = DEFAULT_TASK
-    """Task: a built-in or registered name, or package.module:factory (a user's Env)."""
-    model: str = "auto"
-    """World-model checkpoint directory (any kind the platform loads); 'auto': checkpoints/TASK (or
-    checkpoints/TASK-pixels), trained when missing."""
-    obs: Literal["state", "pixels"] = "state"
-    """What the 'auto' model sees: env states, or rendered frames (a visual model, trained with the
-    README's recipe on data with frames when missing)."""
-    data: str = ""
-    """Data set (default data/TASK.parquet, or data/TASK-pixels.parquet): trains the 'auto' model, and holds Push-T's goal segments."""
-    encoder: str = ""
-    """A user encoder, package.module:factory, that the model's checkpoint names (code named in a checkpoint runs only
-    when it is named here too)."""
     planners: list[str] = field(default_factory=lambda: ["cem", "gd", "grasp", "latco"])
     """Planners compared (one column each)."""
     horizons: list[int] = field(default_factory=lambda: [5, 10])
@@ -94,41 +83,31 @@ class SweepConfig:
     """Episodes of the tuning set each trial is scored on."""
     test_episodes: int = 100
     """Held-out episodes per planner and horizon (other pairs than the tuning set; the paper: 500)."""
-    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    options: dict[str, dict[str, Any]] = field(default_factory=dict, metadata=BY_PLANNER)
     """Fixed planner options, e.g. {grasp: {iterations: 200}}: they override the defaults and are not searched."""
-    space: dict[str, list[str]] = field(default_factory=dict)
+    space: dict[str, list[str]] = field(default_factory=dict, metadata=BY_PLANNER)
     """Search-space items per planner in the grammar of 'wmplan tune --space', e.g. {grasp: ['-goal_weight']}."""
     parallel: int = 2
     """Trials of a study run at once."""
-    chunk: int = 10
+    batch_size: int = 10
     """Episodes per actor call, planned as one batch (a trial reports after each; the planning time
     of an episode is its batch's wall time)."""
-    seed: int = 0
-    """Seed of the tuning set (the held-out set uses seed + 1000003) and of the samplers."""
     storage: str = ""
     """Optuna storage URL or journal file (default: OUTPUT/studies.journal)."""
-    actors: int = 2
-    """Ray actors (each loads the model once per study or held-out run)."""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    """'auto' uses a GPU per actor when the Ray cluster has GPUs."""
-    address: str = ""
-    """Ray cluster address; empty: RAY_ADDRESS or a local Ray."""
     output: str = ""
     """Output folder (default runs/sweep-NAME)."""
-    tracking: bool = True
-    """Record the sweep (and its studies) in MLflow (MLFLOW_TRACKING_URI, else ./mlflow.db)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         require(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name) is not None,
                 f"name must be letters, digits, '_', '.' or '-', got {self.name!r}")
-        task_class(self.task)  # an unknown task fails here
         require(isinstance(self.planners, list) and bool(self.planners) and len(set(self.planners)) == len(self.planners),
                 f"planners must be a non-empty list without repeats, got {self.planners!r}")
         require(isinstance(self.horizons, list) and bool(self.horizons) and len(set(self.horizons)) == len(self.horizons)
                 and all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in self.horizons),
                 f"horizons must be a non-empty list of distinct integers >= 1, got {self.horizons!r}")
         require(self.trials >= 0, f"trials must be >= 0 (0: no tuning), got {self.trials}")
-        for key in ("tuning_episodes", "test_episodes", "parallel", "chunk", "actors"):
+        for key in ("tuning_episodes", "test_episodes", "parallel"):
             require(getattr(self, key) >= 1, f"{key} must be >= 1, got {getattr(self, key)}")
         for key in ("options", "space"):
             require(isinstance(getattr(self, key), Mapping), f"{key} must map planner names, got {getattr(self, key)!r}")
@@ -168,62 +147,30 @@ class SweepConfig:
 
     def tune_config(self, planner: str, horizon: int) -> TuneConfig:
         """The study of one cell."""
-        return TuneConfig(study=self.group(planner, horizon), task=self.task, model=self.model, obs=self.obs, data=self.data,
-                          encoder=self.encoder,
-                          planner=planner, horizon=horizon, trials=self.trials, parallel=self.parallel,
-                          tuning_episodes=self.tuning_episodes, chunk=self.chunk, test_episodes=self.test_episodes,
-                          seed=self.seed, storage=self.storage_url, space=tuple(self.space_items(planner)),
-                          actors=self.actors, device=self.device, address=self.address,
-                          output=str(self.directory / "studies"), tracking=self.tracking)
+        return self.derive(TuneConfig, study=self.group(planner, horizon), planner=planner, horizon=horizon,
+                           trials=self.trials, parallel=self.parallel, tuning_episodes=self.tuning_episodes,
+                           test_episodes=self.test_episodes, batch_size=self.batch_size, storage=self.storage_url,
+                           space=tuple(self.space_items(planner)), output=str(self.directory / "studies"))
 
     def experiment(self, planner: str | None = None, horizon: int | None = None) -> ExperimentConfig:
         """The untuned held-out run of one cell on the actor pool (the same pairs a study tests on);
         without a cell, the sweep's execution settings (model, actors, cluster)."""
         planners = {planner: dict(self.options.get(planner, {}))} if planner else {p: dict(self.options.get(p, {})) for p in self.planners}
-        return ExperimentConfig(name=self.name, task=self.task, model=self.model, obs=self.obs, data=self.data,
-                                encoder=self.encoder, planners=planners,
-                                horizons=[horizon] if horizon else list(self.horizons), episodes=self.test_episodes,
-                                seed=self.seed + TEST_SEED_OFFSET, actors=self.actors, batch_size=self.chunk,
-                                device=self.device, output=str(self.directory / "heldout"), address=self.address,
-                                snapshots=0, tracking=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        return self.derive(ExperimentConfig, name=self.name, planners=planners,
+                           horizons=[horizon] if horizon else list(self.horizons), episodes=self.test_episodes,
+                           seed=self.seed + TEST_SEED_OFFSET, batch_size=self.batch_size,
+                           output=str(self.directory / "heldout"), snapshots=0, tracking=False)
 
 
 def load_sweep_config(path: str | Path | None, overrides: Sequence[str] = ()) -> SweepConfig:
-    """Read a YAML or TOML sweep config (none: the defaults), apply ``KEY=VALUE`` overrides, validate.
+    """Read a YAML or TOML sweep config (none: the defaults), apply ``KEY=VALUE`` overrides
+    (:func:`wmplan.config.apply_overrides`), validate.
 
-    Overrides: ``trials=2``, ``horizons=5,10``, ``planners=cem,grasp``, ``options.grasp.iterations=200``,
-    ``space.grasp=noise_scale=0.001:0.1:log`` (appends one item).
+    Overrides: ``trials=2``, ``horizons=5,10``, ``planners=cem,grasp`` (the options and spaces of the
+    planners left out go with them), ``options.grasp.iterations=200``, ``space.grasp=noise_scale=0.001:0.1:log``
+    (appends one item).
     """
-    values = read_config_file(Path(path)) if path else {}
-    for item in overrides:
-        key, eq, text = item.partition("=")
-        if not eq or not key:
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        parts = key.split(".")
-        if parts[0] == "options" and len(parts) == 3:
-            values.setdefault("options", {}).setdefault(parts[1], {})[parts[2]] = parse_value(
-                planner_class(parts[1]).Options, parts[2], text, owner=f"planner {parts[1]!r}")
-        elif parts[0] == "space" and len(parts) == 2:
-            values.setdefault("space", {}).setdefault(parts[1], []).append(text)
-        elif len(parts) != 1 or parts[0] in ("options", "space"):
-            raise ConfigError(f"unknown config key {key!r} (planner options: options.PLANNER.OPTION=VALUE, "
-                              f"search space: space.PLANNER=ITEM)")
-        elif key == "horizons":
-            try:
-                values[key] = [int(h) for h in text.split(",")]
-            except ValueError:
-                raise ConfigError(f"horizons must be comma-separated integers, got {text!r}") from None
-        elif key == "planners":  # the options and spaces of the planners left out go with them
-            values[key] = [name.strip() for name in text.split(",") if name.strip()]
-            for part in ("options", "space"):
-                if isinstance(values.get(part), Mapping):
-                    values[part] = {p: v for p, v in values[part].items() if p in values[key]}
-        else:
-            values[key] = parse_value(SweepConfig, key, text, owner="sweep config", item="key")
-    return build_options(SweepConfig, values, owner="sweep config", item="key")
+    return load(SweepConfig, path, overrides)
 
 
 # -- checks before anything runs -----------------------------------------------------------------------
@@ -263,9 +210,11 @@ def check_horizons(config: SweepConfig) -> None:
 
 def _check_resumable(config: SweepConfig, checkpoint_sha256: str | None) -> None:
     """Write ``sweep.json``, or check that an earlier sweep of this name tuned on the same things."""
-    fixed = {"task": config.task, "checkpoint_sha256": checkpoint_sha256,
+    fixed: dict[str, Any] = {"task": config.task, "checkpoint_sha256": checkpoint_sha256,
              "data": str(config.experiment().data_path), "seed": config.seed,
-             "tuning_episodes": config.tuning_episodes, "chunk": config.chunk}
+             "tuning_episodes": config.tuning_episodes, "chunk": config.batch_size}
+    if config.model_is_plugin:  # its files' sha256 (if its options name any) and what loads them
+        fixed["model"] = {"spec": config.model, "options": config.to_dict()["model_options"]}
     spaces = {p: config.space_items(p) for p in config.planners}
     path = config.directory / SWEEP_FILE
     old = json.loads(path.read_text()) if path.exists() else {**fixed, "spaces": {}}
@@ -381,9 +330,9 @@ def format_sweep(config: SweepConfig, rows: Sequence[Mapping[str, Any]], *, devi
     lines = [
         f"# Sweep {config.name}: {config.task}, open loop, success in the real simulator",
         "",
-        f"Model {config.experiment().checkpoint.as_posix()}{' (auto)' if config.model == 'auto' else ''}, device {device}; {tuning}; {config.test_episodes} held-out episodes per cell "
+        f"Model {config.model_label()}, device {device}; {tuning}; {config.test_episodes} held-out episodes per cell "
         f"(other pairs than the tuning set). H in model steps of {frameskip} env steps each. Time: median planning "
-        f"wall time of the successful episodes (each planned in a batch of up to {config.chunk}).",
+        f"wall time of the successful episodes (each planned in a batch of up to {config.batch_size}).",
         "",
         "| H | " + " | ".join(config.planners) + " |",
         "|---|" + "---|" * len(config.planners),
@@ -425,13 +374,13 @@ def _track(config: SweepConfig, episodes: pa.Table, rows: Sequence[Mapping[str, 
     from wmplan.storage.tracking import ExperimentTracker, group_metrics
 
     tracker = ExperimentTracker(tracking_uri=tracking_uri(Path.cwd()), experiment=MLFLOW_EXPERIMENT)
-    options = {r["planner"]: {} for r in rows}
+    options: dict[str, dict[str, Any]] = {r["planner"]: {} for r in rows}
     for r in rows:
         options[r["planner"]][f"h{r['horizon']}"] = json.loads(r["options"])
     tracker.start_run(run_id=f"{config.name}-{new_run_id()}", task=config.task, code_version=code_version(),
                       checkpoint_sha256=checkpoint_sha256,
                       config={**config.to_dict(), "device": device, "tuned_options": options})
-    status = "FAILED"
+    status: Literal["FINISHED", "FAILED"] = "FAILED"
     try:
         stored = episodes.to_pylist()
         for r in rows:
@@ -456,12 +405,11 @@ def run_sweep(config: SweepConfig, *, say: Callable[[str], None] = lambda m: pri
     horizon, a sweep of this name run on other things) fails before any study starts.
     """
     execution = config.experiment()
-    if config.model != "auto" and not (execution.checkpoint / "config.json").exists():
-        raise ConfigError(f"model checkpoint {config.model!r} does not exist (no config.json there); "
-                          f"train one with 'wmplan train --env {config.task}' or use model: auto")
+    if config.model != "auto":
+        execution.check_model()  # a missing checkpoint, or a plug-in that does not resolve
     check_horizons(config)
     execution.prepare_model(say)
-    sha = read_checkpoint_info(execution.checkpoint).get("sha256")
+    sha = execution.model_sha256()
     _check_resumable(config, sha)
     ray = start_ray(execution)
     device = _device_name(ray, actor_resources(ray, execution)[1])
