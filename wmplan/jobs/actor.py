@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from wmplan.platform.envs import make_env
 from wmplan.platform.episode import EpisodeRecord, EpisodeSpec, run_episodes
-from wmplan.platform.models import load_world_model
 from wmplan.platform.planners import make_planner
+from wmplan.platform.registry import load_model, make_task, register_model
 
 __all__ = ["WorkItem", "PlanActor"]
 
@@ -33,19 +32,29 @@ class WorkItem:
 class PlanActor:
     """Holds one task simulator and one world-model replica; plans :class:`WorkItem` batches.
 
+    The task and the model are built here, in the actor's own process, through
+    :mod:`wmplan.platform.registry`: a ``package.module:callable`` is imported here, so its package
+    must be installed on every node (or shipped in the job's runtime environment).
+
     Args:
-        task: the task's name.
-        checkpoint: the world model's checkpoint directory (loaded once, here).
+        task: the task's name or ``package.module:factory``.
+        model: the world model, loaded once, here: a checkpoint directory, a ``package.module:callable``
+            factory or a registered name (see :meth:`wmplan.config.Settings.model_arguments`).
         device: ``cpu`` or ``cuda`` (Ray gives a GPU actor exactly one visible device).
         threads: torch CPU threads for this actor (its share of the node's cores).
-        allow_code: the ``package.module:callable`` code the user named, which the checkpoint may run.
+        model_options: keyword options of the factory, or of the checkpoint loader (``allow_code``: the
+            ``package.module:callable`` code the user named, which the checkpoint may run).
+        factory: for a model name registered in the driver, its factory (registered here under ``model``).
     """
 
-    def __init__(self, *, task: str, checkpoint: str, device: str, threads: int, allow_code: tuple[str, ...] = ()) -> None:
+    def __init__(self, *, task: str, model: str, device: str, threads: int, model_options: Mapping[str, Any] | None = None,
+                 factory: Callable[..., Any] | None = None) -> None:
         torch.set_num_threads(max(1, threads))
         self.device = "cuda" if device == "cuda" else "cpu"
-        self.env = make_env(task)
-        self.model = load_world_model(checkpoint, device=self.device, allow_code=allow_code)
+        self.env = make_task(task)
+        if factory is not None:
+            register_model(model, factory)
+        self.model = load_model(model, device=self.device, options=model_options)
 
     def run(self, item: WorkItem) -> list[EpisodeRecord]:
         planner = make_planner(item.planner, horizon=item.horizon, **item.options)
