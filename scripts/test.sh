@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Set up the environment and run the whole test suite. Extra arguments go to pytest.
+# Set up the environment, run ruff and mypy, then the whole test suite. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+# Lint and type-check before any test runs (both configured in pyproject.toml); a finding fails the script.
+.venv/bin/ruff check wmplan tests benchmarks examples
+.venv/bin/mypy wmplan
 # A real browser for the UI tests (tests/jobs/test_ui.py): Debian's chromium, since
 # `playwright install` cannot download its own browser here. Skipped when one is already on the
 # PATH; when it cannot be installed (no apt-get, not root) setup goes on and that test skips.

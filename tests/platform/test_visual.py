@@ -15,8 +15,15 @@ from wmplan.platform.envs import ENV_NAMES, make_env
 from wmplan.platform.episode import make_episode_specs, observe, run_episodes, summarize
 from wmplan.platform.errors import ConfigError
 from wmplan.platform.models import (
-    CheckpointError, VisualModelConfig, VisualTrainConfig, VisualWorldModel, evaluate_model, load_world_model,
-    render_states, save_checkpoint, train_visual_model,
+    CheckpointError,
+    VisualModelConfig,
+    VisualTrainConfig,
+    VisualWorldModel,
+    evaluate_model,
+    load_world_model,
+    render_states,
+    save_checkpoint,
+    train_visual_model,
 )
 from wmplan.platform.models.visual import prediction_strip, write_png
 from wmplan.platform.models.visual_training import _reconstruction_mse
@@ -176,9 +183,11 @@ def test_user_encoder_plugs_in_frozen(datasets, tmp_path):
     assert "tests.platform.code_trap" not in sys.modules
     save_file({"0.weight": torch.zeros(1)}, tmp_path / "bad.safetensors")
     with pytest.raises(ConfigError, match="do not fit the encoder"):
-        train_visual_model(datasets["wall"], VisualTrainConfig(**{**TINY, "encoder": spec, "encoder_weights": str(tmp_path / "bad.safetensors"), "decoder": False}))
+        train_visual_model(datasets["wall"],
+                           VisualTrainConfig(**{**TINY, "encoder": spec, "encoder_weights": str(tmp_path / "bad.safetensors"), "decoder": False}))
+    bad_module = {**TINY, "encoder": "no_such_pkg:f", "encoder_weights": str(tmp_path / "enc.safetensors"), "decoder": False}
     with pytest.raises(ConfigError, match="cannot import the encoder module 'no_such_pkg'"):
-        train_visual_model(datasets["wall"], VisualTrainConfig(**{**TINY, "encoder": "no_such_pkg:f", "encoder_weights": str(tmp_path / "enc.safetensors"), "decoder": False}))
+        train_visual_model(datasets["wall"], VisualTrainConfig(**bad_module))
 
 
 def test_the_model_sees_goals_as_pictures(models):
