@@ -206,6 +206,7 @@ def _run_eval_model(args: argparse.Namespace) -> int:
         raise ConfigError("--png needs a visual model with a decoder")
     try:
         result = evaluate_model(model, dataset, k=args.k, split=args.split)
+        # arg-type: prediction_strip takes a VisualWorldModel; --png was checked above to come with a pixel model with a decoder.
         strip = prediction_strip(model, dataset.split(args.split), k=args.k, frameskip=dataset.frameskip) if args.png else None  # type: ignore[arg-type]
     except ValueError as exc:
         raise ConfigError(str(exc)) from None

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from wmplan.platform.episode import EpisodeRecord, EpisodeSpec, run_episodes
+from wmplan.platform.episode import EpisodeRecord, EpisodeSpec, Mode, run_episodes
 from wmplan.platform.planners import make_planner
 from wmplan.platform.registry import load_model, make_task, register_model
 
@@ -23,7 +23,7 @@ class WorkItem:
     options: dict[str, Any]
     horizon: int
     specs: Sequence[EpisodeSpec]
-    mode: str
+    mode: Mode
     replan_every: int
     plan_seed: int
     snapshot_iterations: tuple[int, ...] = ()
@@ -59,7 +59,7 @@ class PlanActor:
     def run(self, item: WorkItem) -> list[EpisodeRecord]:
         planner = make_planner(item.planner, horizon=item.horizon, **item.options)
         return run_episodes(
-            self.env, self.model, planner, item.specs, planner_name=item.planner, mode=item.mode,  # type: ignore[arg-type]
+            self.env, self.model, planner, item.specs, planner_name=item.planner, mode=item.mode,
             replan_every=item.replan_every, device=self.device, plan_seed=item.plan_seed,
             snapshot_iterations=item.snapshot_iterations,
         )

@@ -20,7 +20,7 @@ import torch
 
 from wmplan.platform.data import DataConfig, Dataset, generate_dataset, read_dataset
 from wmplan.platform.envs import Env
-from wmplan.platform.episode import EpisodeRecord, EpisodeSpec, make_episode_specs, run_episodes, summarize
+from wmplan.platform.episode import EpisodeRecord, EpisodeSpec, Mode, make_episode_specs, run_episodes, summarize
 from wmplan.platform.errors import ConfigError, unknown_name_error
 from wmplan.platform.models import (
     TrainConfig,
@@ -35,6 +35,7 @@ from wmplan.platform.planners import make_planner
 from wmplan.platform.progress import Progress as Reporter
 from wmplan.platform.progress import StageProgress
 from wmplan.platform.registry import make_task, task_class
+from wmplan.platform.world_model import WorldModel
 
 Progress = Callable[[str], None]
 TrainProgress = Callable[[str, int, int, float], None]
@@ -191,14 +192,14 @@ class PlanOutcome:
 def plan_task(
     *,
     env_name: str,
-    model: torch.nn.Module,
+    model: WorldModel,
     planners: Sequence[str],
     options: Mapping[str, Mapping[str, object]],
     horizons: Sequence[int],
     episodes: int,
     seed: int,
     dataset: Dataset | None,
-    mode: str = "open_loop",
+    mode: Mode = "open_loop",
     replan_every: int = 1,
     device: str = "cpu",
     progress: Progress | None = None,
@@ -217,7 +218,7 @@ def plan_task(
         for h in horizons:
             specs = episode_specs(env, horizon=h, count=episodes, seed=seed, dataset=dataset)
             for p in planners:
-                records = run_episodes(env, model, built[p, h], specs, planner_name=p, mode=mode,  # type: ignore[arg-type]
+                records = run_episodes(env, model, built[p, h], specs, planner_name=p, mode=mode,
                                        replan_every=replan_every, device=device, plan_seed=seed)
                 summary = summarize(records)
                 outcomes.append(PlanOutcome(p, h, records, summary))
