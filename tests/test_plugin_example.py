@@ -62,8 +62,12 @@ def installed() -> None:
     probe = subprocess.run([sys.executable, "-c", "import wmplan_plugin_example"], capture_output=True, cwd="/",
                            env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     if probe.returncode != 0:
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "-e",
-                        str(EXAMPLE)], check=True, capture_output=True, timeout=TIMEOUT)
+        pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "-e", str(EXAMPLE)]
+        # The environment's own setuptools first (offline); else pip's isolated build, as scripts/setup.sh installs wmplan.
+        done = subprocess.run([*pip, "--no-build-isolation"], capture_output=True, text=True, timeout=TIMEOUT)
+        if done.returncode != 0:
+            done = subprocess.run(pip, capture_output=True, text=True, timeout=TIMEOUT)
+        assert done.returncode == 0, f"pip install -e examples/plugin failed:\n{done.stderr[-3000:]}"
         site.addsitedir(sysconfig.get_paths()["purelib"])  # this process too (its .pth files were read at start)
 
 
