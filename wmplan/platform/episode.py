@@ -43,7 +43,7 @@ from wmplan.platform.envs.base import Env, Segment, unpack_actions
 from wmplan.platform.models.visual import render_states
 from wmplan.platform.planners.base import Planner, PlanResult
 from wmplan.platform.stats import wald_interval
-from wmplan.platform.world_model import WorldModel, is_observation_model
+from wmplan.platform.world_model import WorldModel, from_model_space, is_observation_model, to_model_space
 
 __all__ = [
     "MODES",
@@ -206,12 +206,6 @@ def make_episode_specs(
 # -- the world-model side --------------------------------------------------------------------------
 
 
-def to_model_space(model: object, states: Tensor) -> Tensor:
-    """Env states ``[..., D_env]`` to model states ``[..., D]`` with ``model.encode`` (identity without one)."""
-    encode = getattr(model, "encode", None)
-    return encode(states) if callable(encode) else states
-
-
 def observe(env: Env, model: object, states: Tensor) -> Tensor:
     """What ``model`` sees of env states ``[N, D_env]``, as model states ``[N, D]``.
 
@@ -224,12 +218,6 @@ def observe(env: Env, model: object, states: Tensor) -> Tensor:
         frames = render_states(env, states.detach().cpu().numpy(), model.frame_size)
         return model.encode(frames).to(device=states.device, dtype=states.dtype)
     return to_model_space(model, states)
-
-
-def from_model_space(model: object, states: Tensor) -> Tensor:
-    """Model states ``[..., D]`` to env states ``[..., D_env]`` with ``model.decode`` (identity without one)."""
-    decode = getattr(model, "decode", None)
-    return decode(states) if callable(decode) else states
 
 
 def check_action_packing(env: Env, model: WorldModel) -> None:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from wmplan.platform.planners.base import rollout
-from wmplan.platform.world_model import WorldModel
+from wmplan.platform.world_model import WorldModel, rollout
 
 __all__ = ["reachable_problems"]
 

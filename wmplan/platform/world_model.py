@@ -23,6 +23,7 @@ from torch import Tensor, nn
 __all__ = [
     "WorldModel", "ObservationModel", "CostModel", "LinearModel", "PointMass",
     "check_world_model", "check_observation_model", "is_observation_model", "OBSERVATIONS",
+    "rollout", "to_model_space", "from_model_space",
 ]
 
 OBSERVATIONS: tuple[str, ...] = ("state", "pixels")
@@ -236,3 +237,30 @@ class PointMass(_BoundedModel):
         x, v = state[..., : self.dims], state[..., self.dims :]
         v = (1.0 - self.damping * self.dt) * v + self.dt * self.gain * action
         return torch.cat([x + self.dt * v, v], dim=-1)
+
+
+def rollout(model: WorldModel, start: Tensor, actions: Tensor) -> Tensor:
+    """Roll ``actions [..., H, A]`` out from ``start [..., D]`` with ``model.step``; returns ``[..., H+1, D]``
+    (the start first). The one rollout planners, problem generators and model evaluation share."""
+    states = [start]
+    s = start
+    for t in range(actions.shape[-2]):
+        s = model.step(s, actions[..., t, :])
+        states.append(s)
+    return torch.stack(states, dim=-2)
+
+
+def to_model_space(model: object, states: Tensor) -> Tensor:
+    """Env states ``[..., D_env]`` to model states ``[..., D]`` with ``model.encode`` (identity without one).
+
+    For models that plan on (normalised) states; an :class:`ObservationModel` encodes frames instead
+    (see :func:`wmplan.platform.episode.observe`).
+    """
+    encode = getattr(model, "encode", None)
+    return encode(states) if callable(encode) else states
+
+
+def from_model_space(model: object, states: Tensor) -> Tensor:
+    """Model states ``[..., D]`` to env states ``[..., D_env]`` with ``model.decode`` (identity without one)."""
+    decode = getattr(model, "decode", None)
+    return decode(states) if callable(decode) else states

@@ -17,13 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from wmplan.platform.envs import Env, make_env
 from wmplan.platform.errors import ConfigError
 from wmplan.platform.models.training import transition_windows
 from wmplan.platform.models.visual import is_pixel_model
-from wmplan.platform.world_model import WorldModel, check_world_model
+from wmplan.platform.world_model import WorldModel, check_world_model, from_model_space, rollout, to_model_space
 
 if TYPE_CHECKING:
     from wmplan.platform.data import Dataset
@@ -37,24 +36,6 @@ def _builtin_task(name: str) -> Env | None:
         return make_env(name)
     except ConfigError:
         return None
-
-
-def _codec(model: WorldModel):
-    encode = getattr(model, "encode", None)
-    decode = getattr(model, "decode", None)
-    if callable(encode) and callable(decode):
-        return encode, decode
-    return (lambda s: s), (lambda z: z)
-
-
-def _rollout(model: WorldModel, start: Tensor, actions: Tensor) -> Tensor:
-    """``start [N, D]`` (model space), ``actions [N, k, A]`` -> ``[N, k+1, D]``."""
-    states = [start]
-    z = start
-    for j in range(actions.shape[1]):
-        z = model.step(z, actions[:, j])
-        states.append(z)
-    return torch.stack(states, dim=1)
 
 
 def evaluate_model(
@@ -114,13 +95,13 @@ def evaluate_model(
     if pixels and any(t.frames is None for t in trajectories):
         raise ValueError(f"data set {str(dataset.path)!r} has no frames, and the model sees only pictures "
                          f"(generate data with 'wmplan data --frames')")
-    encode, decode = _codec(model)
     device = model.action_low.device
     with torch.no_grad():
         if pixels:
             latents = [model.encode(t.frames).cpu().numpy() for t in trajectories]  # type: ignore[attr-defined]  # pixels: an ObservationModel
         else:
-            latents = [encode(torch.tensor(t.states, dtype=torch.float32, device=device)).cpu().numpy() for t in trajectories]
+            latents = [to_model_space(model, torch.tensor(t.states, dtype=torch.float32, device=device)).cpu().numpy()
+                       for t in trajectories]
     latent_trajs = [SimpleNamespace(states=z, actions=t.actions) for z, t in zip(latents, trajectories)]
 
     def run(k_: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -136,9 +117,9 @@ def evaluate_model(
             for lo in range(0, len(states), batch):
                 z_true = torch.as_tensor(z_windows[lo : lo + batch], dtype=torch.float32, device=device)
                 a = torch.as_tensor(actions[lo : lo + batch], dtype=torch.float32, device=device)
-                z = _rollout(model, z_true[:, 0], a)
+                z = rollout(model, z_true[:, 0], a)
                 sq.append((z[:, 1:] - z_true[:, 1:]).pow(2).mean(-1).double().cpu().numpy())  # [n, k]
-                preds.append(decode(z).double().cpu().numpy())
+                preds.append(from_model_space(model, z).double().cpu().numpy())
         return states, actions, np.concatenate(preds), np.concatenate(sq)
 
     s1, _, p1, sq1 = run(1)

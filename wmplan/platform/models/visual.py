@@ -42,7 +42,7 @@ from wmplan.platform.errors import ConfigError
 from wmplan.platform.models.mlp import mlp_layers
 from wmplan.platform.models.state_model import PackedActionConfig
 from wmplan.platform.options import require
-from wmplan.platform.world_model import is_observation_model
+from wmplan.platform.world_model import is_observation_model, rollout
 
 __all__ = [
     "VisualModelConfig", "VisualWorldModel", "ConvEncoder", "ConvDecoder", "load_user_encoder",
@@ -380,10 +380,8 @@ def prediction_strip(model: VisualWorldModel, trajectories: list[Any], *, k: int
         actions = torch.tensor(pack_actions(traj.actions[: k * frameskip], frameskip), dtype=torch.float32,
                                   device=model.latent_mean.device)
         with torch.no_grad():
-            z = [model.encode(real[:1])]
-            for j in range(k):
-                z.append(model.step(z[-1], actions[j : j + 1]))
-            pred = model.reconstruct(torch.cat(z)).clamp(0, 1).mul(255).round().to(torch.uint8).cpu().numpy()
+            z = rollout(model, model.encode(real[:1]), actions[None])[0]  # [k+1, D]
+            pred = model.reconstruct(z).clamp(0, 1).mul(255).round().to(torch.uint8).cpu().numpy()
         rows += [np.concatenate(list(real), axis=1), np.concatenate(list(pred), axis=1)]
     if not rows:
         raise ValueError(f"no trajectory is long enough for {k} model steps at frameskip {frameskip}")

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from wmplan.platform.options import require
-from wmplan.platform.world_model import CostModel, WorldModel, check_world_model
+from wmplan.platform.world_model import CostModel, WorldModel, check_world_model, rollout
 
 __all__ = [
     "PlannerOptions", "PlanTrace", "PlanResult", "Planner", "Problem", "Optimized", "rollout", "terminal_cost", "randn",
@@ -98,16 +98,6 @@ class PlanResult:
     trace: PlanTrace
     virtual_states: Tensor | None = None
     action_snapshots: dict[int, Tensor] = dataclasses.field(default_factory=dict)
-
-
-def rollout(model: WorldModel, start: Tensor, actions: Tensor) -> Tensor:
-    """Roll ``actions [..., H, A]`` out from ``start [..., D]``; returns ``[..., H+1, D]``."""
-    states = [start]
-    s = start
-    for t in range(actions.shape[-2]):
-        s = model.step(s, actions[..., t, :])
-        states.append(s)
-    return torch.stack(states, dim=-2)
 
 
 def terminal_cost(final_state: Tensor, goal: Tensor) -> Tensor:
