@@ -1,11 +1,15 @@
 """Bad input, as a user meets it: one line naming the problem, a non-zero exit, nothing started.
 
-Every case runs the real ``wmplan`` command in a subprocess and checks its exit status, that stderr
-is exactly one line (no traceback), what that line names, and that nothing was written.
+Every case runs the ``wmplan`` command (its ``main``, in this process: each case fails before Ray or
+MLflow would start, so a subprocess would only add seconds of imports; the binary config cases run
+the real command in a subprocess) and checks its exit status, that stderr is exactly one line (no
+traceback), what that line names, and that nothing was written.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -20,10 +24,20 @@ from wmplan.cli import main
 WMPLAN = [sys.executable, "-m", "wmplan"]
 
 
-def wmplan(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "RAY_AUTH_MODE": "disabled", **(env or {})}
+def command(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The real command in a subprocess."""
+    environment = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     environment.pop("WMPLAN_DEBUG", None)
     return subprocess.run([*WMPLAN, *args], capture_output=True, text=True, timeout=600, cwd=cwd, env=environment)
+
+
+def wmplan(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``wmplan ARGS`` through its ``main`` in this process (the ``home`` fixture made ``cwd`` the working directory)."""
+    assert Path.cwd() == cwd
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        status = main(list(args))
+    return subprocess.CompletedProcess(args, status, "", err.getvalue())
 
 
 def one_line_error(out: subprocess.CompletedProcess, status: int = 2) -> str:
@@ -45,8 +59,10 @@ def copy_checkpoint(source: Path, dest: Path, **config: object) -> Path:
 
 @pytest.fixture
 def home(tmp_path, monkeypatch):
-    """A working directory whose MLflow store is its own."""
+    """The working directory, with an MLflow store of its own."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.delenv("WMPLAN_DEBUG", raising=False)
+    monkeypatch.chdir(tmp_path)
     return tmp_path
 
 
@@ -72,7 +88,7 @@ def test_data_with_zero_episodes_is_refused(home):
 def test_binary_or_non_utf8_config_files(home, content, message):
     path = home / "exp.yaml"
     path.write_bytes(content)
-    line = one_line_error(wmplan("run", str(path), "--set", f"output={home}/runs", cwd=home))
+    line = one_line_error(command("run", str(path), "--set", f"output={home}/runs", cwd=home))
     assert message in line and not (home / "runs").exists()
 
 
@@ -104,7 +120,7 @@ def test_code_named_in_a_checkpoint_never_runs(home, tiny_wall_model):
                  ("tune", "--model", str(named), "--storage", str(home / "s.journal"))):
         line = one_line_error(wmplan(*args, cwd=home))
         assert f"names code to run ('{trap}' as its encoder)" in line and f"--encoder {trap}" in line, args
-    assert not (home / "runs").exists()
+    assert not (home / "runs").exists() and "tests.platform.code_trap" not in sys.modules
 
 
 def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(monkeypatch, capsys):

@@ -97,17 +97,21 @@ def test_data_train_eval_plan_from_the_command_line(tmp_path):
     assert (run_dir / "run.json").exists() and len(read_table(run_dir)) == 8
 
 
-def test_missing_and_corrupt_checkpoints_are_clear_errors(tmp_path):
-    out = run("plan", "--env", "wall", "--model", str(tmp_path / "nope"), "--episodes", "2")
+def test_missing_and_corrupt_checkpoints_are_clear_errors(tmp_path, capsys):
+    def cli(*args: str) -> subprocess.CompletedProcess:  # main() in this process: each case ends before Ray
+        status = main(list(args))
+        return subprocess.CompletedProcess(args, status, "", capsys.readouterr().err)
+
+    out = cli("plan", "--env", "wall", "--model", str(tmp_path / "nope"), "--episodes", "2")
     assert out.returncode == 2 and "does not exist (no config.json there)" in out.stderr and "Traceback" not in out.stderr
     data, ckpt = tmp_path / "wall.parquet", tmp_path / "ckpt"
-    assert run("data", "--env", "wall", "--episodes", "4", "--steps", "20", "--workers", "1", "--out", str(data)).returncode == 0
-    assert run("train", "--env", "wall", "--data", str(data), "--out", str(ckpt), "--steps", "2", "--hidden", "8", "--depth", "1").returncode == 0
+    assert cli("data", "--env", "wall", "--episodes", "4", "--steps", "20", "--workers", "1", "--out", str(data)).returncode == 0
+    assert cli("train", "--env", "wall", "--data", str(data), "--out", str(ckpt), "--steps", "2", "--hidden", "8", "--depth", "1").returncode == 0
     weights = ckpt / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
-    out = run("eval-model", "--model", str(ckpt), "--data", str(data))
+    out = cli("eval-model", "--model", str(ckpt), "--data", str(data))
     assert out.returncode == 2 and "corrupt" in out.stderr and "Traceback" not in out.stderr
-    out = run("train", "--env", "pusht", "--data", str(data), "--out", str(tmp_path / "x"), "--steps", "2")
+    out = cli("train", "--env", "pusht", "--data", str(data), "--out", str(tmp_path / "x"), "--steps", "2")
     assert out.returncode == 2 and "is for task 'wall', not 'pusht'" in out.stderr
-    out = run("plan", "--env", "wal")
+    out = cli("plan", "--env", "wal")
     assert out.returncode == 2 and "unknown task 'wal' (did you mean 'wall'?)" in out.stderr

@@ -105,8 +105,8 @@ def test_killed_actor_loses_and_duplicates_nothing(ray_cluster, tmp_path, tiny_w
 def test_killed_driver_resumes_to_a_complete_run(ray_cluster, tmp_path, tiny_wall_model, mlflow_store):
     ckpt, data = tiny_wall_model
     args = [sys.executable, "-m", "wmplan", "run", "--run-id", "driver", "--set", f"model={ckpt}", "--set", f"data={data}",
-            "--set", f"output={tmp_path}", "--set", "horizons=2", "--set", "episodes=24", "--set", "batch_size=2",
-            "--set", "planners=grasp", "--set", "planners.grasp.iterations=300", "--set", "actors=1"]
+            "--set", f"output={tmp_path}", "--set", "horizons=2", "--set", "episodes=12", "--set", "batch_size=2",
+            "--set", "planners=grasp", "--set", "planners.grasp.iterations=150", "--set", "actors=1"]
     driver = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               env={**__import__("os").environ, "RAY_AUTH_MODE": "disabled"})
     parts = tmp_path / "driver" / "episodes"
@@ -116,11 +116,11 @@ def test_killed_driver_resumes_to_a_complete_run(ray_cluster, tmp_path, tiny_wal
     driver.kill()
     driver.wait()
     stored = len(read_table(tmp_path / "driver"))
-    assert 0 < stored < 24, "the driver must die part way"
+    assert 0 < stored < 12, "the driver must die part way"
     result = run_experiment(load_config(None, [f"output={tmp_path}", "actors=2"], check_model=False), resume="driver", say=lambda m: None)
     assert json.loads((tmp_path / "driver" / "run.json").read_text())["config"]["actors"] == 1  # as started
-    assert result.planned == 24 - stored
-    rows = assert_each_episode_once(result.directory, ["grasp"], [2], 24)
+    assert result.planned == 12 - stored
+    rows = assert_each_episode_once(result.directory, ["grasp"], [2], 12)
 
     # MLflow reports the whole run, not the resumed invocation: metrics from every stored episode,
     # episodes/s over the planning time of every stored batch (the first driver's included).
@@ -134,9 +134,9 @@ def test_killed_driver_resumes_to_a_complete_run(ray_cluster, tmp_path, tiny_wal
     batch_seconds = sum({r["plan_seed"]: r["planning_time_s"] for r in rows}.values())  # one time per batch
     for run in (child[0], parent[0]):
         m = run.data.metrics
-        assert m["episodes"] == 24 and m["successes"] == sum(r["success"] for r in rows)
-        assert m["success_rate"] == pytest.approx(sum(r["success"] for r in rows) / 24)
-        assert m["episodes_per_s"] == pytest.approx(24 / batch_seconds)
+        assert m["episodes"] == 12 and m["successes"] == sum(r["success"] for r in rows)
+        assert m["success_rate"] == pytest.approx(sum(r["success"] for r in rows) / 12)
+        assert m["episodes_per_s"] == pytest.approx(12 / batch_seconds)
 
 
 @pytest.mark.parametrize("setting, message", [
@@ -200,8 +200,8 @@ def test_ctrl_c_leaves_a_resumable_run_and_one_line(ray_cluster, tmp_path, tiny_
 
     ckpt, data = tiny_wall_model
     args = [sys.executable, "-m", "wmplan", "run", "--run-id", "stopped", "--set", f"model={ckpt}", "--set", f"data={data}",
-            "--set", f"output={tmp_path}", "--set", "horizons=2", "--set", "episodes=24", "--set", "batch_size=2",
-            "--set", "planners=grasp", "--set", "planners.grasp.iterations=300", "--set", "actors=1"]
+            "--set", f"output={tmp_path}", "--set", "horizons=2", "--set", "episodes=12", "--set", "batch_size=2",
+            "--set", "planners=grasp", "--set", "planners.grasp.iterations=150", "--set", "actors=1"]
     environment = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     environment.pop("WMPLAN_DEBUG", None)
     driver = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
@@ -212,14 +212,14 @@ def test_ctrl_c_leaves_a_resumable_run_and_one_line(ray_cluster, tmp_path, tiny_
     driver.send_signal(signal.SIGINT)
     _, err = driver.communicate(timeout=300)
     stored = len(read_table(tmp_path / "stopped"))
-    assert driver.returncode == 130 and 0 < stored < 24, err
+    assert driver.returncode == 130 and 0 < stored < 12, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     last = err.strip().splitlines()[-1]
     assert last == (f"wmplan: interrupted: {stored} episodes of run stopped are stored in {tmp_path / 'stopped'}; "
                     f"continue with: wmplan run --resume stopped --set output={tmp_path}")
     result = run_experiment(load_config(None, [f"output={tmp_path}"], check_model=False), resume="stopped", say=lambda m: None)
-    assert result.planned == 24 - stored
-    assert_each_episode_once(result.directory, ["grasp"], [2], 24)
+    assert result.planned == 12 - stored
+    assert_each_episode_once(result.directory, ["grasp"], [2], 12)
 
 
 def test_resume_sets_aside_an_unreadable_part_and_plans_it_again(ray_cluster, tmp_path, tiny_wall_model):

@@ -293,7 +293,7 @@ def test_a_run_says_only_its_own_lines(tmp_path, tiny_wall_model):
     env = clean_env(**{MARKER: token, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "HOME": str(tmp_path)})
     env.pop("RAY_AUTH_MODE")  # Ray's default: a token written to ~/.ray, and a warning saying so
     env.pop("RAY_DEDUP_LOGS_SKIP_REGEX", None)
-    args = run_args(tiny_wall_model, tmp_path, "--set", "episodes=16", "--set", "batch_size=2", "--set", "actors=2",
+    args = run_args(tiny_wall_model, tmp_path, "--set", "episodes=8", "--set", "batch_size=2", "--set", "actors=2",
                     "--set", "horizons=2", "--set", "planners=grasp", "--set", "planners.grasp.iterations=300")
     out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
     killed = []
@@ -328,4 +328,4 @@ def test_a_run_says_only_its_own_lines(tmp_path, tiny_wall_model):
     assert "Ray's own logs" in log
     assert (tmp_path / ".ray" / "auth_token").exists()  # Ray's token went to the test's HOME, not the user's
     rows = read_table(tmp_path / "runs" / "r").to_pylist()
-    assert sorted(r["episode_id"] for r in rows) == list(range(16))  # and the killed actor lost nothing
+    assert sorted(r["episode_id"] for r in rows) == list(range(8))  # and the killed actor lost nothing
