@@ -146,6 +146,7 @@ def test_bad_inputs_are_rejected(name, linear_model):
         planner.plan(linear_model, torch.zeros(3, 2), torch.zeros(3, 2), init_actions=torch.zeros(3, 5, 2))
 
 
+@pytest.mark.integration  # every planner at its full default budget (750-1000 iterations): 2-16 s each
 @pytest.mark.parametrize("name", ALL)
 def test_reaches_reachable_goal_with_default_options(name, linear_model):
     """With its default options, every planner gets far closer to a reachable goal than doing nothing."""
