@@ -74,14 +74,18 @@ INTEGRATION_FIXTURES = frozenset({"ray_cluster", "uri", "mlflow_store", "tiny_wa
 """Fixtures that start real services (Ray, MLflow stores and servers) or train a model: their tests are integration tests."""
 
 
+INTEGRATION_PATHS = ("/tests/jobs/", "/tests/test_cli.py", "/tests/platform/test_visual.py")
+"""Modules whose tests run the command in subprocesses, start services, or train models in their fixtures."""
+
+
 def pytest_collection_modifyitems(config, items):
     """Every test is in one tier: ``integration`` (real Ray, MLflow, PostgreSQL, browsers, subprocesses of the
     command, training) when it is marked so or uses a fixture of :data:`INTEGRATION_FIXTURES` or lives in
-    tests/jobs/; otherwise ``unit`` (fast, in-process). ``pytest -m unit`` runs the fast tier."""
+    one of :data:`INTEGRATION_PATHS`; otherwise ``unit`` (fast, in-process). ``pytest -m unit`` runs the fast tier."""
     for item in items:
         path = item.path.as_posix()
         if (item.get_closest_marker("integration") or INTEGRATION_FIXTURES & set(item.fixturenames)
-                or "/tests/jobs/" in path):
+                or any(part in path for part in INTEGRATION_PATHS)):
             item.add_marker(pytest.mark.integration)
         else:
             item.add_marker(pytest.mark.unit)

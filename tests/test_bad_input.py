@@ -80,6 +80,7 @@ def test_data_with_zero_episodes_is_refused(home):
     assert "episodes must be >= 1, got 0" in line and not (home / "d.parquet").exists()
 
 
+@pytest.mark.integration  # a subprocess of the command, or a Ray cluster
 @pytest.mark.parametrize("content, message", [
     (bytes(range(256)) * 4, "is not UTF-8 text"),
     ("task: w\u00e9ll\n".encode("latin-1"), "is not UTF-8 text (byte 0xe9 at offset 7)"),

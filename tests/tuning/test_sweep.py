@@ -161,6 +161,7 @@ def test_config_file_keys_are_checked(tmp_path):
     assert "+iterations=200" in config.space_items("grasp")  # fixed, outside GRASP's default space
 
 
+@pytest.mark.integration  # a subprocess of the command, or a Ray cluster
 def test_device_auto_takes_the_gpus_of_the_cluster_and_names_them(tmp_path):
     script = (
         "import ray\n"
