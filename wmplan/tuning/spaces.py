@@ -516,6 +516,14 @@ class _Builder:
         self.params[name] = param  # replaces in place, or appends
         self.items[name] = item
 
+    def set_text(self, name: str, text: str, item: str) -> None:
+        """:meth:`set` from a spec written as text (``LOW:HIGH[:log][:zero][:int]``, ``A,B,C`` or ``V``)."""
+        try:
+            spec = _spec_from_text(text)
+        except ConfigError as exc:
+            raise self.fail(item, exc) from None
+        self.set(name, spec, item)
+
     def finish(self) -> tuple[Param, ...]:
         if self.open and not self.params:
             raise _no_space_error(self.planner, self.cls)
@@ -580,11 +588,7 @@ def parse_space_overrides(planner: str, items: Sequence[str]) -> tuple[Param, ..
             raise builder.fail(item, ConfigError(f"{name!r} is already searched; write {name}=... to change it"))
         if not add and name not in builder.params and not builder.open:
             raise builder.fail(item, ConfigError(f"{name!r} is not in the default space; write +{name}=... to add it"))
-        try:
-            spec = _spec_from_text(text)
-        except ConfigError as exc:
-            raise builder.fail(item, exc) from None
-        builder.set(name, spec, item)
+        builder.set_text(name, text, item)
     return builder.finish()
 
 
@@ -650,11 +654,7 @@ def _default_space_or_none(planner: str) -> tuple[Param, ...] | None:
     for name, text in hook.items():
         item = f"{name}={text}"
         builder.check_name(name, item)
-        try:
-            spec = _spec_from_text(text)
-        except ConfigError as exc:
-            raise builder.fail(item, exc) from None
-        builder.set(name, spec, item)
+        builder.set_text(name, text, item)
     return builder.finish()
 
 
