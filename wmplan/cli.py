@@ -364,6 +364,19 @@ def _add_bench(sub: argparse._SubParsersAction, full: bool) -> None:
 
         add_flags(s, SweepConfig, aliases={"task": ["--env"]})
     s.set_defaults(func=_run_bench_sweep)
+    h = bench.add_parser(
+        "horizon",
+        help="the paper's figure: success and time to success against horizon, equal compute, one sweep per config",
+        description="Runs one sweep per config (as 'bench sweep': per planner and horizon an Optuna study whose "
+        "trials all spend the same budget of model transitions, then held-out problems), then writes one Markdown "
+        "report with success (95%% intervals) and time to success against horizon, and their plots. CPU configs: "
+        "benchmarks/horizon/*.yaml; a GPU one: benchmarks/horizon/gpu.yaml. Running it again resumes.",
+    )
+    h.add_argument("configs", nargs="+", metavar="CONFIG", help="sweep configs, YAML or TOML (e.g. benchmarks/horizon/linear.yaml)")
+    h.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of every config, e.g. --set trials=2 (repeatable)")
+    h.add_argument("--report", default="runs/horizon.md", help="where the report is written (default: %(default)s)")
+    h.set_defaults(func=_run_bench_horizon)
 
 
 def _run_bench_sweep(args: argparse.Namespace) -> int:
@@ -373,6 +386,15 @@ def _run_bench_sweep(args: argparse.Namespace) -> int:
     print(result.markdown)
     where = f"; MLflow run {result.mlflow_run_id} (experiment wmplan-sweeps)" if result.mlflow_run_id else ""
     print(f"results in {result.directory} (sweep.md, summary.parquet, heldout/){where}")
+    return 0
+
+
+def _run_bench_horizon(args: argparse.Namespace) -> int:
+    from wmplan.tuning.horizon import run_horizon
+
+    report = run_horizon(args.configs, overrides=args.overrides, report=args.report)
+    print(report.markdown)
+    print(f"report in {report.path}; one sweep folder each: {', '.join(str(r.directory) for r in report.sweeps)}")
     return 0
 
 

@@ -88,9 +88,10 @@ class Settings:
     task: str = DEFAULT_TASK
     """Task: a built-in or registered name, or package.module:factory (a user's Env)."""
     model: str = "auto"
-    """World model: a checkpoint directory; 'auto': checkpoints/TASK (or checkpoints/TASK-pixels), trained first when
-    it does not exist; or a plug-in, package.module:callable (a user's factory, called in each actor as
-    factory(device=..., **model_options))."""
+    """World model: a checkpoint directory; 'auto': on a task with exact dynamics (the analytic tasks linear,
+    pointmass, obstacles) with obs 'state', those dynamics, else checkpoints/TASK (or checkpoints/TASK-pixels), trained
+    first when it does not exist; 'exact': the task's own dynamics (no checkpoint, no training); or a plug-in,
+    package.module:callable (a user's factory, called in each actor as factory(device=..., **model_options))."""
     model_options: dict[str, Any] = field(default_factory=dict, metadata=BY_OPTION)
     """Keyword options of a plug-in model's factory, e.g. {checkpoint: /shared/ckpt} (model_options.checkpoint=DIR
     sets one); recorded with the run, with the sha256 of the files they name."""
@@ -103,6 +104,10 @@ class Settings:
     encoder: str = ""
     """A user encoder, package.module:factory, that the model's checkpoint names: code named in a checkpoint runs
     only when it is named here too."""
+    goal_mode: str = ""
+    """How start/goal pairs are drawn: one of the task's goal modes (replay: goals H model steps away, reached by
+    replaying held-out data, so a longer horizon is a harder problem; door, on Wall: replayed pairs on opposite sides
+    of the wall, the straight line blocked); empty: the task's default."""
     seed: int = 0
     """Seed of the episodes (start/goal pairs) and of the planners; a study's held-out pairs use seed + 1000003."""
     actors: int = 2
@@ -121,7 +126,9 @@ class Settings:
     def __post_init__(self) -> None:
         from wmplan.platform.registry import task_class
 
-        task_class(self.task)  # an unknown task fails here
+        task = task_class(self.task)  # an unknown task fails here
+        if self.goal_mode and self.goal_mode not in task.goal_modes:
+            raise unknown_name_error("goal mode", self.goal_mode, task.goal_modes, where=f"for task {self.task!r}")
         if self.obs not in OBS:
             raise unknown_name_error("obs", self.obs, OBS)
         require(self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}")
@@ -131,10 +138,19 @@ class Settings:
                 f"model_options must map option names to values, got {self.model_options!r}")
         if self.model_is_plugin:
             self.check_model()  # the factory is imported and checked here; each actor calls it
+        elif self.model_is_exact:
+            self.check_model()
         elif self.model_options:
             what = "the auto model" if self.model == "auto" else f"the checkpoint {self.model!r}"
             raise ConfigError(f"model_options are the options of a plug-in model (model: package.module:callable); "
                               f"{what} takes none")
+
+    @property
+    def goal_mode_used(self) -> str:
+        """The goal mode episodes are drawn in: ``goal_mode``, else the task's default."""
+        from wmplan.platform.registry import task_class
+
+        return self.goal_mode or task_class(self.task).default_goal_mode
 
     def derive(self, cls: type[S], **changes: Any) -> S:
         """A config of another command with these shared settings (and ``changes`` on top)."""
@@ -152,15 +168,28 @@ class Settings:
 
         return self.model != "auto" and is_model_factory(self.model)
 
+    @property
+    def model_is_exact(self) -> bool:
+        """Whether the model is the task's own dynamics: ``model: exact``, or ``model: auto`` with ``obs: state`` on
+        a task that has them (:func:`wmplan.platform.registry.has_exact_model`)."""
+        from wmplan.platform.registry import EXACT_MODEL, has_exact_model, task_class
+
+        if self.model == EXACT_MODEL:
+            return True
+        return self.model == "auto" and self.obs == "state" and has_exact_model(task_class(self.task))
+
     def model_arguments(self) -> dict[str, Any]:
         """What a process that plans needs to load the model (:class:`wmplan.jobs.actor.PlanActor`'s keywords):
-        ``model``, a plug-in spec or registered name, or else the checkpoint directory made absolute;
+        ``model``, 'exact' (the task's own dynamics), a plug-in spec or registered name, or else the checkpoint
+        directory made absolute;
         ``model_options``, the factory's options (a value that names an existing file or directory made
         absolute, as a checkpoint's path is, since an actor need not share the driver's working directory),
         or the checkpoint loader's (the code the user named); and ``factory``, for a registered name its
         factory (pickled to the actors, which do not share the driver's registrations), else None."""
-        from wmplan.platform.registry import is_plugin_spec, model_factory
+        from wmplan.platform.registry import EXACT_MODEL, is_plugin_spec, model_factory
 
+        if self.model_is_exact:
+            return {"model": EXACT_MODEL, "model_options": {}, "factory": None}
         if self.model_is_plugin:
             factory = None if is_plugin_spec(self.model) else model_factory(self.model, options=self.model_options)
             options = {k: str(Path(v).resolve()) if isinstance(v, str) and v and os.path.exists(v) else v
@@ -171,7 +200,10 @@ class Settings:
     def model_sha256(self) -> str | None:
         """What identifies the model's weights in run.json, MLflow and a sweep's sweep.json: the checkpoint's
         sha256 (from its config.json), or for a plug-in model the sha256 of the files its options name
-        (:func:`files_sha256`; None when no option names an existing file or directory)."""
+        (:func:`files_sha256`; None when no option names an existing file or directory, and for the task's exact
+        dynamics, which have no weights but the task's)."""
+        if self.model_is_exact:
+            return None
         if self.model_is_plugin:
             return files_sha256(self.model_options)
         from wmplan.platform.models import read_checkpoint_info
@@ -180,7 +212,10 @@ class Settings:
         return sha
 
     def model_label(self) -> str:
-        """The model in one line for tables: the checkpoint's path (with ' (auto)'), or the plug-in's spec and options."""
+        """The model in one line for tables: the checkpoint's path (with ' (auto)'), the plug-in's spec and options, or
+        the task's exact dynamics."""
+        if self.model_is_exact:
+            return f"exact dynamics of task {self.task}" + (" (auto)" if self.model == "auto" else "")
         if self.model_is_plugin:
             options = ", ".join(f"{k}={v}" for k, v in self.model_options.items())
             return f"{self.model}" + (f" ({options})" if options else "")
@@ -206,10 +241,10 @@ class Settings:
     def prepare_model(self, progress: Callable[[str], None] | None = None) -> None:
         """Make sure the checkpoint exists: with ``model: auto``, generate the data and train it
         (a visual model for ``obs: pixels``) when missing; an existing checkpoint is only checked, and a
-        plug-in model's factory only resolved (it is loaded in each actor)."""
+        plug-in model's factory only resolved (it is loaded in each actor); the task's exact dynamics need nothing."""
         from wmplan.platform.workflow import prepare_model
 
-        if self.model_is_plugin:
+        if self.model_is_plugin or self.model_is_exact:
             self.check_model()
             return
         prepare_model(self.task, data_path=self.data_path, checkpoint=self.checkpoint, obs=self.obs, progress=progress)
@@ -217,7 +252,8 @@ class Settings:
 
     def check_model(self) -> None:
         """Check that the checkpoint exists, fits the task (state and action sizes, frameskip, what it sees) and
-        names no code the user did not name, without loading its weights or running anything. A plug-in model is
+        names no code the user did not name, without loading its weights or running anything. The task's exact
+        dynamics are checked to exist (and to take no options, and plan on states). A plug-in model is
         checked by resolving its factory (:func:`wmplan.platform.registry.model_factory`: the module imports, the
         callable takes ``device`` and ``model_options``), not by calling it: the model may need a GPU the driver
         does not have.
@@ -231,10 +267,19 @@ class Settings:
             check_checkpoint_task,
             read_checkpoint_info,
         )
-        from wmplan.platform.registry import make_task, model_factory
+        from wmplan.platform.registry import EXACT_MODEL, has_exact_model, make_task, model_factory, task_class
 
         if self.model_is_plugin:
             model_factory(self.model, options=self.model_options)
+            return
+        if self.model_is_exact:
+            if not has_exact_model(task_class(self.task)):
+                raise ConfigError(f"model {EXACT_MODEL!r} is the task's own dynamics, but task {self.task!r} has none "
+                                  "(its Env has no exact_model); give a checkpoint, a plug-in or model: auto")
+            if self.obs != "state":
+                raise ConfigError(f"model {EXACT_MODEL!r} plans on the task's states; it cannot see pixels (obs: state)")
+            if self.model_options:
+                raise ConfigError(f"model {EXACT_MODEL!r} (the task's own dynamics) takes no model_options")
             return
 
         if not (self.checkpoint / "config.json").exists():

@@ -27,6 +27,8 @@ class WorkItem:
     replan_every: int
     plan_seed: int
     snapshot_iterations: tuple[int, ...] = ()
+    budget: int = 0
+    """The transitions per planner call ``options`` were fitted to (recorded with each episode; 0: none)."""
 
 
 class PlanActor:
@@ -39,7 +41,8 @@ class PlanActor:
     Args:
         task: the task's name or ``package.module:factory``.
         model: the world model, loaded once, here: a checkpoint directory, a ``package.module:callable``
-            factory or a registered name (see :meth:`wmplan.config.Settings.model_arguments`).
+            factory, a registered name, or ``exact``, the task's own dynamics (see
+            :meth:`wmplan.config.Settings.model_arguments`).
         device: ``cpu`` or ``cuda`` (Ray gives a GPU actor exactly one visible device).
         threads: torch CPU threads for this actor (its share of the node's cores).
         model_options: keyword options of the factory, or of the checkpoint loader (``allow_code``: the
@@ -54,14 +57,14 @@ class PlanActor:
         self.env = make_task(task)
         if factory is not None:
             register_model(model, factory)
-        self.model = load_model(model, device=self.device, options=model_options)
+        self.model = load_model(model, device=self.device, options=model_options, task=self.env)
 
     def run(self, item: WorkItem) -> list[EpisodeRecord]:
         planner = make_planner(item.planner, horizon=item.horizon, **item.options)
         return run_episodes(
             self.env, self.model, planner, item.specs, planner_name=item.planner, mode=item.mode,
             replan_every=item.replan_every, device=self.device, plan_seed=item.plan_seed,
-            snapshot_iterations=item.snapshot_iterations,
+            snapshot_iterations=item.snapshot_iterations, budget=item.budget,
         )
 
     def ping(self) -> str:

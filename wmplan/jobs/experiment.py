@@ -45,8 +45,12 @@ class ExperimentConfig(Settings):
     class, one batch after another (no Ray; actors and address are not used)."""
     max_attempts: int = 3
     """Tries per batch when actors die under it."""
-    snapshots: int = 8
-    """Open loop: also execute the plan after this many evenly spaced iterations (success against budget; 0: off)."""
+    snapshots: int = 20
+    """Open loop: also execute the plan after this many evenly spaced iterations (success against budget, and time
+    to success: the first snapshot whose plan succeeds; 20: every 5% of the budget; 0: off)."""
+    budget: int = 0
+    """Model transitions per planner call (forward, plus backward where gradients are taken), the same for every
+    planner: each planner's iterations are fitted to it (GRASP's end on a sync); 0: the iterations its options give."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -59,6 +63,7 @@ class ExperimentConfig(Settings):
         require(self.replan_every >= 1, f"replan_every must be >= 1, got {self.replan_every}")
         require(self.max_attempts >= 1, f"max_attempts must be >= 1, got {self.max_attempts}")
         require(self.snapshots >= 0, f"snapshots must be >= 0, got {self.snapshots}")
+        require(self.budget >= 0, f"budget must be >= 0 (0: none), got {self.budget}")
         require(self.executor in ("ray", "local"), f"executor must be ray or local, got {self.executor!r}")
         for name, options in self.planners.items():
             planner_class(name)
@@ -67,13 +72,22 @@ class ExperimentConfig(Settings):
             if "horizon" in options:
                 raise ConfigError(f"planners.{name}: set horizons with the top-level 'horizons' list, not per planner")
             for h in self.horizons:
-                make_planner(name, horizon=h, **options)  # every option checked now
+                make_planner(name, horizon=h, **self.planner_options(name, h))  # every option (and the budget) checked now
+
+    def planner_options(self, planner: str, horizon: int) -> dict[str, Any]:
+        """The options ``planner`` runs with at ``horizon``: the config's, with the iterations fitted to the budget."""
+        options = dict(self.planners[planner])
+        if self.budget:
+            from wmplan.platform.planners import fit_budget  # type: ignore[attr-defined]
+
+            options = fit_budget(planner, options, horizon=horizon, budget=self.budget)
+        return options
 
     def snapshot_iterations(self, planner: str, horizon: int) -> list[int]:
         """The planner iterations after which an open-loop plan is also executed."""
         if self.mode != "open_loop" or self.snapshots == 0:
             return []
-        total = make_planner(planner, horizon=horizon, **self.planners[planner]).options.iterations
+        total = make_planner(planner, horizon=horizon, **self.planner_options(planner, horizon)).options.iterations
         n = min(self.snapshots, total)
         return sorted({max(1, round(total * (k + 1) / n)) for k in range(n)})
 

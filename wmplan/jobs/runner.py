@@ -96,13 +96,14 @@ def failed_records(*, item: WorkItem, reason: str) -> list[EpisodeRecord]:
 def _work(config: ExperimentConfig, specs: dict[int, list[EpisodeSpec]], done: set[tuple[str, int, int]]) -> list[WorkItem]:
     items = []
     for h in config.horizons:
-        for name, options in config.planners.items():
+        for name in config.planners:
             todo = [s for s in specs[h] if (name, h, s.episode_id) not in done]
             for lo in range(0, len(todo), config.batch_size):
                 batch = todo[lo : lo + config.batch_size]
-                items.append(WorkItem(planner=name, options=dict(options), horizon=h, specs=batch, mode=config.mode,
-                                      replan_every=config.replan_every, plan_seed=config.seed * 1_000_003 + batch[0].episode_id,
-                                      snapshot_iterations=tuple(config.snapshot_iterations(name, h))))
+                items.append(WorkItem(planner=name, options=config.planner_options(name, h), horizon=h, specs=batch,
+                                      mode=config.mode, replan_every=config.replan_every,
+                                      plan_seed=config.seed * 1_000_003 + batch[0].episode_id,
+                                      snapshot_iterations=tuple(config.snapshot_iterations(name, h)), budget=config.budget))
     return items
 
 
@@ -251,8 +252,10 @@ def run_experiment(
     check_services(config, ray=config.executor == "ray")  # a Ray head or tracking store that does not answer: one line in seconds
     config.prepare_model(say)
     checkpoint_info = {"sha256": config.model_sha256()}  # a plug-in model: of the files its options name
-    dataset = read_dataset(config.data_path) if env.needs_dataset_for_goals() else None
-    specs = {h: episode_specs(env, horizon=h, count=config.episodes, seed=config.seed, dataset=dataset) for h in config.horizons}
+    goal_mode = config.goal_mode_used
+    dataset = read_dataset(config.data_path) if env.needs_dataset_for_goals(goal_mode) else None
+    specs = {h: episode_specs(env, horizon=h, count=config.episodes, seed=config.seed, dataset=dataset, goal_mode=goal_mode)
+             for h in config.horizons}
 
     directory.mkdir(parents=True, exist_ok=True)
     log_to_file(directory / LOG_FILE, mlflow=config.tracking)  # Ray's and MLflow's messages, not the terminal's

@@ -276,6 +276,16 @@ class EpisodeRecord:
             which the plan was also executed (the anytime curve); else empty.
         success_by_iteration: success in the real simulator of the plan after each of
             ``snapshot_iterations`` (executed from the exact start in a copy of the simulator).
+        transitions: model transitions the planner calls evaluated per problem (forward, plus
+            backward where gradients were taken; :attr:`PlanResult.transitions`), summed over calls.
+        budget: the transitions per planner call the planner's options were fitted to (0: none).
+        snapshot_seconds: wall seconds from the start of the planner call to each snapshot.
+        snapshot_transitions: transitions spent by each snapshot.
+        time_to_success_s: the paper's time to success: the wall seconds of the batch's planner
+            call until the first snapshot whose plan succeeds in the simulator; the whole
+            ``planning_time_s`` for a success no snapshot saw (or without snapshots); NaN for an
+            episode that did not succeed.
+        transitions_to_success: the transitions spent by that snapshot (likewise; -1 without success).
     """
 
     task: str
@@ -299,6 +309,12 @@ class EpisodeRecord:
     residual: np.ndarray | None = field(default=None, repr=False)
     snapshot_iterations: tuple[int, ...] = ()
     success_by_iteration: tuple[bool, ...] = ()
+    transitions: int = 0
+    budget: int = 0
+    snapshot_seconds: tuple[float, ...] = ()
+    snapshot_transitions: tuple[int, ...] = ()
+    time_to_success_s: float = math.nan
+    transitions_to_success: int = -1
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -312,12 +328,13 @@ class EpisodeRecord:
         """The scalar fields (and the two snapshot tuples, as lists) as a flat dict, plus ``executed_steps``; no arrays."""
         row = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _ARRAY_FIELDS}
         row["executed_steps"] = int(self.actions.shape[0])
-        row["snapshot_iterations"] = list(self.snapshot_iterations)
-        row["success_by_iteration"] = list(self.success_by_iteration)
+        for name in _LIST_FIELDS:
+            row[name] = list(getattr(self, name))
         return row
 
 
 _ARRAY_FIELDS = frozenset({"executed_states", "actions", "residual"})
+_LIST_FIELDS = ("snapshot_iterations", "success_by_iteration", "snapshot_seconds", "snapshot_transitions")
 
 
 # -- running episodes -------------------------------------------------------------------------------
@@ -400,6 +417,7 @@ def run_episodes(
     device: str | torch.device = "cpu",
     plan_seed: int | None = None,
     snapshot_iterations: Sequence[int] = (),
+    budget: int = 0,
 ) -> list[EpisodeRecord]:
     """Plan every episode in one batched planner call, execute the plans in the simulator, judge them.
 
@@ -439,6 +457,8 @@ def run_episodes(
         plan_seed: seed of the first planner call; call ``k >= 1`` of MPC uses a seed derived from
             ``(plan_seed, k)``. None derives ``plan_seed`` from the specs' seeds, so results are
             deterministic either way (for a deterministic model and planner).
+        budget: the transitions per planner call the planner's options were fitted to, recorded
+            with each episode (0: none; see :func:`wmplan.platform.planners.fit_budget`).
 
     Returns:
         One :class:`EpisodeRecord` per spec, in the order of ``specs``.
@@ -470,6 +490,9 @@ def run_episodes(
     scratch: Env | None = None  # executes the plan snapshots, leaving the episodes' simulators alone
     wall_time = 0.0
     iterations = 0
+    transitions = 0
+    snapshot_seconds: tuple[float, ...] = ()
+    snapshot_transitions: tuple[int, ...] = ()
     executed = 0
     init_actions: Tensor | None = None
     for k in range(calls):
@@ -481,6 +504,11 @@ def run_episodes(
                                                snapshot_iterations=snaps)
         wall_time += result.wall_time_s
         iterations += result.iterations
+        transitions += getattr(result, "transitions", 0)
+        if result.action_snapshots:
+            seconds, spent = getattr(result, "snapshot_seconds", {}), getattr(result, "snapshot_transitions", {})
+            snapshot_seconds = tuple(seconds.get(i, math.nan) for i in result.action_snapshots)
+            snapshot_transitions = tuple(spent.get(i, -1) for i in result.action_snapshots)
         n = h if mode == "open_loop" else min(replan_every, remaining)
         failed = result.failed.cpu().numpy()
         plan = result.actions.detach().cpu().double().numpy()
@@ -516,9 +544,21 @@ def run_episodes(
 
     return [
         _record(env, spec, ep, planner_name=planner_name, mode=mode, plan_seed=seeds[0], planning_time_s=wall_time, iterations=iterations,
-                replans=calls, snapshots=sorted(set(snapshot_iterations)) if mode == "open_loop" else ())
+                replans=calls, snapshots=sorted(set(snapshot_iterations)) if mode == "open_loop" else (),
+                spent=_Spent(transitions=transitions, budget=budget, snapshot_seconds=snapshot_seconds,
+                             snapshot_transitions=snapshot_transitions))
         for spec, ep in zip(specs, episodes)
     ]
+
+
+@dataclass(frozen=True)
+class _Spent:
+    """What the planner calls of a batch spent: the same for every episode of the batch."""
+
+    transitions: int
+    budget: int
+    snapshot_seconds: tuple[float, ...]
+    snapshot_transitions: tuple[int, ...]
 
 
 def _record(
@@ -532,7 +572,8 @@ def _record(
     planning_time_s: float,
     iterations: int,
     replans: int,
-    snapshots: Sequence[int] = (),
+    snapshots: Sequence[int],
+    spent: _Spent,
 ) -> EpisodeRecord:
     final = ep.current
     final_distance = float(env.goal_distance(final, spec.goal))
@@ -542,6 +583,14 @@ def _record(
         model_success = bool(env.is_success(ep.model_final, spec.goal))
     else:
         model_final_distance, model_success = math.inf, False
+    curve = tuple(ep.curve) if len(ep.curve) == len(snapshots) and len(spent.snapshot_seconds) == len(snapshots) else ()
+    time_to_success, transitions_to_success = math.nan, -1
+    if success:
+        first = next((k for k, ok in enumerate(curve) if ok), None)
+        if first is None:
+            time_to_success, transitions_to_success = planning_time_s, spent.transitions
+        else:
+            time_to_success, transitions_to_success = spent.snapshot_seconds[first], spent.snapshot_transitions[first]
     return EpisodeRecord(
         task=spec.task,
         planner=planner_name,
@@ -562,8 +611,14 @@ def _record(
         executed_states=np.stack(ep.states),
         actions=np.stack(ep.actions) if ep.actions else np.zeros((0, env.action_dim)),
         residual=np.concatenate(ep.residuals, axis=0) if ep.residuals else None,
-        snapshot_iterations=tuple(snapshots) if len(ep.curve) == len(snapshots) else (),
-        success_by_iteration=tuple(ep.curve) if len(ep.curve) == len(snapshots) else (),
+        snapshot_iterations=tuple(snapshots) if curve else (),
+        success_by_iteration=curve,
+        transitions=spent.transitions,
+        budget=spent.budget,
+        snapshot_seconds=spent.snapshot_seconds if curve else (),
+        snapshot_transitions=spent.snapshot_transitions if curve else (),
+        time_to_success_s=time_to_success,
+        transitions_to_success=transitions_to_success,
     )
 
 
@@ -581,13 +636,21 @@ def summarize(records: Sequence[EpisodeRecord]) -> dict[str, float | int]:
     return summarize_rows([r.to_row() for r in records])
 
 
+def _median(values: Sequence[float]) -> float:
+    return float(np.median(values)) if len(values) else math.nan
+
+
 def summarize_rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, float | int]:
     """:func:`summarize` over episode rows (``EpisodeRecord.to_row()`` dicts, or rows read from storage)."""
     n = len(rows)
     successes = sum(1 for r in rows if r["success"])
     rate, low, high = wald_interval(successes, n)
     model_rate = sum(1 for r in rows if r["model_success"]) / n if n else math.nan
-    times = [r["planning_time_s"] for r in rows if r["success"]]
+    won = [r for r in rows if r["success"]]
+    times = [r["planning_time_s"] for r in won]
+    to_success = [r.get("time_to_success_s", math.nan) for r in won]
+    transitions_to_success = [r.get("transitions_to_success", -1) for r in won]
+    spent = [r.get("transitions", 0) for r in rows]
     return {
         "count": n,
         "successes": successes,
@@ -596,5 +659,8 @@ def summarize_rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, float | int]:
         "success_high": high,
         "model_success_rate": model_rate,
         "median_planning_time_s": float(np.median(times)) if times else math.nan,
+        "median_time_to_success_s": _median([t for t in to_success if t is not None and math.isfinite(t)]),
+        "median_transitions_to_success": _median([t for t in transitions_to_success if t is not None and t >= 0]),
+        "median_transitions": _median(spent),
         "failures": sum(1 for r in rows if r["failed"]),
     }

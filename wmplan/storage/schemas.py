@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 METADATA_KEY = b"wmplan.schema"
 
 
@@ -37,8 +37,15 @@ EPISODES = _with_version("episodes", [
     pa.field("error", pa.string()),
     pa.field("snapshot_iterations", pa.list_(pa.int32()), nullable=False),
     pa.field("success_by_iteration", pa.list_(pa.bool_()), nullable=False),
+    pa.field("transitions", pa.int64(), nullable=False),
+    pa.field("budget", pa.int64(), nullable=False),
+    pa.field("snapshot_seconds", pa.list_(pa.float64()), nullable=False),
+    pa.field("snapshot_transitions", pa.list_(pa.int64()), nullable=False),
+    pa.field("time_to_success_s", pa.float64(), nullable=False),
+    pa.field("transitions_to_success", pa.int64(), nullable=False),
 ])
-"""One row per episode (with its anytime curve: success of the plan after some iterations)."""
+"""One row per episode (with its anytime curve: success of the plan after some iterations, and the
+time and model transitions spent by each snapshot; time to success is NaN for a failed episode)."""
 
 RESIDUALS = _with_version("residuals", [
     pa.field("run_id", pa.string(), nullable=False),

@@ -16,6 +16,7 @@ Layout of ``output`` (default ``runs/sweep-NAME``)::
 
     sweep.md                   the tables (paper form, in-model beside real success, options)
     summary.parquet            one row per (planner, horizon)
+    plots/                     success and time to success against horizon (PNG)
     sweep.json                 what the studies depend on (task, checkpoint, data, seed, spaces)
     studies.journal            the Optuna studies (unless ``storage`` names another)
     studies/NAME-P-hH/         each study's trial and test episodes
@@ -25,6 +26,7 @@ Layout of ``output`` (default ``runs/sweep-NAME``)::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -87,6 +89,13 @@ class SweepConfig(Settings):
     """Fixed planner options, e.g. {grasp: {iterations: 200}}: they override the defaults and are not searched."""
     space: dict[str, list[str]] = field(default_factory=dict, metadata=BY_PLANNER)
     """Search-space items per planner in the grammar of 'wmplan tune --space', e.g. {grasp: ['-goal_weight']}."""
+    budget_per_step: int = 0
+    """The equal compute: model transitions (forward, plus backward where gradients are taken) per planner call and
+    planned step, so a call at horizon H may spend budget_per_step x H; every planner's iterations are fitted to it
+    (in its studies and its held-out runs). 0: each planner's iterations as its options give (or searched)."""
+    snapshots: int = 20
+    """Plan snapshots per held-out episode, evenly spaced over the budget: time to success is the time until the first
+    snapshot whose plan succeeds (20: every 5% of the budget)."""
     parallel: int = 2
     """Trials of a study run at once."""
     batch_size: int = 10
@@ -109,6 +118,8 @@ class SweepConfig(Settings):
         require(self.trials >= 0, f"trials must be >= 0 (0: no tuning), got {self.trials}")
         for key in ("tuning_episodes", "test_episodes", "parallel"):
             require(getattr(self, key) >= 1, f"{key} must be >= 1, got {getattr(self, key)}")
+        require(self.budget_per_step >= 0, f"budget_per_step must be >= 0 (0: none), got {self.budget_per_step}")
+        require(self.snapshots >= 0, f"snapshots must be >= 0, got {self.snapshots}")
         for key in ("options", "space"):
             require(isinstance(getattr(self, key), Mapping), f"{key} must map planner names, got {getattr(self, key)!r}")
             for planner in getattr(self, key):
@@ -122,7 +133,7 @@ class SweepConfig(Settings):
             require(isinstance(items, list) and all(isinstance(i, str) for i in items),
                     f"space.{planner} must be a list of search-space items (strings), got {items!r}")
             for h in self.horizons:
-                make_planner(planner, horizon=h, **options)  # every option checked now
+                self.experiment(planner, h)  # every option checked now, and that the budget fits
             parse_space_overrides(planner, self.space_items(planner))
 
     @property
@@ -145,9 +156,15 @@ class SweepConfig(Settings):
             items.append(f"{'' if name in searched else '+'}{name}={value}")
         return items
 
+    def budget(self, horizon: int) -> int:
+        """The transitions a planner call at ``horizon`` may spend (0: no budget)."""
+        return self.budget_per_step * horizon
+
     def tune_config(self, planner: str, horizon: int) -> TuneConfig:
         """The study of one cell."""
-        return self.derive(TuneConfig, study=self.group(planner, horizon), planner=planner, horizon=horizon,
+        known = {f.name for f in dataclasses.fields(TuneConfig)}  # TEMPORARY until TuneConfig has both
+        extra = {k: v for k, v in (("budget", self.budget(horizon)), ("snapshots", self.snapshots)) if k in known}
+        return self.derive(TuneConfig, study=self.group(planner, horizon), planner=planner, horizon=horizon, **extra,
                            trials=self.trials, parallel=self.parallel, tuning_episodes=self.tuning_episodes,
                            test_episodes=self.test_episodes, batch_size=self.batch_size, storage=self.storage_url,
                            space=tuple(self.space_items(planner)), output=str(self.directory / "studies"))
@@ -159,7 +176,8 @@ class SweepConfig(Settings):
         return self.derive(ExperimentConfig, name=self.name, planners=planners,
                            horizons=[horizon] if horizon else list(self.horizons), episodes=self.test_episodes,
                            seed=self.seed + TEST_SEED_OFFSET, batch_size=self.batch_size,
-                           output=str(self.directory / "heldout"), snapshots=0, tracking=False)
+                           output=str(self.directory / "heldout"), snapshots=self.snapshots,
+                           budget=self.budget(horizon) if horizon else 0, tracking=False)
 
 
 def load_sweep_config(path: str | Path | None, overrides: Sequence[str] = ()) -> SweepConfig:
@@ -185,7 +203,7 @@ def check_horizons(config: SweepConfig) -> None:
         ConfigError: naming the horizon, the env steps it needs, and how to generate longer data.
     """
     task = task_class(config.task)
-    if not task.needs_dataset_for_goals():
+    if not task.needs_dataset_for_goals(config.goal_mode_used):
         return
     frameskip = task.frameskip
     path = config.experiment().data_path
@@ -212,7 +230,8 @@ def _check_resumable(config: SweepConfig, checkpoint_sha256: str | None) -> None
     """Write ``sweep.json``, or check that an earlier sweep of this name tuned on the same things."""
     fixed: dict[str, Any] = {"task": config.task, "checkpoint_sha256": checkpoint_sha256,
              "data": str(config.experiment().data_path), "seed": config.seed,
-             "tuning_episodes": config.tuning_episodes, "chunk": config.batch_size}
+             "tuning_episodes": config.tuning_episodes, "chunk": config.batch_size,
+             "budget_per_step": config.budget_per_step, "goal_mode": config.goal_mode_used}
     if config.model_is_plugin:  # its files' sha256 (if its options name any) and what loads them
         fixed["model"] = {"spec": config.model, "options": config.to_dict()["model_options"]}
     spaces = {p: config.space_items(p) for p in config.planners}
@@ -271,7 +290,8 @@ def _cell(config: SweepConfig, planner: str, horizon: int, say: Callable[[str], 
     else:
         say(f"{group}: no tuning; {config.test_episodes} held-out episodes with {config.options.get(planner) or 'the defaults'}")
         run_experiment(config.experiment(planner, horizon), run_id=group, say=say)
-        result = {"trials": 0, "best_trial": None, "best_tuning_success": None, "options": config.options.get(planner, {})}
+        result = {"trials": 0, "best_trial": None, "best_tuning_success": None,
+                  "options": config.experiment(planner, horizon).planner_options(planner, horizon)}
     marker.write_text(json.dumps({"key": key, "result": result}, indent=2))
     return result
 
@@ -299,24 +319,48 @@ SUMMARY_SCHEMA = pa.schema([
     ("task", pa.string()), ("planner", pa.string()), ("horizon", pa.int32()), ("count", pa.int32()),
     ("successes", pa.int32()), ("success_rate", pa.float64()), ("success_low", pa.float64()),
     ("success_high", pa.float64()), ("model_success_rate", pa.float64()), ("median_planning_time_s", pa.float64()),
+    ("median_time_to_success_s", pa.float64()), ("median_transitions_to_success", pa.float64()),
+    ("median_transitions", pa.float64()), ("budget", pa.int64()), ("sync_ratio", pa.float64()),
     ("failures", pa.int32()), ("trials", pa.int32()), ("best_trial", pa.int32()), ("best_tuning_success", pa.float64()),
     ("options", pa.string()), ("device", pa.string()),
 ])
 """``summary.parquet``: one row per (planner, horizon) with :func:`~wmplan.platform.episode.summarize`'s numbers
-of its held-out episodes (``median_planning_time_s``: of the successful ones), the finished trials of its
+of its held-out episodes (``median_time_to_success_s``, ``median_transitions_to_success``: the paper's time to
+success, of the successful ones; ``median_planning_time_s``: their whole fixed budget's time), the budget of a
+planner call (transitions; 0: none) and the transitions spent, for GRASP the ratio of serial (sync) steps to lifted
+steps of the options it ran with (null for others), the finished trials of its
 study, its best trial and that trial's tuning success (null without tuning), the options it ran with
 (JSON) and the device."""
 
 
+def sync_ratio(options: Mapping[str, Any]) -> float | None:
+    """Serial (sync) steps per lifted step of a GRASP-like planner's options, or None for a planner without syncs."""
+    if "sync_interval" not in options or "sync_steps" not in options or "iterations" not in options:
+        return None
+    interval, iterations = int(options["sync_interval"]), int(options["iterations"])
+    phases = iterations // interval if interval > 0 else 0
+    return phases * int(options["sync_steps"]) / iterations
+
+
 def _summary_row(config: SweepConfig, planner: str, horizon: int, episodes: list[dict[str, Any]],
                  cell: Mapping[str, Any], device: str) -> dict[str, Any]:
+    options = make_planner(planner, horizon=horizon, **cell["options"]).options
     return {"task": config.task, "planner": planner, "horizon": horizon, **summarize_rows(episodes),
+            "budget": config.budget(horizon), "sync_ratio": sync_ratio(dataclasses.asdict(options)),
             "trials": cell["trials"], "best_trial": cell["best_trial"], "best_tuning_success": cell["best_tuning_success"],
             "options": json.dumps(cell["options"], sort_keys=True), "device": device}
 
 
 def _percent(x: float) -> str:
     return "-" if math.isnan(x) else f"{100 * x:.1f}%"
+
+
+def _seconds(x: float) -> str:
+    return "-" if math.isnan(x) else f"{x:.2f} s"
+
+
+def _count(x: float) -> str:
+    return "-" if math.isnan(x) else f"{x:,.0f}"
 
 
 def format_sweep(config: SweepConfig, rows: Sequence[Mapping[str, Any]], *, device: str) -> str:
@@ -327,12 +371,17 @@ def format_sweep(config: SweepConfig, rows: Sequence[Mapping[str, Any]], *, devi
     frameskip = task_class(config.task).frameskip
     tuning = (f"{config.trials} Optuna trials per planner and horizon on {config.tuning_episodes} tuning episodes, "
               f"best options" if config.trials else "no tuning: defaults and the fixed options")
+    budget = (f"Equal compute: every planner call may spend {config.budget_per_step} x H model transitions "
+              f"(forward, plus backward where gradients are taken), each planner's iterations fitted to it"
+              if config.budget_per_step else "No common budget: each planner's own iterations")
     lines = [
         f"# Sweep {config.name}: {config.task}, open loop, success in the real simulator",
         "",
         f"Model {config.model_label()}, device {device}; {tuning}; {config.test_episodes} held-out episodes per cell "
-        f"(other pairs than the tuning set). H in model steps of {frameskip} env steps each. Time: median planning "
-        f"wall time of the successful episodes (each planned in a batch of up to {config.batch_size}).",
+        f"(other pairs than the tuning set). H in model steps of {frameskip} env steps each. {budget}. Cells: success "
+        f"[95% interval] / median time to success of the successful episodes (the time until the first of "
+        f"{config.snapshots} plan snapshots that succeeds in the simulator) (the whole budget's median time); each "
+        f"episode planned in a batch of up to {config.batch_size}, and timed as its batch.",
         "",
         "| H | " + " | ".join(config.planners) + " |",
         "|---|" + "---|" * len(config.planners),
@@ -341,21 +390,23 @@ def format_sweep(config: SweepConfig, rows: Sequence[Mapping[str, Any]], *, devi
         cells = []
         for p in config.planners:
             r = cell[p, h]
-            t = r["median_planning_time_s"]
             cells.append(f"{_percent(r['success_rate'])} [{100 * r['success_low']:.1f}, {100 * r['success_high']:.1f}] / "
-                         f"{'-' if math.isnan(t) else f'{t:.2f} s'}")
+                         f"{_seconds(r['median_time_to_success_s'])} ({_seconds(r['median_planning_time_s'])})")
         lines.append(f"| {h} | " + " | ".join(cells) + " |")
     lines += ["", "## In-model success beside real success", "",
               format_summaries({(p, h): cell[p, h] for h in config.horizons for p in config.planners}), "",
               "## Options per planner and horizon", "",
-              "| planner | H | trials | best trial | its tuning success | options |", "|---|---|---|---|---|---|"]
+              "| planner | H | trials | best trial | its tuning success | budget | transitions spent | "
+              "to success | sync/lifted | options |", "|---|---|---|---|---|---|---|---|---|---|"]
     for h in config.horizons:
         for p in config.planners:
             r = cell[p, h]
             best = "-" if r["best_trial"] is None else str(r["best_trial"])
             tuned = "-" if r["best_tuning_success"] is None else _percent(r["best_tuning_success"])
             options = json.loads(r["options"])
-            lines.append(f"| {p} | {h} | {r['trials']} | {best} | {tuned} | "
+            ratio = "-" if r["sync_ratio"] is None else f"{r['sync_ratio']:.3g}"
+            lines.append(f"| {p} | {h} | {r['trials']} | {best} | {tuned} | {r['budget'] or '-'} | "
+                         f"{_count(r['median_transitions'])} | {_count(r['median_transitions_to_success'])} | {ratio} | "
                          f"{', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in sorted(options.items())) or 'defaults'} |")
     return "\n".join(lines) + "\n"
 
@@ -398,6 +449,15 @@ def _track(config: SweepConfig, episodes: pa.Table, rows: Sequence[Mapping[str, 
     return str(tracker.parent_run_id)
 
 
+def _write_plots(folder: Path, episodes: pa.Table) -> None:
+    """``plots/success_vs_horizon.png`` and ``plots/success_time_vs_horizon.png`` of the held-out episodes."""
+    from wmplan.storage.plots import success_time_vs_horizon_png, success_vs_horizon_png
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "success_vs_horizon.png").write_bytes(success_vs_horizon_png(episodes))
+    (folder / "success_time_vs_horizon.png").write_bytes(success_time_vs_horizon_png(episodes))
+
+
 def run_sweep(config: SweepConfig, *, say: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> SweepResult:
     """Run (or resume) the sweep; write ``sweep.md`` and ``summary.parquet``; record it in MLflow.
 
@@ -422,6 +482,8 @@ def run_sweep(config: SweepConfig, *, say: Callable[[str], None] = lambda m: pri
     markdown = format_sweep(config, rows, device=device)
     (config.directory / "sweep.md").write_text(markdown)
     _write_summary(config.directory / "summary.parquet", rows)
-    run_id = _track(config, pa.concat_tables(tables.values()), rows, device, sha) if config.tracking else None
+    episodes = pa.concat_tables(tables.values())
+    _write_plots(config.directory / "plots", episodes)
+    run_id = _track(config, episodes, rows, device, sha) if config.tracking else None
     return SweepResult(name=config.name, directory=config.directory, rows=rows, markdown=markdown, device=device,
                        mlflow_run_id=run_id)
