@@ -274,3 +274,112 @@ def test_a_cost_of_the_wrong_shape_is_reported():
     model = coupled(Summed)
     with pytest.raises(ValueError, match=r"Summed.cost must return one value per state, shape \(1,\), got \(\)"):
         make_planner("gd", horizon=2, iterations=1).plan(model, torch.zeros(1, 2), torch.ones(1, 2))
+
+
+# -- compute: model transitions, predicted and counted ----------------------------------------------------
+
+
+def _grasp_cases() -> list[tuple[str, dict]]:
+    cases = []
+    for end in ("last", "sync", "best"):
+        for rollout_states in (False, True):
+            for iterations, interval in ((5, 2), (4, 2), (3, 0), (1, 1)):
+                cases.append(("grasp", dict(iterations=iterations, sync_interval=interval, sync_steps=2, end=end,
+                                            rollout_states=rollout_states)))
+        cases.append(("grasp", dict(iterations=5, sync_interval=2, sync_steps=2, end=end, rollout_states=True,
+                                    sync_mode="cem", sync_samples=6, sync_elites=2)))
+    return cases
+
+
+COUNTED = [
+    ("gd", dict(iterations=3)),
+    ("gd", dict(iterations=2, action_noise=0.0, init_std=0.0)),
+    ("cem", dict(iterations=2, samples=8, elites=2)),
+    ("mppi", dict(iterations=3, samples=6, elites=2)),
+    ("latco", dict(iterations=3)),
+    *_grasp_cases(),
+]
+
+
+def test_every_builtin_planner_is_counted():
+    assert {name for name, _ in COUNTED} == set(PLANNERS)
+
+
+@pytest.mark.parametrize("horizon", [1, 3])
+@pytest.mark.parametrize(("name", "options"), COUNTED, ids=[f"{n}-{i}" for i, (n, _) in enumerate(COUNTED)])
+def test_predicted_transitions_are_the_counted_ones(name, options, horizon, linear_model):
+    planner = make_planner(name, horizon=horizon, **options)
+    iterations = planner.options.iterations
+    predicted = planner.transitions()
+    assert isinstance(predicted, int) and predicted > 0
+    counts = set()
+    for batch in (1, 3):
+        start, goal = reachable_problems(linear_model, batch, horizon, seed=batch)
+        r = planner.plan(linear_model, start, goal, seed=0, snapshot_iterations=[1, iterations])
+        assert r.transitions == r.forward_transitions + r.backward_transitions == predicted, (batch, r.forward_transitions,
+                                                                                           r.backward_transitions)
+        counts.add((r.forward_transitions, r.backward_transitions))
+        # Snapshots: what was spent by then, the last one everything; seconds grow and stay in the call.
+        assert sorted(r.snapshot_transitions) == sorted(r.snapshot_seconds) == sorted({1, iterations})
+        assert 0 < r.snapshot_transitions[1] <= r.snapshot_transitions[iterations] == predicted
+        assert 0 < r.snapshot_seconds[1] <= r.snapshot_seconds[iterations] <= r.wall_time_s
+    assert len(counts) == 1  # the per-problem count does not depend on the batch size
+    start, goal = reachable_problems(linear_model, 2, horizon)
+    warm = planner.plan(linear_model, start, goal, seed=0, init_actions=torch.zeros(2, horizon, 2))
+    assert warm.transitions == planner.transitions(warm_start=True)
+    # A lifted planner rolls its initial guess out once (H forward transitions); the others do not.
+    assert warm.transitions - predicted == (horizon if PLANNERS[name].lifted else 0)
+
+
+def test_gradient_planners_count_backward_transitions_and_sampling_ones_do_not(linear_model):
+    start, goal = reachable_problems(linear_model, 2, 4)
+    gd = make_planner("gd", horizon=4, iterations=3).plan(linear_model, start, goal, seed=0)
+    assert gd.forward_transitions == gd.backward_transitions == 3 * 4
+    cem = make_planner("cem", horizon=4, iterations=2, samples=8, elites=2).plan(linear_model, start, goal, seed=0)
+    assert (cem.forward_transitions, cem.backward_transitions) == (2 * 8 * 4, 0)
+    # GRASP's stop-gradient still sends the actions' gradient through the model: backward counts.
+    grasp = make_planner("grasp", horizon=4, iterations=3, sync_interval=0, stop_state_grad=True)
+    r = grasp.plan(linear_model, start, goal, seed=0)
+    assert r.forward_transitions == r.backward_transitions == 3 * 4
+
+
+def test_the_reporting_rollout_is_not_counted(linear_model):
+    """result.states is rolled out after the search, on the plain model: only the search counts."""
+    model = CallCounter(linear_model)
+    start, goal = reachable_problems(linear_model, 2, 5)
+    r = make_planner("gd", horizon=5, iterations=2).plan(model, start, goal, seed=0)
+    assert r.forward_transitions == 2 * 5
+    assert model.transitions == 2 * r.forward_transitions + 2 * 5  # B x the search's, plus B x H to report states
+
+
+class CallCounter(LinearModel):
+    """A linear model that also counts the transitions it is asked for (over all problems)."""
+
+    def __init__(self, inner: LinearModel) -> None:
+        super().__init__(inner.A.clone(), inner.B.clone())
+        self.transitions = 0
+
+    def step(self, state: Tensor, action: Tensor) -> Tensor:
+        self.transitions += state.shape[:-1].numel()
+        return super().step(state, action)
+
+
+def test_counted_model_keeps_what_planners_may_use(linear_model):
+    own = coupled(FirstCoordinateModel)
+    problem = Problem(own, torch.zeros(2, 2), torch.ones(2, 2), horizon=3)
+    counted = problem.model
+    assert counted.inner is own and counted.state_dim == 2 and counted.action_dim == 1
+    assert torch.equal(counted.action_low, own.action_low) and torch.equal(counted.action_high, own.action_high)
+    states = torch.randn(2, 4, 2)
+    torch.testing.assert_close(counted.cost(states, states.flip(-1)), own.cost(states, states.flip(-1)))
+    assert not hasattr(Problem(linear_model, torch.zeros(1, 2), torch.ones(1, 2), horizon=1).model, "cost")
+
+
+def test_the_example_plugin_planner_predicts_its_count(monkeypatch, linear_model):
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "examples" / "plugin"))
+    planner = make_planner("wmplan_plugin_example.planner:RandomShooting", horizon=3, iterations=2, samples=5)
+    start, goal = reachable_problems(linear_model, 2, 3)
+    assert planner.plan(linear_model, start, goal, seed=0).transitions == planner.transitions() == 2 * 5 * 3
+    assert make_planner(RANDOM_SHOOTING, horizon=3).transitions() is None  # a plug-in without a count

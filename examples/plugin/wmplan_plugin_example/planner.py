@@ -62,6 +62,10 @@ class RandomShooting(Planner[RandomShootingOptions]):
     search_space: ClassVar[Mapping[str, str]] = {"samples": "32:256:log:int", "std": "0.2:1.0:log", "decay": "0.7:1.0"}
     """What ``wmplan tune`` searches (the grammar of ``wmplan tune --space``)."""
 
+    def transitions(self, *, warm_start: bool = False) -> int | None:
+        """Model transitions per problem of one call: each round rolls out every sample over the horizon."""
+        return self.options.iterations * self.options.samples * self.options.horizon
+
     def _optimize(self, problem: Problem, generator: torch.Generator, init_u: Tensor | None) -> Optimized:
         o = self.options
         b, h, a = problem.batch, problem.horizon, problem.action_dim

@@ -13,6 +13,7 @@ from typing import Any
 
 from wmplan.platform.options import build_options
 from wmplan.platform.planners.base import (
+    CountedModel,
     Optimized,
     Planner,
     PlannerOptions,
@@ -23,6 +24,7 @@ from wmplan.platform.planners.base import (
     rollout,
     terminal_cost,
 )
+from wmplan.platform.planners.budget import fit_budget
 from wmplan.platform.planners.cem import CEM, CEMOptions
 from wmplan.platform.planners.gd import GD, GDOptions
 from wmplan.platform.planners.grasp import GRASP, GRASPOptions, lifted_loss
@@ -32,7 +34,7 @@ from wmplan.platform.registry import PLANNERS, planner_class
 
 __all__ = [
     "PLANNERS", "make_planner", "planner_class", "Planner", "PlannerOptions", "PlanResult", "PlanTrace",
-    "Problem", "Optimized", "randn",
+    "Problem", "Optimized", "CountedModel", "randn", "fit_budget",
     "GRASP", "GRASPOptions", "GD", "GDOptions", "CEM", "CEMOptions", "LatCo", "LatCoOptions",
     "MPPI", "MPPIOptions", "lifted_loss", "rollout", "terminal_cost",
 ]

@@ -7,6 +7,15 @@ standard deviations mean the same on every model. Results are always given in mo
 Every planner judges a plan with :meth:`Problem.cost`: the model's own cost when it supplies one
 (:class:`~wmplan.platform.world_model.CostModel`), the terminal MSE ``mean_d (s - g)^2`` otherwise.
 
+Compute is counted in *model transitions* per problem (:class:`CountedModel`): a forward
+transition is one ``model.step`` of one ``(s, a)`` pair, a backward transition one backward pass
+through such a step (gradients taken to the actions or states; with GRASP's stop-gradient the pass
+still goes through the model to the actions, so it counts). Everything a planner evaluates through
+:attr:`Problem.model` inside :meth:`Planner.plan` counts, including the rollout of a warm start's
+initial guess; the final rollout that :meth:`Planner.plan` makes to report ``states`` does not (it
+is the same ``H`` forward transitions for every planner and no part of the search).
+:meth:`Planner.transitions` predicts the count of a call from the options alone.
+
 Batch semantics: ``B`` planning problems are solved at once; each problem's loss enters the total
 as a sum (never a mean over problems) and no operation mixes problems, so a problem's plan does
 not depend on which other problems share its batch, and a problem whose model output turns NaN or
@@ -17,6 +26,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -30,7 +40,8 @@ from wmplan.platform.options import require
 from wmplan.platform.world_model import CostModel, WorldModel, check_world_model, rollout
 
 __all__ = [
-    "PlannerOptions", "PlanTrace", "PlanResult", "Planner", "Problem", "Optimized", "rollout", "terminal_cost", "randn",
+    "PlannerOptions", "PlanTrace", "PlanResult", "Planner", "Problem", "Optimized", "CountedModel", "rollout",
+    "terminal_cost", "randn",
 ]
 
 
@@ -85,7 +96,15 @@ class PlanResult:
         virtual_states: ``[B, H+1, D]`` for lifted planners, the optimised state trajectory
             (``s_0`` the start; for GRASP ``s_H`` is the goal); else None.
         action_snapshots: the plan ``[B, H, A]`` (model units, in bounds) after each iteration
-            asked for with ``snapshot_iterations``, by iteration number (1-based).
+            asked for with ``snapshot_iterations``, by iteration number (1-based). The snapshot of
+            the last iteration is the returned plan.
+        transitions: model transitions evaluated per problem, forward plus backward (see the
+            module docs: the reporting rollout of ``states`` is not counted).
+        forward_transitions: the forward part of ``transitions``.
+        backward_transitions: the backward part of ``transitions``.
+        snapshot_seconds: wall seconds from the start of the call to each snapshot (device
+            synchronised), by iteration number like ``action_snapshots``.
+        snapshot_transitions: ``transitions`` spent by each snapshot, by iteration number.
     """
 
     actions: Tensor
@@ -98,6 +117,11 @@ class PlanResult:
     trace: PlanTrace
     virtual_states: Tensor | None = None
     action_snapshots: dict[int, Tensor] = dataclasses.field(default_factory=dict)
+    transitions: int = 0
+    forward_transitions: int = 0
+    backward_transitions: int = 0
+    snapshot_seconds: dict[int, float] = dataclasses.field(default_factory=dict)
+    snapshot_transitions: dict[int, int] = dataclasses.field(default_factory=dict)
 
 
 def terminal_cost(final_state: Tensor, goal: Tensor) -> Tensor:
@@ -105,27 +129,85 @@ def terminal_cost(final_state: Tensor, goal: Tensor) -> Tensor:
     return (final_state - goal).pow(2).mean(-1)
 
 
+class CountedModel:
+    """A world model that counts the transitions evaluated through it, for ``batch`` problems.
+
+    Every :meth:`step` of ``state [..., D]`` adds ``prod(...)`` forward transitions; when its
+    output takes part in autograd, a tensor hook adds the same number of backward transitions
+    each time a gradient flows back through it. Everything else (``action_low``, ``cost``,
+    ``encode``, ...) is the wrapped model's.
+
+    Args:
+        model: the world model to count.
+        batch: ``B``, the problems that share the calls (the counts per problem divide by it).
+    """
+
+    def __init__(self, model: WorldModel, *, batch: int) -> None:
+        self.inner = model
+        """The wrapped model."""
+        self.batch = batch
+        self.state_dim = model.state_dim
+        self.action_dim = model.action_dim
+        self.action_low = model.action_low
+        self.action_high = model.action_high
+        self.forward_total = 0
+        """Forward transitions over all problems."""
+        self.backward_total = 0
+        """Backward transitions over all problems."""
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for what this class lacks: the wrapped model's other members (cost, encode, ...).
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def step(self, state: Tensor, action: Tensor) -> Tensor:
+        """The wrapped model's step, counted."""
+        out = self.inner.step(state, action)
+        n = torch.broadcast_shapes(state.shape[:-1], action.shape[:-1]).numel()
+        self.forward_total += n
+        if isinstance(out, Tensor) and out.requires_grad:
+            out.register_hook(functools.partial(self._backward, n))
+        return out
+
+    def _backward(self, n: int, grad: Tensor) -> None:
+        self.backward_total += n
+
+    @property
+    def forward(self) -> int:
+        """Forward transitions per problem."""
+        return self.forward_total // self.batch
+
+    @property
+    def backward(self) -> int:
+        """Backward transitions per problem."""
+        return self.backward_total // self.batch
+
+
 class Problem:
     """A batch of planning problems on one model, in the unit action space.
 
     What a planner may know of the model: its transition (``model.step``), its action bounds
-    (through :meth:`to_action` / :meth:`to_unit`) and the planning cost (:meth:`cost`).
+    (through :meth:`to_action` / :meth:`to_unit`) and the planning cost (:meth:`cost`). The
+    planner sees the model as :attr:`model`, a :class:`CountedModel` that counts its transitions.
 
     Args:
         model: the world model.
         start: ``[B, D]`` start states.
         goal: ``[B, D]`` goal states.
         horizon: ``H`` model steps.
+        clock_start: the :func:`time.perf_counter` reading snapshot times count from (None: now).
     """
 
-    def __init__(self, model: WorldModel, start: Tensor, goal: Tensor, horizon: int) -> None:
-        self.model = model
+    def __init__(self, model: WorldModel, start: Tensor, goal: Tensor, horizon: int, *, clock_start: float | None = None) -> None:
+        self.batch, self.state_dim = start.shape
+        self.model = CountedModel(model, batch=self.batch)
+        """The model, counting the transitions evaluated through it."""
         self.model_cost: Callable[[Tensor, Tensor], Tensor] | None = model.cost if isinstance(model, CostModel) else None
         """The model's own planning cost, or None (terminal MSE)."""
         self.start = start
         self.goal = goal
         self.horizon = horizon
-        self.batch, self.state_dim = start.shape
         self.action_dim = model.action_dim
         low = model.action_low.to(device=start.device, dtype=start.dtype)
         high = model.action_high.to(device=start.device, dtype=start.dtype)
@@ -134,6 +216,14 @@ class Problem:
         self.failed = torch.zeros(self.batch, dtype=torch.bool, device=start.device)
         self.snapshot_at: frozenset[int] = frozenset()
         self.snapshots: dict[int, Tensor] = {}
+        self.snapshot_seconds: dict[int, float] = {}
+        self.snapshot_transitions: dict[int, int] = {}
+        self.clock_start = time.perf_counter() if clock_start is None else clock_start
+
+    @property
+    def transitions(self) -> int:
+        """Model transitions evaluated so far per problem, forward plus backward."""
+        return self.model.forward + self.model.backward
 
     @property
     def device(self) -> torch.device:
@@ -183,7 +273,7 @@ class Problem:
         if not isinstance(value, Tensor) or tuple(value.shape) != tuple(states.shape[:-1]):
             got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
             raise ValueError(
-                f"{type(self.model).__name__}.cost must return one value per state, shape {tuple(states.shape[:-1])}, got {got}"
+                f"{type(self.model.inner).__name__}.cost must return one value per state, shape {tuple(states.shape[:-1])}, got {got}"
             )
         return value
 
@@ -207,9 +297,17 @@ class Problem:
         return (states.detach() - self.goal_like(states)).norm(dim=-1)
 
     def snapshot(self, iteration: int, u: Tensor) -> None:
-        """Keep a copy of the unit actions ``u [B, H, A]`` after ``iteration`` (1-based) if it was asked for."""
+        """Keep a copy of the unit actions ``u [B, H, A]`` after ``iteration`` (1-based) if it was asked for,
+        with the wall seconds (device synchronised) and the transitions spent by then.
+
+        A later call for the same iteration replaces the snapshot (a planner that changes its plan
+        after the last iteration, like GRASP's end options, snapshots the returned plan again)."""
         if iteration in self.snapshot_at:
             self.snapshots[iteration] = u.detach().clamp(-1.0, 1.0).clone()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.snapshot_seconds[iteration] = time.perf_counter() - self.clock_start
+            self.snapshot_transitions[iteration] = self.transitions
 
     def record_failures(self, loss: Tensor) -> None:
         """Mark the problems whose per-problem ``loss [B]`` is not finite as failed (no host sync)."""
@@ -286,6 +384,23 @@ class Planner(abc.ABC, Generic[OptionsT]):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.options})"
 
+    def transitions(self, *, warm_start: bool = False) -> int | None:
+        """The model transitions per problem (forward plus backward) that a :meth:`plan` call with
+        these options spends, exactly as :attr:`PlanResult.transitions` counts them; None for a
+        planner that declares no count (the default; a plug-in planner may supply its own).
+
+        Args:
+            warm_start: the call gets ``init_actions`` (a lifted planner rolls them out once to
+                initialise its states).
+        """
+        return None
+
+    def iteration_period(self) -> int:
+        """Iterations a budget is spent in whole multiples of (:func:`~wmplan.platform.planners.fit_budget`
+        and tuning keep ``iterations`` a multiple of it): 1 by default; GRASP's sync interval, so
+        that a run ends on a sync."""
+        return 1
+
     def replace(self: P, **changes: Any) -> P:
         """A new planner of the same kind with some options changed (options are immutable)."""
         return type(self)(dataclasses.replace(self.options, **changes))
@@ -320,7 +435,7 @@ class Planner(abc.ABC, Generic[OptionsT]):
         generator.manual_seed(seed)
 
         t0 = time.perf_counter()
-        problem = Problem(model, start, goal, h)
+        problem = Problem(model, start, goal, h, clock_start=t0)
         bad = [i for i in snapshot_iterations if not 1 <= i <= self.options.iterations]
         if bad:
             raise ValueError(f"snapshot_iterations must lie in [1, {self.options.iterations}], got {bad}")
@@ -354,6 +469,11 @@ class Planner(abc.ABC, Generic[OptionsT]):
             trace=trace,
             virtual_states=None if out.virtual_states is None else out.virtual_states.detach(),
             action_snapshots={k: problem.to_action(v) for k, v in sorted(problem.snapshots.items())},
+            transitions=problem.transitions,
+            forward_transitions=problem.model.forward,
+            backward_transitions=problem.model.backward,
+            snapshot_seconds=dict(sorted(problem.snapshot_seconds.items())),
+            snapshot_transitions=dict(sorted(problem.snapshot_transitions.items())),
         )
 
     def _check_inputs(self, model: WorldModel, start: Tensor, goal: Tensor, init_actions: Tensor | None) -> tuple[Tensor, Tensor]:

@@ -42,6 +42,10 @@ class GD(Planner[GDOptions]):
     Options = GDOptions
     stochastic_by_default = True
 
+    def transitions(self, *, warm_start: bool = False) -> int | None:
+        """Per iteration, the rollout's H forward transitions and the H backward ones of its gradient."""
+        return 2 * self.options.horizon * self.options.iterations
+
     def _optimize(self, problem: Problem, generator: torch.Generator, init_u: Tensor | None) -> Optimized:
         o = self.options
         if init_u is not None:

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from wmplan.platform.options import require
-from wmplan.platform.planners.base import Optimized, Planner, PlannerOptions, Problem, randn, terminal_cost
+from wmplan.platform.planners.base import Optimized, Planner, PlannerOptions, Problem, randn, rollout, terminal_cost
 from wmplan.platform.planners.sampling import SamplingSchedule, refine_by_sampling
 from wmplan.platform.world_model import WorldModel
 
@@ -53,6 +53,13 @@ class GRASPOptions(PlannerOptions):
     """Stop gradients through the world model's state input (the paper's sg); off for the ablation."""
     init_state_noise: float = 0.0
     """Standard deviation of Gaussian noise added to the straight-line state initialisation."""
+    end: Literal["last", "sync", "best"] = "last"
+    """What the plan is: 'last': the last iterate, wherever the loop stops (the author's code);
+    'sync': the last iterate after a final sync phase (none when the last iteration synced);
+    'best': per problem, the actions of lowest full-rollout planning cost among the iterates right
+    after each sync phase and the last iterate."""
+    rollout_states: bool = False
+    """After each sync phase, reset the virtual states s_1..s_{H-1} to the model's rollout of the synced actions."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -111,14 +118,57 @@ class GRASP(Planner[GRASPOptions]):
     Each iteration evaluates every transition in one batched model call, takes an Adam step (one
     parameter group for states, one for actions), clips the actions to the bounds and adds
     Gaussian noise to the states. After every ``sync_interval``-th iteration, a sync phase
-    improves the actions on the full-rollout terminal loss and the main optimizer is rebuilt.
-    The goal term and the sync phase use the planning cost (:meth:`Problem.cost`).
+    improves the actions on the full-rollout terminal loss (and, with ``rollout_states``, the
+    virtual states are reset to the rollout of the synced actions) and the main optimizer is
+    rebuilt. The goal term and the sync phase use the planning cost (:meth:`Problem.cost`).
+    ``end`` chooses what is returned: the last iterate, the last iterate after a final sync phase,
+    or the best synced iterate by full-rollout cost. The snapshot of the last iteration is the
+    returned plan; ``trace.synced`` marks the loop's sync phases only (not a final one).
     """
 
     name = "grasp"
     Options = GRASPOptions
     lifted = True
     stochastic_by_default = True
+
+    def sync_phases(self) -> int:
+        """Sync phases a :meth:`plan` call runs: one after every ``sync_interval``-th iteration,
+        and a final one for ``end='sync'`` when the last iteration did not sync."""
+        o = self.options
+        in_loop = o.iterations // o.sync_interval if o.sync_interval > 0 else 0
+        return in_loop + int(o.end == "sync" and not self._last_synced())
+
+    def _last_synced(self) -> bool:
+        o = self.options
+        return o.sync_interval > 0 and o.iterations % o.sync_interval == 0
+
+    def _compares_best(self) -> bool:
+        """'best' with more than one candidate: the costs of the synced iterates are evaluated."""
+        o = self.options
+        in_loop = o.iterations // o.sync_interval if o.sync_interval > 0 else 0
+        return o.end == "best" and in_loop + int(not self._last_synced()) > 1
+
+    def iteration_period(self) -> int:
+        """The sync interval (1 without sync): a run of a multiple of it ends on a sync."""
+        return max(self.options.sync_interval, 1)
+
+    def transitions(self, *, warm_start: bool = False) -> int | None:
+        o = self.options
+        h = o.horizon
+        total = 2 * h * o.iterations  # lifted: one forward and one backward per step and iteration
+        per_sync = o.sync_steps * (o.sync_samples * h if o.sync_mode == "cem" else 2 * h)
+        total += per_sync * self.sync_phases()
+        in_loop = o.iterations // o.sync_interval if o.sync_interval > 0 else 0
+        best = self._compares_best()
+        # After each sync phase: a full rollout for 'best' (which also serves rollout_states), else
+        # the H-1 steps of s_1..s_{H-1} for rollout_states.
+        after_sync = h if best else (h - 1 if o.rollout_states else 0)
+        total += after_sync * in_loop
+        if self.sync_phases() > in_loop and o.rollout_states:  # the final sync phase of end='sync'
+            total += h - 1
+        if best and not self._last_synced():
+            total += h  # the last iterate's cost
+        return total + (h if warm_start else 0)
 
     def _optimize(self, problem: Problem, generator: torch.Generator, init_u: Tensor | None) -> Optimized:
         o = self.options
@@ -139,6 +189,28 @@ class GRASP(Planner[GRASPOptions]):
         residual_trace = torch.empty(iters, b, h, device=dev)
         synced = torch.zeros(iters, dtype=torch.bool)
         phase = o.sync_interval if o.sync_interval > 0 else iters
+        best = self._compares_best()
+        best_u = u.detach().clone()
+        best_cost = torch.full((b,), torch.inf, device=dev, dtype=u.dtype)
+
+        def after_sync() -> None:
+            """Reset the states to the rollout of the synced actions and/or keep the best synced iterate."""
+            if not (best or o.rollout_states):
+                return
+            with torch.no_grad():
+                actions = problem.to_action(u)
+                path = rollout(problem.model, problem.start, actions if best else actions[:, :-1])
+                if o.rollout_states:
+                    states.copy_(path[:, 1:h])
+                if best:
+                    keep_if_better(problem.cost(path[:, -1], problem.goal))
+
+        def keep_if_better(cost: Tensor) -> None:
+            cost = torch.where(torch.isfinite(cost), cost, torch.inf)
+            better = cost < best_cost
+            best_cost.copy_(torch.where(better, cost, best_cost))
+            best_u.copy_(torch.where(better[:, None, None], u.detach(), best_u))
+
         for i in range(iters):
             loss, residual, pred = lifted_loss(
                 problem.model, problem.start, problem.goal, states, problem.to_action(u),
@@ -156,12 +228,26 @@ class GRASP(Planner[GRASPOptions]):
             residual_trace[i] = residual
             if o.sync_interval > 0 and (i + 1) % o.sync_interval == 0:
                 self._sync(problem, u, generator)
+                after_sync()
                 opt = main_optimizer()
                 synced[i] = True
             problem.snapshot(i + 1, u)
+        final = u.detach()
+        if o.end == "sync" and not self._last_synced():
+            self._sync(problem, u, generator)
+            after_sync()
+            final = u.detach()
+        elif o.end == "best" and best:
+            if not self._last_synced():
+                with torch.no_grad():
+                    keep_if_better(problem.shooting_cost(u))
+            # A problem whose candidates all failed (+inf) keeps its last iterate.
+            final = torch.where(torch.isfinite(best_cost)[:, None, None], best_u, u.detach())
+        if o.end != "last":
+            problem.snapshot(iters, final)
         virtual = torch.cat([problem.start[:, None], states.detach(), problem.goal[:, None]], dim=1)
         return Optimized(
-            u=u.detach(), loss=loss_trace, goal_distance=dist_trace, residual=residual_trace, synced=synced,
+            u=final, loss=loss_trace, goal_distance=dist_trace, residual=residual_trace, synced=synced,
             virtual_states=virtual,
         )
 

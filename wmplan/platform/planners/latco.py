@@ -55,6 +55,12 @@ class LatCo(Planner[LatCoOptions]):
     Options = LatCoOptions
     lifted = True
 
+    def transitions(self, *, warm_start: bool = False) -> int | None:
+        """Per iteration, one batched step of the H transitions, forward and backward; a warm start
+        adds the H forward transitions of the initial guess's rollout."""
+        h = self.options.horizon
+        return 2 * h * self.options.iterations + (h if warm_start else 0)
+
     def _optimize(self, problem: Problem, generator: torch.Generator, init_u: Tensor | None) -> Optimized:
         o = self.options
         b, h, dev = problem.batch, problem.horizon, problem.device

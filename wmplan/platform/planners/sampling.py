@@ -125,6 +125,11 @@ class SamplingPlanner(Planner[OptionsT]):
     def schedule(self) -> SamplingSchedule:
         """Sample counts, iterations and weighting, from the planner's options."""
 
+    def transitions(self, *, warm_start: bool = False) -> int | None:
+        """Per iteration, the H forward transitions of each sample's rollout (no gradients)."""
+        schedule = self.schedule()
+        return schedule.iterations * schedule.samples * self.options.horizon
+
     def _optimize(self, problem: Problem, generator: torch.Generator, init_u: Tensor | None) -> Optimized:
         schedule = self.schedule()
         mean = problem.zeros() if init_u is None else init_u
