@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.platform.helpers import CountingModel
-from wmplan.platform.planners import make_planner
+from wmplan.platform.planners import make_planner, rollout
 from wmplan.platform.planners.grasp import lifted_loss
 from wmplan.platform.problems import reachable_problems
 from wmplan.platform.world_model import LinearModel
@@ -87,3 +87,61 @@ def test_residuals_fall_on_a_reachable_problem():
     first, last = r.trace.residual[0].mean(), r.trace.residual[-1].mean()
     assert last < 0.2 * first, (first, last)
     assert r.final_distance.median() < 0.3
+
+
+# -- where the plan ends: end='last' | 'sync' | 'best', and rollout_states ------------------------------------
+
+
+def _final_cost(model, start, goal, actions):
+    with torch.no_grad():
+        return (rollout(model, start, actions)[:, -1] - goal).pow(2).mean(-1)
+
+
+ENDS = dict(horizon=6, iterations=35, sync_interval=10, sync_steps=3, noise_scale=0.01, action_lr=0.05)
+
+
+def test_best_is_the_cheapest_of_the_synced_iterates_and_the_last():
+    model = LinearModel.rotation(dim=2, radius=1.05)
+    start, goal = reachable_problems(model, 6, 6, seed=3)
+    last = make_planner("grasp", **ENDS).plan(model, start, goal, seed=1, snapshot_iterations=[10, 20, 30])
+    best = make_planner("grasp", end="best", **ENDS).plan(model, start, goal, seed=1)
+    # The candidates: the iterates right after each sync (the 'last' run's snapshots, same seed) and the last iterate.
+    candidates = torch.stack([_final_cost(model, start, goal, a) for a in [*last.action_snapshots.values(), last.actions]])
+    torch.testing.assert_close(_final_cost(model, start, goal, best.actions), candidates.min(0).values)
+    assert (_final_cost(model, start, goal, best.actions) <= _final_cost(model, start, goal, last.actions) + 1e-7).all()
+    assert (candidates.argmin(0) < 3).any(), "some problem should prefer a synced iterate to the last one"
+    assert best.transitions == last.transitions + 4 * 6  # a rollout of each of the 4 candidates
+    torch.testing.assert_close(best.trace.loss, last.trace.loss)  # the loop itself is the same
+
+
+def test_sync_adds_a_final_sync_unless_the_loop_ended_on_one():
+    model = LinearModel.rotation(dim=2)
+    start, goal = reachable_problems(model, 4, 6, seed=2)
+    aligned = {**ENDS, "iterations": 30}
+    last = make_planner("grasp", **aligned).plan(model, start, goal, seed=0)
+    synced = make_planner("grasp", end="sync", **aligned).plan(model, start, goal, seed=0)
+    assert torch.equal(synced.actions, last.actions) and synced.transitions == last.transitions
+    last = make_planner("grasp", **ENDS).plan(model, start, goal, seed=0)
+    synced = make_planner("grasp", end="sync", **ENDS).plan(model, start, goal, seed=0, snapshot_iterations=[35])
+    assert synced.transitions == last.transitions + 3 * 2 * 6  # one more sync phase of 3 gradient steps
+    assert not torch.equal(synced.actions, last.actions)
+    torch.testing.assert_close(synced.action_snapshots[35], synced.actions)  # the last snapshot is the plan
+    assert synced.snapshot_transitions[35] == synced.transitions
+    assert synced.trace.synced.sum() == 3  # the trace marks the loop's syncs only
+
+
+@pytest.mark.parametrize("sync_mode", ["gd", "cem"])
+def test_rollout_states_makes_the_residuals_zero_after_a_sync(sync_mode):
+    model = LinearModel.rotation(dim=2)
+    start, goal = reachable_problems(model, 3, 5, seed=4)
+    options = dict(horizon=5, iterations=12, sync_interval=4, sync_steps=2, sync_mode=sync_mode, sync_samples=8, sync_elites=2)
+    reset = make_planner("grasp", rollout_states=True, **options).plan(model, start, goal, seed=0)
+    kept = make_planner("grasp", **options).plan(model, start, goal, seed=0)
+    after = torch.nonzero(reset.trace.synced).flatten()[:-1] + 1  # the iterations right after a sync
+    assert after.tolist() == [4, 8]
+    # The residuals are computed before each iteration's step: on the rollout they vanish, except the
+    # last step, whose target is the goal.
+    assert reset.trace.residual[after, :, :-1].abs().max() < 1e-5
+    assert (reset.trace.residual[after, :, -1] > 1e-3).all()
+    assert kept.trace.residual[after, :, :-1].abs().max() > 1e-3
+    assert reset.transitions == kept.transitions + 3 * (5 - 1)  # s_1..s_4 rolled out after each of 3 syncs
