@@ -424,3 +424,40 @@ def test_success_by_iteration_executes_each_snapshot_in_the_simulator():
         assert r.to_row()["success_by_iteration"] == list(r.success_by_iteration)
     mpc = run_episodes(env, WallAgnostic(), exact_gd(3), specs, planner_name="gd", mode="mpc", plan_seed=0, snapshot_iterations=[1])
     assert all(r.snapshot_iterations == () for r in mpc)  # the anytime curve is an open-loop notion
+
+
+def test_time_to_success_is_the_first_snapshot_that_succeeds():
+    env = make_env("wall")
+    snaps = [1, 2, 4] + list(range(10, 151, 10))
+    planner = exact_gd(3, iterations=150)
+    records = run_episodes(env, WallAgnostic(), planner, list(SAME_SIDE) + [ACROSS_BLOCKED], planner_name="gd", plan_seed=0,
+                           snapshot_iterations=snaps, budget=1234)
+    per_iteration = 2 * 3  # GD: H forward and H backward transitions per iteration
+    for r in records:
+        assert r.budget == 1234 and r.transitions == planner.transitions()
+        assert len(r.snapshot_seconds) == len(r.snapshot_transitions) == len(snaps)
+        assert list(r.snapshot_transitions) == [i * per_iteration for i in snaps]  # counted as spent, not assumed
+        assert all(a < b for a, b in zip(r.snapshot_seconds, r.snapshot_seconds[1:]))
+        assert r.snapshot_seconds[-1] <= r.planning_time_s
+        if r.success:
+            first = r.success_by_iteration.index(True)
+            assert 0 < first < len(snaps) - 1  # not the first snapshot, and before the whole budget
+            assert r.time_to_success_s == r.snapshot_seconds[first] < r.planning_time_s
+            assert r.transitions_to_success == snaps[first] * per_iteration
+        else:
+            assert math.isnan(r.time_to_success_s) and r.transitions_to_success == -1
+    assert [r.success for r in records] == [True, True, False]  # the wall-blind model cannot cross the wall
+    s = summarize(records)
+    wins = sorted(r.time_to_success_s for r in records if r.success)
+    assert s["median_time_to_success_s"] == pytest.approx(sum(wins) / 2)
+    assert s["median_transitions_to_success"] == pytest.approx(np.median([r.transitions_to_success for r in records if r.success]))
+    assert s["median_transitions"] == planner.transitions()
+    row = records[0].to_row()
+    assert row["snapshot_seconds"] == list(records[0].snapshot_seconds) and row["budget"] == 1234
+
+
+def test_time_to_success_without_snapshots_is_the_whole_planning_time():
+    env = make_env("wall")
+    records = run_episodes(env, WallAgnostic(), exact_gd(3), list(SAME_SIDE), planner_name="gd", plan_seed=0)
+    assert all(r.success and r.time_to_success_s == r.planning_time_s and r.transitions_to_success == r.transitions
+               for r in records)

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal
 from wmplan.config import BY_PLANNER, Settings, load
 from wmplan.platform.errors import ConfigError
 from wmplan.platform.options import require
-from wmplan.platform.planners import make_planner, planner_class
+from wmplan.platform.planners import fit_budget, make_planner, planner_class
 
 __all__ = ["ExperimentConfig", "load_config"]
 
@@ -78,8 +78,6 @@ class ExperimentConfig(Settings):
         """The options ``planner`` runs with at ``horizon``: the config's, with the iterations fitted to the budget."""
         options = dict(self.planners[planner])
         if self.budget:
-            from wmplan.platform.planners import fit_budget  # type: ignore[attr-defined]
-
             options = fit_budget(planner, options, horizon=horizon, budget=self.budget)
         return options
 

@@ -504,11 +504,10 @@ def run_episodes(
                                                snapshot_iterations=snaps)
         wall_time += result.wall_time_s
         iterations += result.iterations
-        transitions += getattr(result, "transitions", 0)
+        transitions += result.transitions
         if result.action_snapshots:
-            seconds, spent = getattr(result, "snapshot_seconds", {}), getattr(result, "snapshot_transitions", {})
-            snapshot_seconds = tuple(seconds.get(i, math.nan) for i in result.action_snapshots)
-            snapshot_transitions = tuple(spent.get(i, -1) for i in result.action_snapshots)
+            snapshot_seconds = tuple(result.snapshot_seconds[i] for i in result.action_snapshots)
+            snapshot_transitions = tuple(result.snapshot_transitions[i] for i in result.action_snapshots)
         n = h if mode == "open_loop" else min(replan_every, remaining)
         failed = result.failed.cpu().numpy()
         plan = result.actions.detach().cpu().double().numpy()
