@@ -21,8 +21,11 @@ model     a callable ``factory(*, device, **options) -> model`` returning a worl
           :class:`~wmplan.platform.world_model.ObservationModel` when it declares pictures)
 ========  ========================================================================================
 
-For a model, a string that is neither a registered name nor a plug-in spec is a checkpoint
-directory (:func:`wmplan.platform.models.load_world_model`).
+For a model, :data:`EXACT_MODEL` (``"exact"``) names the task's own dynamics, for a task whose
+:class:`~wmplan.platform.envs.Env` offers them (a method ``exact_model(*, device) -> WorldModel``,
+as the analytic tasks of :mod:`wmplan.platform.envs.analytic` do; see :func:`has_exact_model`); a
+string that is neither that, a registered name nor a plug-in spec is a checkpoint directory
+(:func:`wmplan.platform.models.load_world_model`).
 
 Imports are cached (one import per spec and process), and each plug-in is checked on first use:
 anything wrong (a module that cannot be imported, a missing attribute, the wrong kind of object,
@@ -66,6 +69,7 @@ __all__ = [
     "KINDS", "Kind", "PlannerTable", "PLANNERS", "is_plugin_spec", "names",
     "register_planner", "register_task", "register_model", "unregister",
     "planner_class", "make_task", "task_class", "is_model_factory", "model_factory", "load_model",
+    "EXACT_MODEL", "has_exact_model",
 ]
 
 Kind = Literal["planner", "task", "model"]
@@ -76,6 +80,9 @@ PlannerT = TypeVar("PlannerT", bound="type[Planner[Any]]")
 
 _SPEC = re.compile(r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*$")
 _NAME = re.compile(r"^[A-Za-z_][\w\-]*$")
+
+EXACT_MODEL = "exact"
+"""The model name that means the task's own dynamics (:func:`has_exact_model`), loaded with no checkpoint."""
 
 _planners: dict[str, type[Planner[Any]]] = {}
 _tasks: dict[str, Callable[..., Env]] = {}
@@ -178,7 +185,7 @@ def register_model(name: str, factory: Callable[..., WorldModel]) -> None:
     _check_name("model", name)
     if not callable(factory):
         raise ConfigError(f"model {name!r}: the factory must be callable, got {type(factory).__name__}")
-    if _models.get(name, factory) is not factory:
+    if name == EXACT_MODEL or _models.get(name, factory) is not factory:
         raise ConfigError(f"model name {name!r} is taken")
     _models[name] = factory
 
@@ -402,6 +409,12 @@ def task_class(spec: str) -> type[Env]:
     return type(make_task(spec))
 
 
+def has_exact_model(task: Env | type[Env]) -> bool:
+    """Whether a task (its :class:`~wmplan.platform.envs.Env` or its class) offers its own dynamics as a
+    world model: a method ``exact_model(*, device) -> WorldModel``, what model :data:`EXACT_MODEL` loads."""
+    return callable(getattr(task, "exact_model", None))
+
+
 def is_model_factory(spec: str | os.PathLike[str]) -> bool:
     """Whether ``spec`` names a model factory (a registered name or ``package.module:callable``)
     rather than a checkpoint directory."""
@@ -462,16 +475,20 @@ def load_model(
     *,
     device: str | torch.device = "cpu",
     options: Mapping[str, Any] | None = None,
+    task: Env | None = None,
 ) -> WorldModel:
-    """The world model of a registered name, a ``package.module:factory`` spec or a checkpoint directory.
+    """The world model of a registered name, a ``package.module:factory`` spec, a checkpoint directory,
+    or the task's own dynamics.
 
     Args:
-        spec: a registered model name; ``package.module:factory``, called as
+        spec: :data:`EXACT_MODEL`, the exact dynamics of ``task`` (``task.exact_model(device=device)``;
+            no options); a registered model name; ``package.module:factory``, called as
             ``factory(device=device, **options)``; or else a checkpoint directory (or its
             config.json), loaded with :func:`wmplan.platform.models.load_world_model` with
             ``options`` as its keywords (e.g. ``allow_code``).
         device: where the model must live.
         options: keyword options of the factory or the checkpoint loader.
+        task: the task planned on; needed only by :data:`EXACT_MODEL`.
 
     Returns:
         A checked world model on ``device`` (also checked as an observation model when it
@@ -488,7 +505,15 @@ def load_model(
 
     options = dict(options or {})
     device = torch.device(device)
-    if isinstance(spec, str) and is_model_factory(spec):
+    if spec == EXACT_MODEL:
+        if task is None or not has_exact_model(task):
+            what = "no task was given" if task is None else f"task {task.name!r} has no exact dynamics (exact_model)"
+            raise ConfigError(f"model {EXACT_MODEL!r} is the task's own dynamics, but {what}; give a checkpoint or a plug-in")
+        if options:
+            raise ConfigError(f"model {EXACT_MODEL!r} (the task's own dynamics) takes no options, got {', '.join(options)}")
+        model = cast(Any, task).exact_model(device=device)  # checked by has_exact_model
+        where = f"the exact dynamics of task {task.name!r}"
+    elif isinstance(spec, str) and is_model_factory(spec):
         model = _bound_model_factory(spec, options)(device=device, **options)
         where = f"model {spec!r}"
     else:

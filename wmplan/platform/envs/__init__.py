@@ -1,4 +1,5 @@
-"""The three task simulators (DINO-WM's WallSingle, PointMaze U-maze and Push-T) and :func:`make_env`.
+"""The task simulators (DINO-WM's WallSingle, PointMaze U-maze and Push-T; the analytic models as
+tasks, :mod:`wmplan.platform.envs.analytic`) and :func:`make_env`.
 
 Each simulator's heavy dependency (``mujoco`` for PointMaze, ``pymunk`` for Push-T) is imported
 only when that task is built. Everything wmplan knows about a task is on its :class:`Env` class
@@ -27,13 +28,16 @@ from wmplan.platform.errors import unknown_name_error
 
 __all__ = [
     "Env", "FRAMESKIP", "GOAL_MODES", "PixelRecipe", "Policy", "Segment", "StartGoal",
-    "ENV_NAMES", "DEFAULT_TASK", "make_env", "env_class", "pack_actions", "unpack_actions",
+    "ENV_NAMES", "DEFAULT_TASK", "DEFAULT_ANALYTIC_TASK", "make_env", "env_class", "pack_actions", "unpack_actions",
 ]
 
 _BUILTIN: dict[str, str] = {
     "wall": "wmplan.platform.envs.wall:WallEnv",
     "pointmaze": "wmplan.platform.envs.pointmaze:PointMazeEnv",
     "pusht": "wmplan.platform.envs.pusht:PushTEnv",
+    "linear": "wmplan.platform.envs.analytic:LinearEnv",
+    "pointmass": "wmplan.platform.envs.analytic:PointMassEnv",
+    "obstacles": "wmplan.platform.envs.analytic:ObstaclesEnv",
 }
 
 ENV_NAMES: tuple[str, ...] = tuple(_BUILTIN)
@@ -41,6 +45,9 @@ ENV_NAMES: tuple[str, ...] = tuple(_BUILTIN)
 
 DEFAULT_TASK = "wall"
 """The task a config plans on when it names none."""
+
+DEFAULT_ANALYTIC_TASK = "linear"
+"""The analytic task (one with exact dynamics) ``wmplan demo`` plans on when it names none."""
 
 
 def env_class(name: str) -> type[Env]:
