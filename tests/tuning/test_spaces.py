@@ -62,7 +62,8 @@ def assert_in_space(options: dict[str, Any], space: tuple[Param, ...]) -> None:
 def test_default_spaces_cover_every_planner() -> None:
     assert set(DEFAULT_SPACES) == set(PLANNERS)
     required = {
-        "grasp": {"noise_scale", "sync_interval", "sync_steps", "state_lr", "action_lr", "goal_weight"},
+        "grasp": {"noise_scale", "sync_interval", "sync_steps", "sync_lr", "end", "rollout_states", "state_lr", "action_lr",
+                  "goal_weight"},
         "cem": {"samples", "elites", "iterations", "init_std"},
         "gd": {"lr", "iterations", "action_noise", "init_std"},
         "latco": {"lr", "iterations", "multiplier_lr"},

@@ -236,3 +236,22 @@ def test_log_trial_needs_start(uri):
     study.add_trial(optuna.trial.create_trial(params={}, distributions={}, values=[0.1]))
     with pytest.raises(TrackingError, match="start"):
         StudyTracker(tracking_uri=uri, experiment="tuning").log_trial(trial=study.trials[0], results_dir=None)
+
+
+def test_trial_and_best_compute_are_logged(uri):
+    study = optuna.create_study()
+    for i, ratio in enumerate((0.2, None)):
+        attrs = {"options": {"lr": 0.1 * (i + 1)}, "budget": 5000, "predicted_transitions": 4800 + i, "sync_ratio": ratio}
+        study.add_trial(optuna.trial.create_trial(params={"lr": 0.1 * (i + 1)}, distributions={"lr": SPACE["lr"]},
+                                                  values=[0.5 * (i + 1)], user_attrs=attrs))
+    tracker = StudyTracker(tracking_uri=uri, experiment="tuning")
+    parent_id = tracker.start(study_name="budget", config=CONFIG)
+    _log_all(tracker, study, Path("/nonexistent"))
+    tracker.finish(study=study, test_summary={})
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    first = client.get_run(tracker.trial_run_ids[0]).data.metrics
+    assert (first["budget"], first["predicted_transitions"], first["sync_ratio"]) == (5000, 4800, pytest.approx(0.2))
+    assert "sync_ratio" not in client.get_run(tracker.trial_run_ids[1]).data.metrics  # not GRASP: none
+    parent = client.get_run(parent_id).data.metrics
+    assert parent["best_trial"] == 1 and parent["budget"] == 5000 and parent["best_predicted_transitions"] == 4801
+    assert "best_sync_ratio" not in parent

@@ -9,6 +9,10 @@ the command-line grammar below), or has none and must be given one with ``--spac
 widen, fix, drop or add parameters of it; :func:`suggest` draws planner options from an Optuna
 trial, and every dict it returns is accepted by ``make_planner(name, horizon=H, **options)``.
 
+The iterations are special in a study (:func:`wmplan.tuning.trials.trial_options`): with a budget
+of model transitions (``wmplan tune --budget``) they are not searched but fitted to it after the
+other options are drawn; without one, GRASP's are rounded to a multiple of its sync interval.
+
 Two planner options need more than a plain Optuna distribution.
 
 **Log-scale values that must be able to be exactly 0** (GRASP's ``noise_scale``, GD's
@@ -211,7 +215,9 @@ def _fraction(name: str, total: str, low: float, high: float) -> Param:
 
 BUILTIN_SPACES: dict[str, tuple[Param, ...]] = {
     # Defaults: state_lr 0.1, action_lr 0.005, goal_weight 1, noise 0.005, sync every 50 for 10
-    # steps at lr 0.05. Iterations stay at the planner default (750) unless added.
+    # steps at lr 0.05, the last iterate returned. Iterations are the planner default (750) unless
+    # added, rounded to a multiple of the sync interval (the run ends on a sync); with a study
+    # budget they are fitted to it (wmplan.tuning.trials.trial_options).
     "grasp": (
         _log("noise_scale", 1e-4, 0.1, zero=True),
         Param(name="sync_interval", kind="categorical", choices=(0, 10, 25, 50, 100, 200)),
@@ -220,6 +226,8 @@ BUILTIN_SPACES: dict[str, tuple[Param, ...]] = {
         _log("state_lr", 0.01, 1.0),
         _log("action_lr", 5e-4, 0.05),
         _log("goal_weight", 1e-3, 10.0),
+        Param(name="end", kind="categorical", choices=("last", "sync", "best")),
+        Param(name="rollout_states", kind="categorical", choices=(False, True)),
     ),
     # DINO-WM: 300 samples, 30 elites (10%), 30 iterations, init std 1.
     "cem": (

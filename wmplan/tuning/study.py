@@ -9,6 +9,12 @@ the working directory by default, a PostgreSQL URL on a cluster): running the sa
 finishes the requested number of trials, and trials left RUNNING by a killed driver are marked
 failed with that reason. The best trial's options are then run once on a separate, held-out
 *test set* of start/goal pairs; that result is what the study reports.
+
+Equal compute: with a ``budget`` (model transitions per planner call, forward and backward), the
+iterations are not searched; each trial's are fitted to the budget after its other options are
+drawn (:func:`wmplan.tuning.trials.trial_options`). Every trial records its budget, predicted
+transitions and (GRASP) ratio of sync steps to lifted steps as user attributes
+(:data:`wmplan.tuning.trials.COMPUTE_ATTRS`); the result shows the best trial's.
 """
 
 from __future__ import annotations
@@ -34,13 +40,13 @@ from wmplan.platform.data import read_dataset
 from wmplan.platform.episode import EpisodeRecord, EpisodeSpec, summarize
 from wmplan.platform.errors import ConfigError, unknown_name_error
 from wmplan.platform.options import require
-from wmplan.platform.planners import PLANNERS, make_planner
+from wmplan.platform.planners import PLANNERS
 from wmplan.platform.registry import make_task
 from wmplan.platform.workflow import episode_specs
 from wmplan.storage.parquet import write_records
 from wmplan.storage.services import check_database_url, redact
-from wmplan.tuning.spaces import DEFAULT_SPACES, options_from_params, parse_space_overrides, suggest
-from wmplan.tuning.trials import best_trial
+from wmplan.tuning.spaces import DEFAULT_SPACES, Param, options_from_params, parse_space_overrides, suggest
+from wmplan.tuning.trials import best_trial, compute_attrs, trial_options
 
 __all__ = ["TuneConfig", "TuneResult", "run_study", "open_study", "TEST_SEED_OFFSET"]
 
@@ -76,6 +82,9 @@ class TuneConfig(Settings):
     """Optuna storage URL or journal file (default: studies.journal in the working directory)."""
     time_objective: bool = False
     """Add median planning time as a second objective (a Pareto front; no pruning)."""
+    budget: int = 0
+    """Model transitions per planner call (forward, plus backward where gradients are taken) each trial's
+    iterations are fitted to, instead of searched; 0: no budget (GRASP's iterations end on a sync)."""
     space: tuple[str, ...] = field(default=(), metadata=ONE_PER_ITEM)
     """Search-space items (one per --space), e.g. 'noise_scale=0.001:0.1:log', 'state_lr=0.05', '-goal_weight'."""
     output: str = "studies"
@@ -87,7 +96,13 @@ class TuneConfig(Settings):
             raise unknown_name_error("planner", self.planner, PLANNERS)
         for name in ("horizon", "trials", "parallel", "tuning_episodes", "test_episodes"):
             require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        require(self.budget >= 0, f"budget must be >= 0 (0: none), got {self.budget}")
         parse_space_overrides(self.planner, list(self.space))  # validated now
+        if self.budget:
+            searched = [item for item in self.space if item.strip().lstrip("+").partition("=")[0].strip() == "iterations"]
+            if searched:
+                raise ConfigError(f"space item {searched[0]!r}: with a budget ({self.budget} transitions) the iterations are "
+                                  "fitted to it, not searched; drop the item")
 
     @property
     def name(self) -> str:
@@ -96,6 +111,16 @@ class TuneConfig(Settings):
     @property
     def storage_url(self) -> str:
         return self.storage or "studies.journal"
+
+    def search_space(self) -> tuple[Param, ...]:
+        """The space trials are drawn from: the planner's default edited by ``space``, without
+        ``iterations`` when there is a budget (they are fitted to it)."""
+        space = parse_space_overrides(self.planner, list(self.space)) if self.space else DEFAULT_SPACES[self.planner]
+        return tuple(p for p in space if not (self.budget and p.name == "iterations"))
+
+    def trial_options(self, suggested: Mapping[str, Any]) -> dict[str, Any]:
+        """The options a trial runs with (:func:`wmplan.tuning.trials.trial_options`)."""
+        return trial_options(self.planner, suggested, horizon=self.horizon, budget=self.budget)
 
     def experiment(self) -> ExperimentConfig:
         """The execution settings shared with experiment runs (model, actors, cluster)."""
@@ -154,11 +179,17 @@ class TuneResult:
     test_pairs_disjoint: bool
     test_records: tuple[EpisodeRecord, ...] = ()
     """The held-out episodes of the best options (as written to OUTPUT/STUDY/test)."""
+    budget: int = 0
+    """Model transitions per planner call the trials were fitted to (0: none)."""
+    best_transitions: int | None = None
+    """The best options' predicted transitions per problem and planner call (None: the planner declares no count)."""
+    best_sync_ratio: float | None = None
+    """GRASP: the best options' sync steps per lifted step; None for other planners."""
 
 
 def _item(config: TuneConfig, options: dict[str, Any], specs: Sequence[EpisodeSpec], plan_seed: int) -> WorkItem:
     return WorkItem(planner=config.planner, options=dict(options), horizon=config.horizon, specs=list(specs),
-                    mode="open_loop", replan_every=1, plan_seed=plan_seed)
+                    mode="open_loop", replan_every=1, plan_seed=plan_seed, budget=config.budget)
 
 
 def _values(config: TuneConfig, records: Sequence[EpisodeRecord]) -> list[float]:
@@ -179,7 +210,7 @@ def run_study(config: TuneConfig, *, say: Callable[[str], None] = lambda m: None
     dataset = read_dataset(experiment.data_path) if env.needs_dataset_for_goals() else None
     tuning = episode_specs(env, horizon=config.horizon, count=config.tuning_episodes, seed=config.seed, dataset=dataset)
     test = episode_specs(env, horizon=config.horizon, count=config.test_episodes, seed=config.seed + TEST_SEED_OFFSET, dataset=dataset)
-    space = parse_space_overrides(config.planner, list(config.space)) if config.space else DEFAULT_SPACES[config.planner]
+    space = config.search_space()
     study = open_study(config)
     tracker = _start_tracking(config) if config.tracking else None
     for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -234,8 +265,8 @@ def _optimize(config: TuneConfig, study: optuna.Study, tracker: Any, tuning: lis
             while asked < to_run and len(active) < config.parallel:
                 trial = study.ask()
                 try:
-                    options = suggest(trial, space)
-                    make_planner(config.planner, horizon=config.horizon, **options)
+                    options = config.trial_options(suggest(trial, space))
+                    attrs = compute_attrs(config.planner, options, horizon=config.horizon, budget=config.budget)
                 except (ConfigError, ValueError) as exc:
                     study._storage.set_trial_user_attr(trial._trial_id, FAIL_REASON, str(exc))  # noqa: SLF001
                     study.tell(trial, state=TrialState.FAIL)
@@ -243,6 +274,8 @@ def _optimize(config: TuneConfig, study: optuna.Study, tracker: Any, tuning: lis
                     asked += 1
                     continue
                 trial.set_user_attr("options", options)
+                for key, value in attrs.items():
+                    trial.set_user_attr(key, value)
                 state = _Trial(trial, options, chunks)
                 ticket = pool.submit(_item(config, options, chunks[0], config.seed + trial.number))
                 active[ticket] = state
@@ -293,11 +326,16 @@ def _optimize(config: TuneConfig, study: optuna.Study, tracker: Any, tuning: lis
     study.set_user_attr("test_success_rate", test_summary["success_rate"])
     study.set_user_attr("test_success_interval", [test_summary["success_low"], test_summary["success_high"]])
     study.set_user_attr("best_trial", best.number)
+    attrs = compute_attrs(config.planner, best.params_options, horizon=config.horizon, budget=config.budget)
+    ratio = "" if attrs["sync_ratio"] is None else f", {attrs['sync_ratio']:.3g} sync steps per lifted step"
+    spent = "no transition count" if attrs["predicted_transitions"] is None else f"{attrs['predicted_transitions']} transitions"
+    say(f"best trial {best.number}: {spent} per planner call (budget {config.budget or 'none'}){ratio}")
     disjoint = {tuple(s.start) for s in tuning}.isdisjoint({tuple(s.start) for s in test})
     finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)))
     return TuneResult(study=config.name, finished_trials=finished, best_trial=best.number, best_options=best.params_options,
                       best_tuning_success=best.success, test_summary=test_summary, test_pairs_disjoint=disjoint,
-                      test_records=tuple(test_records))
+                      test_records=tuple(test_records), budget=config.budget,
+                      best_transitions=attrs["predicted_transitions"], best_sync_ratio=attrs["sync_ratio"])
 
 
 @dataclass(frozen=True)
@@ -314,6 +352,5 @@ def _best_trial(study: optuna.Study, config: TuneConfig) -> _Best:
     trial = best_trial(complete)
     options = trial.user_attrs.get("options")
     if options is None:
-        space = parse_space_overrides(config.planner, list(config.space)) if config.space else DEFAULT_SPACES[config.planner]
-        options = options_from_params(trial.params, space)
+        options = config.trial_options(options_from_params(trial.params, config.search_space()))
     return _Best(trial.number, dict(options), float(trial.values[0]))

@@ -11,7 +11,8 @@ Run layout::
     parent run (name = study name, tags wmplan.study, wmplan.role = "study")
         params       the flattened tune config; after finish() also best.<option> (the best trial's options)
         metrics      test_success_rate, test_success_low, test_success_high, test_model_success_rate,
-                     test_median_planning_time_s, test_episodes, best_tuning_success, best_trial, trials
+                     test_median_planning_time_s, test_episodes, best_tuning_success, best_trial, trials;
+                     the best trial's compute: budget, best_predicted_transitions, best_sync_ratio (GRASP)
         plots/optimization_history.png   success per trial number with the best-so-far line
         plots/param_importances.png      Optuna's plot_param_importances (>= 2 complete trials, a varied param)
         plots/slice.png                  Optuna's plot_slice: success against noise_scale and sync_interval
@@ -20,7 +21,8 @@ Run layout::
                          wmplan.trial_state = COMPLETE / PRUNED / FAIL, wmplan.fail_reason when failed)
         params       the trial's options (user_attrs["options"], else its raw Optuna params), flattened
         metrics      success_rate (and median_planning_time_s with two objectives) when the trial has values;
-                     success_rate_so_far per reported step (episodes); tuning/* episode metrics from its results
+                     success_rate_so_far per reported step (episodes); tuning/* episode metrics from its results;
+                     its compute (user attributes): budget, predicted_transitions, sync_ratio (GRASP)
         episodes/part-*.parquet          the trial's episodes parts, when its results directory exists
 
 Resuming a study is safe: :meth:`StudyTracker.start` reuses the study's parent run, and
@@ -66,7 +68,7 @@ from wmplan.tuning.plots import (
     slice_params,
     slice_png,
 )
-from wmplan.tuning.trials import best_trial
+from wmplan.tuning.trials import COMPUTE_ATTRS, best_trial
 
 __all__ = ["StudyTracker", "TAG_STUDY", "TAG_TRIAL", "TAG_TRIAL_STATE", "TAG_FAIL_REASON", "SLICE_PARAMS"]
 
@@ -210,6 +212,7 @@ class StudyTracker(MlflowRecorder):
             best = best_trial(complete)
             metrics["best_tuning_success"] = float(best.values[0])
             metrics["best_trial"] = float(best.number)
+            metrics.update({("" if k == "budget" else "best_") + k: v for k, v in _compute_metrics(best).items()})
             options = best.user_attrs.get("options")
             flat = flatten_params(options if isinstance(options, Mapping) else best.params)
             old = dict(self.client.get_run(parent).data.params)
@@ -252,6 +255,7 @@ class StudyTracker(MlflowRecorder):
             metrics["median_planning_time_s"] = float(values[1])
         if trial.duration is not None:
             metrics["duration_s"] = trial.duration.total_seconds()
+        metrics.update(_compute_metrics(trial))
         self.log_metrics(metrics, run_id=run_id)
         for step, value in sorted(trial.intermediate_values.items()):
             self.log_metrics({"success_rate_so_far": value}, run_id=run_id, step=int(step))
@@ -270,3 +274,10 @@ class StudyTracker(MlflowRecorder):
                 self.log_metrics({f"tuning/{k}": v for k, v in group_metrics(table.to_pylist()).items()}, run_id=run_id)
         except Exception as exc:  # noqa: BLE001 - the summary is a convenience; the parts are logged
             log.warning("cannot summarise the episodes in %s: %s: %s", folder, type(exc).__name__, exc)
+
+
+def _compute_metrics(trial: FrozenTrial) -> dict[str, float]:
+    """The trial's compute user attributes (:data:`~wmplan.tuning.trials.COMPUTE_ATTRS`) that are numbers."""
+    attrs = trial.user_attrs
+    return {k: float(attrs[k]) for k in COMPUTE_ATTRS
+            if isinstance(attrs.get(k), (int, float)) and not isinstance(attrs.get(k), bool)}
