@@ -70,9 +70,12 @@ class DataConfig:
     env: str
     """Task: a built-in or registered name, or package.module:factory."""
     episodes: int = 1000
-    """Number of trajectories (1000 x 100 steps: enough wall contacts that a model learns the wall)."""
+    """Number of trajectories (``wmplan data`` and default models use the task's
+    default_trajectories: 100,000 env steps in all for wmplan's tasks, enough wall contacts that a
+    model learns the wall)."""
     steps: int = 0
-    """Env steps per trajectory (0: the task's default_trajectory_steps, 100 for wmplan's tasks)."""
+    """Env steps per trajectory (0: the task's default_trajectory_steps; replayed goals H model steps
+    away need held-out trajectories of at least frameskip x H steps)."""
     seed: int = 0
     """Seed of every random choice (states, policy noise, the split)."""
     val_fraction: float = 0.1

@@ -62,12 +62,14 @@ def default_checkpoint(env: str, root: str | Path = ".", *, obs: str = "state") 
 
 
 def default_data_config(env: str, *, obs: str = "state") -> DataConfig:
-    """The data set a task's default model is trained on (with frames for ``obs='pixels'``: as many
-    trajectories as the task's ``pixel_recipe`` says)."""
+    """The data set a task's default model is trained on: the task's ``default_trajectories``
+    trajectories of its ``default_trajectory_steps`` env steps (with frames for ``obs='pixels'``:
+    as many trajectories as the task's ``pixel_recipe`` says)."""
     _check_obs(obs)
+    task = task_class(env)
     if obs == "pixels":
-        return DataConfig(env=env, episodes=task_class(env).pixel_recipe.trajectories, frames=True)
-    return DataConfig(env=env)
+        return DataConfig(env=env, episodes=task.pixel_recipe.trajectories, frames=True)
+    return DataConfig(env=env, episodes=task.default_trajectories)
 
 
 def default_train_config(env: str, *, obs: str = "state", device: str = "cpu", **options: Any) -> TrainConfig:

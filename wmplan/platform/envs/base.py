@@ -154,6 +154,7 @@ class Env(abc.ABC):
                                  the one used unless asked otherwise (``random``)
     :meth:`data_policy`          the data-collection policy (uniform random actions)
     ``default_trajectory_steps`` env steps of a data trajectory (100)
+    ``default_trajectories``     trajectories of the task's default data set (1000)
     ``world_extent``, ``y_up``   the world square :meth:`render` shows, for plots (none: no
                                  trajectory plots)
     :meth:`plot_tracks`          the 2-D positions a plot draws (``agent``: ``state[:2]``)
@@ -184,7 +185,13 @@ class Env(abc.ABC):
     """The goal mode used when none is asked for."""
 
     default_trajectory_steps: ClassVar[int] = 100
-    """Env steps per data trajectory when a data config asks for the default (``steps: 0``)."""
+    """Env steps per data trajectory when a data config asks for the default (``steps: 0``).
+
+    Replayed goals (goal mode ``replay``) need held-out trajectories of at least
+    ``frameskip * horizon`` env steps, so this bounds the horizons the default data can serve."""
+    default_trajectories: ClassVar[int] = 1000
+    """Trajectories of the task's default data set (``wmplan data`` without ``--episodes``, and the
+    data a default model is trained on: :func:`wmplan.platform.workflow.default_data_config`)."""
 
     world_extent: ClassVar[tuple[float, float] | None] = None
     """``(lo, hi)``: the world square ``[lo, hi]^2`` (state units of :meth:`plot_tracks`) that

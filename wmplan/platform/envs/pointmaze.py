@@ -120,8 +120,13 @@ class PointMazeEnv(Env):
     world_extent: ClassVar[tuple[float, float]] = (-0.7, 4.3)
     """:meth:`render` shows qpos ``[-0.7, 4.3]^2``: the whole 5x5 layout including its outer walls."""
     y_up: ClassVar[bool] = True
-    pixel_recipe: ClassVar[PixelRecipe] = PixelRecipe(trajectories=1000, predictor_steps=4000)
-    """Not measured (Wall's budget with Push-T's data)."""
+    default_trajectory_steps: ClassVar[int] = 400
+    """Long enough to replay goals 40 model steps (200 env steps) away from 201 offsets of each
+    held-out trajectory (a 200-step trajectory would hold exactly one such segment)."""
+    default_trajectories: ClassVar[int] = 250
+    """250 x 400 steps: the 100,000 transitions of the earlier 1000 x 100 default."""
+    pixel_recipe: ClassVar[PixelRecipe] = PixelRecipe(trajectories=250, predictor_steps=4000)
+    """Not measured (Wall's budget with Push-T's 100,000 frames)."""
     # Random states (start, goal: Env.sample_start_goal) and the data policy (uniform random
     # actions: Env.data_policy) are the defaults of Env.
 

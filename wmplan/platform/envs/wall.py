@@ -20,6 +20,10 @@ in the (convex) box. The contact test is an exact segment-versus-rectangle test,
 be crossed at any speed, from anywhere, including segments that start inside the door or pass
 over the whole wall in one step.
 
+Goals: ``random`` (DINO-WM's opposite-side pairs), ``replay`` (held-out data, as every task) and
+``door``: replayed goals on the other side of the wall with the straight line to them blocked
+(:meth:`WallEnv.door_start_goal`), the pairs where a straight push fails and the door must be found.
+
 Env actions are clipped to ``[-1.8, 1.8]`` per coordinate: DINO-WM's data draw step lengths from a
 normal truncated to ``[0.2, 1.8]`` in a random heading, so every data action lies in that box (and
 one env step moves at most ``2 * 1.8 * sqrt(2)`` px).
@@ -28,13 +32,17 @@ one env step moves at most ``2 * 1.8 * sqrt(2)`` px).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
-from wmplan.platform.envs.base import Env, PixelRecipe, Policy, downsample, supersample_grid
+from wmplan.platform.envs.base import GOAL_MODES, Env, PixelRecipe, Policy, Segment, StartGoal, downsample, supersample_grid
 
-__all__ = ["WallEnv", "wall_step", "wall_valid", "wall_crossings", "IMG_SIZE", "SUCCESS_THRESHOLD"]
+__all__ = [
+    "WallEnv", "wall_step", "wall_valid", "wall_crossings", "door_pairs", "IMG_SIZE", "SUCCESS_THRESHOLD",
+    "DOOR", "MIN_DOOR_WINDOWS",
+]
 
 IMG_SIZE = 65
 """Side of DINO-WM's wall image, in pixels; positions are in this image's pixel units."""
@@ -58,6 +66,11 @@ PADDING = 2 * DOT_STD
 """Margin DINO-WM keeps between sampled states and the walls."""
 SUCCESS_THRESHOLD = 4.5
 """Success: ``||goal - pos|| < 4.5`` (pixels)."""
+
+DOOR = "door"
+"""Wall's own goal mode: replayed goals behind the wall (:meth:`WallEnv.door_start_goal`)."""
+MIN_DOOR_WINDOWS = 10
+"""Goal mode ``door`` refuses held-out data with fewer qualifying windows than this at a horizon."""
 
 _BIG = 1e9  # the wall blocks extend to +-_BIG in y; the path never leaves the border box
 
@@ -185,6 +198,27 @@ def wall_crossings(positions: np.ndarray, wall_x: float = 32.0, door_y: float = 
     return crossed
 
 
+def door_pairs(start: np.ndarray, goal: np.ndarray, wall_x: float = 32.0, door_y: float = 30.0) -> np.ndarray:
+    """Which start/goal pairs lie on opposite sides of the wall with the straight line between them
+    blocked by it: ``start [..., 2]``, ``goal [..., 2]`` (x, y, pixels) to ``[...]`` bool.
+
+    A side is ``x < wall_x - 3`` or ``x > wall_x + 3`` (a position in the wall band, e.g. in the
+    door, is on neither). The straight line crosses the band between its two faces; it is blocked
+    unless it is inside the door (``|y - door_y| <= 4``) at both faces, that is, unless the whole
+    part of it inside the band passes through the door opening (``y`` is linear along the line).
+    """
+    p = np.asarray(start, dtype=np.float64)
+    q = np.asarray(goal, dtype=np.float64)
+    px, py, qx, qy = p[..., 0], p[..., 1], q[..., 0], q[..., 1]
+    wl, wr = wall_x - WALL_HALF_WIDTH, wall_x + WALL_HALF_WIDTH
+    opposite = ((px < wl) & (qx > wr)) | ((px > wr) & (qx < wl))
+    with np.errstate(divide="ignore", invalid="ignore"):  # opposite sides: qx != px
+        y_l = py + (wl - px) / (qx - px) * (qy - py)
+        y_r = py + (wr - px) / (qx - px) * (qy - py)
+    through_door = (np.abs(y_l - door_y) <= DOOR_HALF_HEIGHT) & (np.abs(y_r - door_y) <= DOOR_HALF_HEIGHT)
+    return opposite & ~through_door
+
+
 class WallEnv(Env):
     """DINO-WM's WallSingle task: state = dot position ``(x, y)`` in pixels, action = 2-D displacement."""
 
@@ -194,8 +228,15 @@ class WallEnv(Env):
     success_threshold: ClassVar[float] = SUCCESS_THRESHOLD
     world_extent: ClassVar[tuple[float, float]] = (-0.5, IMG_SIZE - 0.5)
     """:meth:`render` shows the 65x65 pixel grid's continuous extent, row = ``y``."""
-    pixel_recipe: ClassVar[PixelRecipe] = PixelRecipe(trajectories=200, predictor_steps=4000)
-    """The README's measured Wall visual model."""
+    goal_modes: ClassVar[tuple[str, ...]] = (*GOAL_MODES, DOOR)
+    """``random``, ``replay`` and ``door`` (replayed goals behind the wall: :meth:`door_start_goal`)."""
+    default_trajectory_steps: ClassVar[int] = 400
+    """Long enough to replay goals 40 model steps (200 env steps) away from 201 offsets of each
+    held-out trajectory (a 200-step trajectory would hold exactly one such segment)."""
+    default_trajectories: ClassVar[int] = 250
+    """250 x 400 steps: the 100,000 transitions of the earlier 1000 x 100 default."""
+    pixel_recipe: ClassVar[PixelRecipe] = PixelRecipe(trajectories=50, predictor_steps=4000)
+    """The README's measured Wall visual model's 20,000 frames (it had 200 trajectories of 100 steps)."""
 
     def __init__(self, wall_x: float = 32.0, door_y: float = 30.0, seed: int | None = None) -> None:
         super().__init__(seed)
@@ -235,6 +276,76 @@ class WallEnv(Env):
         if rng.uniform() < 0.5:
             left_x, right_x = right_x, left_x
         return np.array([left_x, start_y]), np.array([right_x, goal_y])
+
+    @classmethod
+    def needs_dataset_for_goals(cls, goal_mode: str | None = None) -> bool:
+        """``replay`` and ``door`` replay held-out data; ``random`` needs none."""
+        return (goal_mode or cls.default_goal_mode) in ("replay", DOOR)
+
+    def draw_start_goal(
+        self,
+        rng: np.random.Generator,
+        *,
+        horizon: int,
+        goal_mode: str,
+        segments: Sequence[Segment] = (),
+    ) -> StartGoal:
+        """:meth:`Env.draw_start_goal`, plus goal mode ``door`` (:meth:`door_start_goal`)."""
+        if goal_mode == DOOR:
+            return self.door_start_goal(rng, segments, horizon=horizon)
+        return super().draw_start_goal(rng, horizon=horizon, goal_mode=goal_mode, segments=segments)
+
+    def door_windows(self, segments: Sequence[Segment], *, horizon: int) -> list[tuple[int, int]]:
+        """Every ``(segment index, offset)`` whose recorded state at ``offset`` and the recorded state
+        ``frameskip * horizon`` env steps later form a :func:`door_pairs` pair, in order."""
+        steps = self.frameskip * horizon
+        found: list[tuple[int, int]] = []
+        for i, (states, actions) in enumerate(segments):
+            n = len(actions) - steps + 1
+            if n <= 0:
+                continue
+            ok = door_pairs(states[:n, :2], states[steps : steps + n, :2], self.wall_x, self.door_y)
+            found += [(i, int(o)) for o in np.flatnonzero(ok)]
+        return found
+
+    def door_start_goal(self, rng: np.random.Generator, segments: Sequence[Segment], *, horizon: int) -> StartGoal:
+        """A replayed goal ``horizon`` model steps away on the other side of the wall, with the
+        straight start-goal line blocked by the wall (goal mode ``door``): the planner must find the
+        door, and a straight push toward the goal fails.
+
+        The windows of ``frameskip * horizon`` env steps in ``segments`` whose recorded start and
+        end form a :func:`door_pairs` pair are found first (:meth:`door_windows`); one is drawn
+        uniformly with ``rng`` and replayed from its start as goal mode ``replay`` does. A replay
+        that does not end in such a pair (it reproduces the recording here, so this does not
+        happen with wmplan's data) is rejected and another window drawn. Deterministic given
+        ``rng``. Changes the env's state.
+
+        Raises:
+            ValueError: fewer than :data:`MIN_DOOR_WINDOWS` windows qualify (the message says how
+                many were found among how many windows).
+        """
+        steps = self.frameskip * horizon
+        windows = self.door_windows(segments, horizon=horizon)
+        if len(windows) < MIN_DOOR_WINDOWS:
+            total = sum(max(0, len(actions) - steps + 1) for _, actions in segments)
+            raise ValueError(
+                f"{self.name}: goal mode {DOOR!r} at horizon {horizon} needs at least {MIN_DOOR_WINDOWS} held-out "
+                f"windows of frameskip * horizon = {steps} env steps whose start and end lie on opposite sides "
+                f"of the wall with the straight line between them blocked; found {len(windows)} among the "
+                f"{total} windows of the {len(segments)} segments (use more or longer held-out trajectories)"
+            )
+        left = list(windows)
+        while left:
+            k, offset = left.pop(int(rng.integers(len(left))))
+            states, actions = segments[k]
+            start = self.reset(state=states[offset])
+            goal = self.rollout(actions[offset : offset + steps])[-1]
+            if door_pairs(start, goal, self.wall_x, self.door_y):
+                return StartGoal(start=start, goal=goal, source=(k, offset))
+        raise ValueError(
+            f"{self.name}: none of the {len(windows)} door windows at horizon {horizon} replays to a door pair "
+            f"(the segments' states are not what their actions reach)"
+        )
 
     def data_policy(self, rng: np.random.Generator, *, steps: int) -> Policy:
         """DINO-WM's wall data: heading a von Mises random walk (kappa 5), step length a normal
