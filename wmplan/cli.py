@@ -14,14 +14,19 @@ import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from wmplan.config import BY_PLANNER, add_flags, config_from_args, flag_overrides
+from wmplan.platform.envs import DEFAULT_ANALYTIC_TASK
 from wmplan.platform.errors import ConfigError
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+
+
+_PARAMETER = {"parameter": True}
+"""Field metadata of :class:`DemoConfig`: a parameter of the analytic model (None: the model's default)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,8 +35,9 @@ class DemoConfig:
 
     WHAT: ClassVar[str] = "demo config"
 
-    model: Literal["pointmass", "linear"] = "linear"
-    """Analytic world model."""
+    model: str = DEFAULT_ANALYTIC_TASK
+    """Analytic world model: a task with exact dynamics (linear, pointmass, obstacles), planned on its own goals H
+    steps of correlated random actions away."""
     planners: dict[str, dict[str, Any]] = field(
         default_factory=lambda: {p: {} for p in ("grasp", "gd", "cem", "latco", "mppi")}, metadata=BY_PLANNER)
     """Planners compared, each with its options (see 'wmplan planners')."""
@@ -45,14 +51,39 @@ class DemoConfig:
     """Seed of the problems and the planners."""
     device: str = "auto"
     """cpu, cuda, cuda:N or auto."""
+    radius: float | None = field(default=None, metadata=_PARAMETER)
+    """linear: spectral radius of the rotation (none: 1.05; above 1 the dynamics expand)."""
+    angle: float | None = field(default=None, metadata=_PARAMETER)
+    """linear: rotation per step in radians (none: 0.3)."""
+    dt: float | None = field(default=None, metadata=_PARAMETER)
+    """pointmass: time step in seconds (none: 0.2)."""
+    damping: float | None = field(default=None, metadata=_PARAMETER)
+    """pointmass: velocity damping in 1/s (none: 0.2)."""
+    obstacles: int | None = field(default=None, metadata=_PARAMETER)
+    """obstacles: number of circular obstacles (none: 6)."""
+    layout_seed: int | None = field(default=None, metadata=_PARAMETER)
+    """obstacles: seed of the obstacle layout (none: 0)."""
+    speed: float | None = field(default=None, metadata=_PARAMETER)
+    """obstacles: world units one unit of action moves per step (none: 0.2)."""
+    sharpness: float | None = field(default=None, metadata=_PARAMETER)
+    """obstacles: stiffness of the barrier in 1/world units (none: 20)."""
+    persistence: float | None = field(default=None, metadata=_PARAMETER)
+    """Every model: how slowly the random actions that place the goals change, in [0, 1) (none: 0.9)."""
+
+    def parameters(self) -> dict[str, Any]:
+        """The model parameters given (the fields marked as parameters that are not None): the model's task options;
+        a model refuses one it does not take."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.metadata.get("parameter") and getattr(self, f.name) is not None}
 
 
 def _add_demo(sub: argparse._SubParsersAction, full: bool) -> None:
     p = sub.add_parser(
         "demo",
         help="plan a batch of problems on a built-in analytic model with every planner and compare",
-        description="Plan a batch of reachable problems on a built-in analytic world model with each planner "
-        "and print a comparison table (success within a tolerance, distance, time).",
+        description="Plan a batch of reachable problems on a built-in analytic world model (--model linear, "
+        "pointmass or obstacles, with its parameters, e.g. --radius 1.05 --angle 0.3, --dt 0.2 --damping 0.2, "
+        "--obstacles 6) with each planner and print a comparison table (success within a tolerance, distance, time).",
     )
     if full:
         add_flags(p, DemoConfig)
@@ -370,7 +401,7 @@ def _add_bench(sub: argparse._SubParsersAction, full: bool) -> None:
         description="Runs one sweep per config (as 'bench sweep': per planner and horizon an Optuna study whose "
         "trials all spend the same budget of model transitions, then held-out problems), then writes one Markdown "
         "report with success (95%% intervals) and time to success against horizon, and their plots. CPU configs: "
-        "benchmarks/horizon/*.yaml; a GPU one: benchmarks/horizon/gpu.yaml. Running it again resumes.",
+        "benchmarks/horizon/*.yaml; a GPU one: benchmarks/horizon_gpu.yaml. Running it again resumes.",
     )
     h.add_argument("configs", nargs="+", metavar="CONFIG", help="sweep configs, YAML or TOML (e.g. benchmarks/horizon/linear.yaml)")
     h.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -432,7 +463,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     rows = run_demo(
         model=config.model, planners=list(config.planners), horizons=config.horizons, problems=config.problems,
         tolerance=config.tolerance, seed=config.seed, device=config.device, overrides=config.planners,
-        progress=lambda msg: print(msg, file=sys.stderr, flush=True),
+        parameters=config.parameters(), progress=lambda msg: print(msg, file=sys.stderr, flush=True),
     )
     print(format_table(rows, tolerance=config.tolerance))
     return 0

@@ -128,19 +128,28 @@ class ObstacleField(nn.Module):
 
 
 def _layout(count: int, *, seed: int, lo: float, hi: float, extent: float, gap: float) -> tuple[Tensor, Tensor]:
-    """``count`` centres ``[K, 2]`` and radii ``[K]`` from ``seed`` with ``gap`` between circles (rejection)."""
-    g = torch.Generator().manual_seed(seed)
-    centers: list[Tensor] = []
-    radii: list[float] = []
-    for _ in range(10_000 * max(1, count)):
-        if len(centers) == count:
-            break
-        c = (torch.rand(2, generator=g) * 2 - 1) * extent
-        r = lo + (hi - lo) * float(torch.rand((), generator=g))
-        if all(float(torch.linalg.vector_norm(c - o)) >= r + ro + gap for o, ro in zip(centers, radii)):
-            centers.append(c)
-            radii.append(r)
-    if len(centers) < count:
+    """``count`` centres ``[K, 2]`` and radii ``[K]`` from ``seed`` with ``gap`` between circles (rejection).
+
+    Raises:
+        ValueError: the obstacles cannot fit (disks of radius ``r + gap / 2`` in the box that holds them would
+            be packed denser than the densest circle packing), or rejection found no room in ``300 * K`` draws.
+    """
+    needed = count * math.pi * (lo + gap / 2) ** 2
+    placed = _fill(count, seed, lo, hi, extent, gap) if needed <= 0.9069 * (2 * extent + 2 * hi + gap) ** 2 else None
+    if placed is None:
         raise ValueError(f"cannot place {count} obstacles of radius {lo}-{hi} with gap {gap} in [-{extent}, {extent}]^2; "
                          "use fewer or smaller obstacles, or a larger extent")
-    return (torch.stack(centers) if centers else torch.zeros(0, 2)), torch.tensor(radii, dtype=torch.float32)
+    return placed
+
+
+def _fill(count: int, seed: int, lo: float, hi: float, extent: float, gap: float) -> tuple[Tensor, Tensor] | None:
+    g = torch.Generator().manual_seed(seed)
+    centers, radii = torch.zeros(0, 2), torch.zeros(0)
+    for _ in range(300 * max(1, count)):
+        if len(radii) == count:
+            return centers, radii
+        c = (torch.rand(2, generator=g) * 2 - 1) * extent
+        r = lo + (hi - lo) * torch.rand(1, generator=g)
+        if bool((torch.linalg.vector_norm(centers - c, dim=-1) >= radii + r + gap).all()):
+            centers, radii = torch.cat([centers, c[None]]), torch.cat([radii, r])
+    return (centers, radii) if len(radii) == count else None
