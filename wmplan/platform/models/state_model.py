@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -99,6 +100,11 @@ class StateWorldModel(nn.Module):
     Buffers (saved in checkpoints): ``state_mean``, ``state_std`` ``[D]`` and ``action_mean``,
     ``action_std`` ``[A]``, set by :meth:`set_normalization` (defaults 0 and 1).
     """
+
+    coordinatewise_state: ClassVar[bool] = True
+    """Model coordinate ``i`` is an affine map of env coordinate ``i`` alone (``z_i = (s_i - mean_i) /
+    std_i``), so a slice of env coordinates picks the same model coordinates
+    (:func:`wmplan.platform.costs.success_cost_model`)."""
 
     state_mean: Tensor
     state_std: Tensor
