@@ -241,3 +241,35 @@ def test_wmplan_plan_is_run_with_the_local_executor(tmp_path, tiny_wall_model, m
     assert not (tmp_path / "mlflow.db").exists()  # no MLflow record unless asked
     assert main(["run", *args[:-4], "--run-id", "r", "--seed", "1", "--executor", "local", "--no-tracking"]) == 0
     assert _rows(tmp_path / "runs" / "p") == _rows(tmp_path / "runs" / "r")
+
+
+# -- equal compute and goal modes ------------------------------------------------------------------------
+
+
+def test_a_budget_fits_every_planners_iterations_and_snapshots_follow_them():
+    from wmplan.platform.planners import make_planner
+
+    config = load(ExperimentConfig, None, ["budget=6000", "horizons=5,10", "planners=cem,gd,grasp", "snapshots=20"])
+    for planner in config.planners:
+        for h in config.horizons:
+            options = config.planner_options(planner, h)
+            spent = make_planner(planner, horizon=h, **options).transitions()
+            more = make_planner(planner, horizon=h, **{**options, "iterations": options["iterations"] + 1}).transitions()
+            assert spent <= 6000 < more or planner == "grasp"  # the most iterations that fit
+            snaps = config.snapshot_iterations(planner, h)
+            assert snaps[-1] == options["iterations"] and len(snaps) == min(20, options["iterations"])
+    gd5, gd10 = (config.planner_options("gd", h)["iterations"] for h in (5, 10))
+    assert (gd5, gd10) == (600, 300)  # 2 H transitions per step: a longer horizon gets fewer steps
+    with pytest.raises(ConfigError, match="too small"):
+        load(ExperimentConfig, None, ["budget=5", "planners=gd"])
+    assert load(ExperimentConfig, None, ["planners=gd"]).planner_options("gd", 5) == {}  # no budget: untouched
+
+
+def test_goal_mode_is_one_of_the_tasks_and_sweeps_scale_the_budget_with_the_horizon():
+    assert load(ExperimentConfig, None, ["goal_mode=replay"]).goal_mode_used == "replay"
+    assert load(ExperimentConfig, None, []).goal_mode_used == "random"  # wall's default
+    with pytest.raises(ConfigError, match=r"unknown goal mode 'replya' for task 'wall' \(did you mean 'replay'\?\)"):
+        load(ExperimentConfig, None, ["goal_mode=replya"])
+    sweep = load_sweep_config(None, ["budget_per_step=500", "horizons=5,10", "planners=gd", "trials=2"])
+    assert [sweep.tune_config("gd", h).budget for h in (5, 10)] == [2500, 5000]
+    assert sweep.experiment("gd", 10).budget == 5000 and sweep.experiment("gd", 10).snapshots == 20

@@ -461,3 +461,26 @@ def test_time_to_success_without_snapshots_is_the_whole_planning_time():
     records = run_episodes(env, WallAgnostic(), exact_gd(3), list(SAME_SIDE), planner_name="gd", plan_seed=0)
     assert all(r.success and r.time_to_success_s == r.planning_time_s and r.transitions_to_success == r.transitions
                for r in records)
+
+
+def test_pointmaze_plans_on_position_only_with_a_coordinatewise_state_model():
+    from wmplan.platform.models.state_model import StateModelConfig, StateWorldModel
+
+    env = make_env("pointmaze")
+    model = StateWorldModel(StateModelConfig(env="pointmaze", state_dim=4, action_dim=2 * FS), seed=0)
+    seen = []
+
+    class Spy(GD):
+        def plan(self, model, start, goal, **kw):
+            seen.append(model)
+            return super().plan(model, start, goal, **kw)
+
+    specs = make_episode_specs(env, horizon=1, count=2, seed=0)
+    run_episodes(env, model, Spy(GDOptions(horizon=1, iterations=2)), specs, planner_name="gd", plan_seed=0)
+    states = torch.zeros(3, 4)
+    goal = torch.tensor([[1.0, 2.0, 0.0, 0.0]]).expand(3, 4)
+    moved = states.clone()
+    moved[:, 2:] = 5.0  # only the velocity differs
+    cost = seen[0].cost
+    assert torch.allclose(cost(states, goal), cost(moved, goal))  # velocity does not count
+    assert torch.allclose(cost(states, goal), torch.full((3,), 2.5))  # mean over the two position coordinates

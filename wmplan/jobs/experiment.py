@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from wmplan.config import BY_PLANNER, Settings, load
+from wmplan.platform.episode import snapshot_schedule
 from wmplan.platform.errors import ConfigError
 from wmplan.platform.options import require
 from wmplan.platform.planners import fit_budget, make_planner, planner_class
@@ -85,9 +86,8 @@ class ExperimentConfig(Settings):
         """The planner iterations after which an open-loop plan is also executed."""
         if self.mode != "open_loop" or self.snapshots == 0:
             return []
-        total = make_planner(planner, horizon=horizon, **self.planner_options(planner, horizon)).options.iterations
-        n = min(self.snapshots, total)
-        return sorted({max(1, round(total * (k + 1) / n)) for k in range(n)})
+        return snapshot_schedule(make_planner(planner, horizon=horizon, **self.planner_options(planner, horizon)).options.iterations,
+                                 self.snapshots)
 
 
 def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = (), *, check_model: bool = True) -> ExperimentConfig:

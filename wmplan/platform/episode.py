@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from wmplan.platform.costs import success_cost_model
 from wmplan.platform.envs.base import Env, Segment, unpack_actions
 from wmplan.platform.models.visual import render_states
 from wmplan.platform.planners.base import Planner, PlanResult
@@ -58,6 +59,7 @@ __all__ = [
     "from_model_space",
     "success_coordinates",
     "check_action_packing",
+    "snapshot_schedule",
 ]
 
 Mode = Literal["open_loop", "mpc"]
@@ -218,6 +220,13 @@ def observe(env: Env, model: object, states: Tensor) -> Tensor:
         frames = render_states(env, states.detach().cpu().numpy(), model.frame_size)
         return model.encode(frames).to(device=states.device, dtype=states.dtype)
     return to_model_space(model, states)
+
+
+def snapshot_schedule(iterations: int, count: int) -> list[int]:
+    """``count`` planner iterations evenly spaced over ``iterations`` (1-based, the last one
+    included, at most one per iteration): where :func:`run_episodes` snapshots a plan. 0: none."""
+    n = min(count, iterations)
+    return sorted({max(1, round(iterations * (k + 1) / n)) for k in range(n)}) if n > 0 else []
 
 
 def check_action_packing(env: Env, model: WorldModel) -> None:
@@ -436,7 +445,9 @@ def run_episodes(
       Each episode runs in its own copy of ``env``, stepped continuously between replans.
 
     Planning sees only the model: the simulator is used only to execute plans, and every episode
-    executes its full budget whether or not it reaches the goal early.
+    executes its full budget whether or not it reaches the goal early. The planning cost looks at
+    the coordinates success looks at (:func:`wmplan.platform.costs.success_cost_model`: PointMaze
+    plans on position, not velocity, with a model whose state is coordinatewise the env's).
 
     A problem the planner marks failed (the model produced NaN or inf) gets ``failed=True``,
     ``success=False`` and an error, and is not executed further; an exception while executing
@@ -470,6 +481,7 @@ def run_episodes(
     _validate(env, model, planner, specs, mode, replan_every)
     if not specs:
         return []
+    model = success_cost_model(env=env, model=model)  # plan on what success looks at, where the model can tell
     h = planner.options.horizon
     fs = env.frameskip
     dtype = model.action_low.dtype if model.action_low.is_floating_point() else torch.float32

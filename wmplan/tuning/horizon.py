@@ -10,7 +10,7 @@ module then writes one Markdown report over all of them (default ``runs/horizon.
 config, success against horizon (Wald 95% intervals) and median time (and transitions) to success
 against horizon, and the plots beside it (``SWEEP/plots/*.png``).
 
-The CPU configs are ``benchmarks/horizon/*.yaml``; ``benchmarks/horizon/gpu.yaml`` is the paper-sized
+The CPU configs are ``benchmarks/horizon/*.yaml``; ``benchmarks/horizon_gpu.yaml`` is the paper-sized
 one for a machine with a GPU.
 """
 
@@ -93,7 +93,7 @@ def format_report(configs: Sequence[SweepConfig], results: Sequence[SweepResult]
 
 
 def run_horizon(
-    configs: Sequence[str | os.PathLike[str]],
+    configs: Sequence[str | Path],
     *,
     overrides: Sequence[str] = (),
     report: str | os.PathLike[str] = DEFAULT_REPORT,

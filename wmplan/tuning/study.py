@@ -37,10 +37,10 @@ from wmplan.jobs.experiment import ExperimentConfig
 from wmplan.jobs.pool import ActorPool, Failure
 from wmplan.jobs.runner import actor_arguments, failed_records
 from wmplan.platform.data import read_dataset
-from wmplan.platform.episode import EpisodeRecord, EpisodeSpec, summarize
+from wmplan.platform.episode import EpisodeRecord, EpisodeSpec, snapshot_schedule, summarize
 from wmplan.platform.errors import ConfigError, unknown_name_error
 from wmplan.platform.options import require
-from wmplan.platform.planners import PLANNERS
+from wmplan.platform.planners import PLANNERS, make_planner
 from wmplan.platform.registry import make_task
 from wmplan.platform.workflow import episode_specs
 from wmplan.storage.parquet import write_records
@@ -85,6 +85,9 @@ class TuneConfig(Settings):
     budget: int = 0
     """Model transitions per planner call (forward, plus backward where gradients are taken) each trial's
     iterations are fitted to, instead of searched; 0: no budget (GRASP's iterations end on a sync)."""
+    snapshots: int = 20
+    """Plan snapshots of each held-out test episode, evenly spaced over its iterations: time to success is the time
+    until the first snapshot whose plan succeeds (20: every 5% of the budget; 0: off; the trials take none)."""
     space: tuple[str, ...] = field(default=(), metadata=ONE_PER_ITEM)
     """Search-space items (one per --space), e.g. 'noise_scale=0.001:0.1:log', 'state_lr=0.05', '-goal_weight'."""
     output: str = "studies"
@@ -97,6 +100,7 @@ class TuneConfig(Settings):
         for name in ("horizon", "trials", "parallel", "tuning_episodes", "test_episodes"):
             require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         require(self.budget >= 0, f"budget must be >= 0 (0: none), got {self.budget}")
+        require(self.snapshots >= 0, f"snapshots must be >= 0 (0: off), got {self.snapshots}")
         parse_space_overrides(self.planner, list(self.space))  # validated now
         if self.budget:
             searched = [item for item in self.space if item.strip().lstrip("+").partition("=")[0].strip() == "iterations"]
@@ -187,9 +191,11 @@ class TuneResult:
     """GRASP: the best options' sync steps per lifted step; None for other planners."""
 
 
-def _item(config: TuneConfig, options: dict[str, Any], specs: Sequence[EpisodeSpec], plan_seed: int) -> WorkItem:
+def _item(config: TuneConfig, options: dict[str, Any], specs: Sequence[EpisodeSpec], plan_seed: int, *,
+          snapshots: int = 0) -> WorkItem:
+    marks = tuple(snapshot_schedule(make_planner(config.planner, horizon=config.horizon, **options).options.iterations, snapshots))
     return WorkItem(planner=config.planner, options=dict(options), horizon=config.horizon, specs=list(specs),
-                    mode="open_loop", replan_every=1, plan_seed=plan_seed, budget=config.budget)
+                    mode="open_loop", replan_every=1, plan_seed=plan_seed, budget=config.budget, snapshot_iterations=marks)
 
 
 def _values(config: TuneConfig, records: Sequence[EpisodeRecord]) -> list[float]:
@@ -207,9 +213,12 @@ def run_study(config: TuneConfig, *, say: Callable[[str], None] = lambda m: None
     env = make_task(config.task)
     check_services(experiment, tracking=config.tracking, storage=config.storage_url)  # before any training or Ray
     experiment.prepare_model(say)
-    dataset = read_dataset(experiment.data_path) if env.needs_dataset_for_goals() else None
-    tuning = episode_specs(env, horizon=config.horizon, count=config.tuning_episodes, seed=config.seed, dataset=dataset)
-    test = episode_specs(env, horizon=config.horizon, count=config.test_episodes, seed=config.seed + TEST_SEED_OFFSET, dataset=dataset)
+    goal_mode = config.goal_mode_used
+    dataset = read_dataset(experiment.data_path) if env.needs_dataset_for_goals(goal_mode) else None
+    tuning = episode_specs(env, horizon=config.horizon, count=config.tuning_episodes, seed=config.seed, dataset=dataset,
+                           goal_mode=goal_mode)
+    test = episode_specs(env, horizon=config.horizon, count=config.test_episodes, seed=config.seed + TEST_SEED_OFFSET,
+                         dataset=dataset, goal_mode=goal_mode)
     space = config.search_space()
     study = open_study(config)
     tracker = _start_tracking(config) if config.tracking else None
@@ -315,7 +324,8 @@ def _optimize(config: TuneConfig, study: optuna.Study, tracker: Any, tuning: lis
         test_records: list[EpisodeRecord] = []
         shutil.rmtree(out / "test", ignore_errors=True)  # a resumed study's test run replaces the earlier one
         for lo in range(0, len(test), config.batch_size):
-            pool.submit(_item(config, best.params_options, test[lo : lo + config.batch_size], config.seed + TEST_SEED_OFFSET))
+            pool.submit(_item(config, best.params_options, test[lo : lo + config.batch_size], config.seed + TEST_SEED_OFFSET,
+                              snapshots=config.snapshots))
         while pool.pending:
             _, result = pool.next_result()
             if isinstance(result, Failure):

@@ -26,7 +26,6 @@ Layout of ``output`` (default ``runs/sweep-NAME``)::
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import re
@@ -56,6 +55,7 @@ from wmplan.platform.workflow import format_summaries
 from wmplan.storage.parquet import read_table, write_records
 from wmplan.tuning.spaces import parse_space_overrides
 from wmplan.tuning.study import TEST_SEED_OFFSET, TuneConfig, open_study, run_study
+from wmplan.tuning.trials import sync_ratio
 
 __all__ = ["SweepConfig", "SweepResult", "load_sweep_config", "check_horizons", "run_sweep", "format_sweep"]
 
@@ -162,9 +162,8 @@ class SweepConfig(Settings):
 
     def tune_config(self, planner: str, horizon: int) -> TuneConfig:
         """The study of one cell."""
-        known = {f.name for f in dataclasses.fields(TuneConfig)}  # TEMPORARY until TuneConfig has both
-        extra = {k: v for k, v in (("budget", self.budget(horizon)), ("snapshots", self.snapshots)) if k in known}
-        return self.derive(TuneConfig, study=self.group(planner, horizon), planner=planner, horizon=horizon, **extra,
+        return self.derive(TuneConfig, study=self.group(planner, horizon), planner=planner, horizon=horizon,
+                           budget=self.budget(horizon), snapshots=self.snapshots,
                            trials=self.trials, parallel=self.parallel, tuning_episodes=self.tuning_episodes,
                            test_episodes=self.test_episodes, batch_size=self.batch_size, storage=self.storage_url,
                            space=tuple(self.space_items(planner)), output=str(self.directory / "studies"))
@@ -333,20 +332,10 @@ study, its best trial and that trial's tuning success (null without tuning), the
 (JSON) and the device."""
 
 
-def sync_ratio(options: Mapping[str, Any]) -> float | None:
-    """Serial (sync) steps per lifted step of a GRASP-like planner's options, or None for a planner without syncs."""
-    if "sync_interval" not in options or "sync_steps" not in options or "iterations" not in options:
-        return None
-    interval, iterations = int(options["sync_interval"]), int(options["iterations"])
-    phases = iterations // interval if interval > 0 else 0
-    return phases * int(options["sync_steps"]) / iterations
-
-
 def _summary_row(config: SweepConfig, planner: str, horizon: int, episodes: list[dict[str, Any]],
                  cell: Mapping[str, Any], device: str) -> dict[str, Any]:
-    options = make_planner(planner, horizon=horizon, **cell["options"]).options
     return {"task": config.task, "planner": planner, "horizon": horizon, **summarize_rows(episodes),
-            "budget": config.budget(horizon), "sync_ratio": sync_ratio(dataclasses.asdict(options)),
+            "budget": config.budget(horizon), "sync_ratio": sync_ratio(make_planner(planner, horizon=horizon, **cell["options"])),
             "trials": cell["trials"], "best_trial": cell["best_trial"], "best_tuning_success": cell["best_tuning_success"],
             "options": json.dumps(cell["options"], sort_keys=True), "device": device}
 
