@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from wmplan.platform.data import DataConfig, generate_dataset, read_dataset
+from wmplan.platform.data import generate_dataset, read_dataset
 from wmplan.platform.models import TrainConfig, evaluate_model, load_world_model, save_checkpoint, train_state_model
-from wmplan.platform.workflow import format_outcomes, plan_task
+from wmplan.platform.workflow import default_data_config, format_outcomes, plan_task
 
 
 def main() -> None:
@@ -37,7 +37,7 @@ def main() -> None:
     for task in args.tasks.split(","):
         data, ckpt = out / f"{task}.parquet", out / task
         t0 = time.perf_counter()
-        generate_dataset(DataConfig(env=task), data)
+        generate_dataset(default_data_config(task), data)
         data_s = time.perf_counter() - t0
         dataset = read_dataset(data)
         if (ckpt / "config.json").exists():

@@ -117,7 +117,8 @@ def test_builtin_tasks_by_name():
     for name in ENV_NAMES:
         assert registry.make_task(name).name == name
     assert registry.make_task("wall", seed=3).reset().tolist() == registry.make_task("wall", seed=3).reset().tolist()
-    with pytest.raises(ConfigError, match=r"unknown task 'wal' \(did you mean 'wall'\?\); valid: pointmaze, pusht, wall"):
+    valid = "linear, obstacles, pointmass, pointmaze, pusht, wall"
+    with pytest.raises(ConfigError, match=rf"unknown task 'wal' \(did you mean 'wall'\?\); valid: {valid}"):
         registry.make_task("wal")
     with pytest.raises(ConfigError, match="task 'wall': .*'sed'"):
         registry.make_task("wall", sed=3)

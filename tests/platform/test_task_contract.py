@@ -96,8 +96,9 @@ def test_built_in_tasks_keep_their_values() -> None:
     assert [c.default_goal_mode for c in (wall, maze, pusht)] == ["random", "random", "replay"]
     assert [c.needs_dataset_for_goals() for c in (wall, maze, pusht)] == [False, False, True]
     assert [(c.pixel_recipe.trajectories, c.pixel_recipe.predictor_steps) for c in (wall, maze, pusht)] == [
-        (200, 4000), (1000, 4000), (1000, 12000)]
-    assert {c.default_trajectory_steps for c in (wall, maze, pusht)} == {100}
+        (50, 4000), (250, 4000), (1000, 12000)]  # as many frames as before, in 400-step trajectories on wall and pointmaze
+    assert [c.default_trajectory_steps for c in (wall, maze, pusht)] == [400, 400, 100]  # replayed goals up to H = 80 / 20
+    assert [c.default_trajectories for c in (wall, maze, pusht)] == [250, 250, 1000]
 
 
 # -- start/goal pairs -------------------------------------------------------------------------------------

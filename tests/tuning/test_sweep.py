@@ -22,7 +22,7 @@ from wmplan.tuning.study import open_study
 from wmplan.tuning.sweep import SweepConfig, load_sweep_config, run_sweep
 
 SPACE = {"cem": ["iterations=1:3:int", "init_std=0.1:2:log"], "gd": ["iterations=2:6:int"]}
-CELL = re.compile(r"(\d+\.\d)% \[(\d+\.\d), (\d+\.\d)\] / (-|\d+\.\d\d s)")
+CELL = re.compile(r"(\d+\.\d)% \[(\d+\.\d), (\d+\.\d)\] / (-|\d+\.\d\d s) \((-|\d+\.\d\d s)\)")
 
 
 def sweep_config(tmp_path, model, **changes) -> SweepConfig:
@@ -33,8 +33,9 @@ def sweep_config(tmp_path, model, **changes) -> SweepConfig:
     return SweepConfig(**{**base, **changes})
 
 
-def paper_table(markdown: str) -> dict[tuple[str, int], tuple[float, float, float, float]]:
-    """The first table of sweep.md: (planner, H) -> (success %, low, high, median time s or NaN)."""
+def paper_table(markdown: str) -> dict[tuple[str, int], tuple[float, float, float, float, float]]:
+    """The first table of sweep.md: (planner, H) -> (success %, low, high, median time to success s or NaN,
+    median time of the whole budget s or NaN)."""
     lines = markdown.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("| H |"))
     planners = [c.strip() for c in lines[start].strip("|").split("|")][1:]
@@ -45,8 +46,8 @@ def paper_table(markdown: str) -> dict[tuple[str, int], tuple[float, float, floa
         h, *cells = [c.strip() for c in line.strip("|").split("|")]
         assert len(cells) == len(planners)
         for planner, cell in zip(planners, cells):
-            rate, low, high, time = CELL.fullmatch(cell).groups()
-            out[planner, int(h)] = (float(rate), float(low), float(high), math.nan if time == "-" else float(time[:-2]))
+            rate, low, high, to_success, time = CELL.fullmatch(cell).groups()
+            out[planner, int(h)] = (float(rate), float(low), float(high), *(math.nan if t == "-" else float(t[:-2]) for t in (to_success, time)))
     return out
 
 
@@ -64,12 +65,13 @@ def test_sweep_tables_studies_mlflow_and_resume(ray_cluster, tmp_path, tiny_wall
         rows = read_table(out / "heldout" / f"t-{planner}-h{h}").to_pylist()
         assert len(rows) == 4 and {(r["planner"], r["horizon"]) for r in rows} == {(planner, h)}
         s = stored[planner, h] = summarize_rows(rows)
-        rate, low, high, time = table[planner, h]
+        rate, low, high, to_success, time = table[planner, h]
         assert rate == pytest.approx(100 * s["success_rate"], abs=0.05)
         assert (low, high) == pytest.approx((100 * s["success_low"], 100 * s["success_high"]), abs=0.05)
-        assert math.isnan(time) == math.isnan(s["median_planning_time_s"])
+        assert math.isnan(time) == math.isnan(s["median_planning_time_s"]) == math.isnan(to_success)
         if not math.isnan(time):
             assert time == pytest.approx(s["median_planning_time_s"], abs=0.005)
+            assert to_success == pytest.approx(s["median_time_to_success_s"], abs=0.005) and to_success <= time + 0.005
     for h in (2, 3):  # every planner ran on the same held-out pairs
         seeds = [sorted(r["seed"] for r in read_table(out / "heldout" / f"t-{p}-h{h}").to_pylist()) for p in ("cem", "gd")]
         assert seeds[0] == seeds[1]
