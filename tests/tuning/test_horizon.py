@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pyarrow.parquet as pq
@@ -13,6 +14,7 @@ from wmplan.cli import main
 from wmplan.platform.planners import make_planner
 from wmplan.storage.parquet import read_table
 from wmplan.tuning.horizon import run_horizon
+from wmplan.tuning.study import open_study
 from wmplan.tuning.sweep import load_sweep_config
 
 
@@ -83,6 +85,12 @@ def test_bench_horizon_spends_equal_budgets_and_reports_time_to_success(ray_clus
             else:
                 assert row["sync_ratio"] is None
         assert f"/ {budget_per_step * 4:,}" in text or f"/ {budget_per_step * 4}" in text
+        for planner in ("gd", "grasp"):  # every study tried the planner's defaults first, fitted to the budget
+            study = open_study(load_sweep_config(paths[0] if "linear" in result.name else paths[1]).tune_config(planner, 2))
+            first = study.trials[0]
+            assert first.user_attrs["defaults"] is True
+            defaults = dataclasses.asdict(make_planner(planner, horizon=2).options)
+            assert all(first.user_attrs["options"][k] == defaults[k] for k in first.user_attrs["options"] if k != "iterations")
 
 
 @pytest.mark.parametrize("horizon", [3])

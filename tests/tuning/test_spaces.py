@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 
 from wmplan.platform.errors import ConfigError
 from wmplan.platform.planners import PLANNERS, make_planner
-from wmplan.platform.registry import register_planner, unregister
+from wmplan.platform.registry import planner_class, register_planner, unregister
 from wmplan.tuning.spaces import (
     BUILTIN_SPACES,
     DEFAULT_SPACES,
@@ -360,3 +361,16 @@ def test_a_registered_plugin_planner_is_tuned_by_name() -> None:
     finally:
         unregister("planner", "registered_shooting")
     assert set(DEFAULT_SPACES) == set(PLANNERS)
+
+
+@pytest.mark.parametrize("planner", ["cem", "gd", "grasp", "latco", "mppi"])
+def test_default_params_give_the_planners_defaults(planner):
+    from wmplan.tuning.spaces import default_params
+
+    space = DEFAULT_SPACES[planner]
+    options = options_from_params(default_params(planner, space), space)
+    defaults = {f.name: f.default for f in dataclasses.fields(planner_class(planner).Options)}
+    assert options == {name: defaults[name] for name in options}
+    if planner == "gd":  # an option fixed by the config keeps its fixed value; a narrowed range clamps the default
+        space = parse_space_overrides("gd", ["lr=0.5", "init_std=0.01:0.1:log"])
+        assert {k: options_from_params(default_params("gd", space), space)[k] for k in ("lr", "init_std")} == {"lr": 0.5, "init_std": 0.1}

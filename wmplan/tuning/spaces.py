@@ -69,7 +69,7 @@ from wmplan.platform.registry import is_plugin_spec
 
 __all__ = [
     "Param", "DEFAULT_SPACES", "BUILTIN_SPACES", "SpaceTable", "default_space", "ZERO_SHARE", "suggest",
-    "options_from_params", "distributions", "parse_space_overrides", "space_from_config", "describe",
+    "options_from_params", "default_params", "distributions", "parse_space_overrides", "space_from_config", "describe",
     "searchable_options",
 ]
 
@@ -317,6 +317,37 @@ def suggest(trial: optuna.Trial, space: Sequence[Param]) -> dict[str, Any]:
             assert isinstance(dist, FloatDistribution)
             raw[p.key] = trial.suggest_float(p.key, dist.low, dist.high, log=dist.log)
     return options_from_params(raw, space)
+
+
+def default_params(planner: str, space: Sequence[Param]) -> dict[str, Any] | None:
+    """The raw trial parameters that give ``planner``'s default options (for ``study.enqueue_trial``), each clamped
+    into its parameter's range (a fraction computed from the default count and total); None when a categorical
+    parameter's choices lack the default. With these, every study tries the defaults first."""
+    _check_space(space)
+    defaults = _defaults(planner)
+    fixed = {p.name: p.choices[0] for p in space if p.fixed}
+    params: dict[str, Any] = {}
+    for p in space:
+        value = defaults.get(p.name)
+        if p.fixed:
+            params[p.key] = p.choices[0]
+            continue
+        if p.kind == "categorical":
+            if value not in p.choices:
+                return None
+            params[p.key] = value
+            continue
+        low, high = p.bounds
+        if p.fraction_of is not None:
+            total = fixed.get(p.fraction_of, defaults.get(p.fraction_of))
+            value = value / total if isinstance(value, (int, float)) and isinstance(total, (int, float)) and total else low
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return None
+        if p.zero and value == 0:
+            params[p.key] = p.zero_floor
+            continue
+        params[p.key] = min(max(value, low), high) if p.kind == "float" else int(min(max(round(value), low), high))
+    return params
 
 
 def distributions(space: Sequence[Param]) -> dict[str, BaseDistribution]:

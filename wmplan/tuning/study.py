@@ -45,7 +45,7 @@ from wmplan.platform.registry import make_task
 from wmplan.platform.workflow import episode_specs
 from wmplan.storage.parquet import write_records
 from wmplan.storage.services import check_database_url, redact
-from wmplan.tuning.spaces import DEFAULT_SPACES, Param, options_from_params, parse_space_overrides, suggest
+from wmplan.tuning.spaces import DEFAULT_SPACES, Param, default_params, options_from_params, parse_space_overrides, suggest
 from wmplan.tuning.trials import best_trial, compute_attrs, trial_options
 
 __all__ = ["TuneConfig", "TuneResult", "run_study", "open_study", "TEST_SEED_OFFSET"]
@@ -221,6 +221,10 @@ def run_study(config: TuneConfig, *, say: Callable[[str], None] = lambda m: None
                          dataset=dataset, goal_mode=goal_mode)
     space = config.search_space()
     study = open_study(config)
+    if not study.get_trials(deepcopy=False):  # a new study tries the planner's defaults first (fitted to the budget)
+        defaults = default_params(config.planner, space)
+        if defaults is not None:
+            study.enqueue_trial(defaults, user_attrs={"defaults": True})
     tracker = _start_tracking(config) if config.tracking else None
     for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study._storage.set_trial_user_attr(stale._trial_id, FAIL_REASON, "the driver running it stopped")  # noqa: SLF001
