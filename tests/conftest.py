@@ -26,6 +26,17 @@ def ray_cluster():
 
 
 @pytest.fixture(scope="session")
+def ray_head_address(ray_cluster) -> str:
+    """The session Ray's head (its GCS address), for subprocesses of the command to join with ``RAY_ADDRESS``.
+
+    A ``wmplan run`` subprocess that starts a local Ray of its own spends about 10 s of a busy 2-core machine
+    on it (measured: 18 s for a small run, 8 s joined). Only for tests that are not about Ray's own start,
+    teardown or log lines; those (tests/jobs/test_services.py, test_cluster.py, test_multinode.py) start their own.
+    """
+    return ray_cluster.get_runtime_context().gcs_address
+
+
+@pytest.fixture(scope="session")
 def tiny_wall_model(tmp_path_factory):
     """A small data set and a barely trained wall model: enough for runs that test the platform."""
     import torch
@@ -70,7 +81,7 @@ def uri(tmp_path, _mlflow_template_db, monkeypatch) -> str:
 
 # -- tiers ---------------------------------------------------------------------------------------------
 
-INTEGRATION_FIXTURES = frozenset({"ray_cluster", "uri", "mlflow_store", "tiny_wall_model", "recorded_run", "ui_process"})
+INTEGRATION_FIXTURES = frozenset({"ray_cluster", "ray_head_address", "uri", "mlflow_store", "tiny_wall_model", "recorded_run", "ui_process"})
 """Fixtures that start real services (Ray, MLflow stores and servers) or train a model: their tests are integration tests."""
 
 

@@ -102,13 +102,15 @@ def test_killed_actor_loses_and_duplicates_nothing(ray_cluster, tmp_path, tiny_w
     assert result.failed_batches == 0
 
 
-def test_killed_driver_resumes_to_a_complete_run(ray_cluster, tmp_path, tiny_wall_model, mlflow_store):
+def test_killed_driver_resumes_to_a_complete_run(ray_cluster, ray_head_address, tmp_path, tiny_wall_model, mlflow_store):
     ckpt, data = tiny_wall_model
     args = [sys.executable, "-m", "wmplan", "run", "--run-id", "driver", "--set", f"model={ckpt}", "--set", f"data={data}",
             "--set", f"output={tmp_path}", "--set", "horizons=2", "--set", "episodes=12", "--set", "batch_size=2",
             "--set", "planners=grasp", "--set", "planners.grasp.iterations=150", "--set", "actors=1"]
+    # The driver joins the session's Ray (what a local Ray's start and reaper do for a killed driver is
+    # tests/jobs/test_services.py's test): a killed driver's run is resumed, whatever Ray it ran on.
     driver = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              env={**__import__("os").environ, "RAY_AUTH_MODE": "disabled"})
+                              env={**__import__("os").environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": ray_head_address})
     parts = tmp_path / "driver" / "episodes"
     deadline = time.monotonic() + 600  # generous: a busy machine plans slowly
     while time.monotonic() < deadline and len(list(parts.glob("part-*.parquet"))) < 2:
@@ -146,12 +148,21 @@ def test_killed_driver_resumes_to_a_complete_run(ray_cluster, tmp_path, tiny_wal
     ("model=/no/such/checkpoint", "model checkpoint '/no/such/checkpoint' does not exist"),
     ("task=wal", "unknown task 'wal'"),
 ])
-def test_bad_configs_fail_before_ray_starts(tmp_path, setting, message):
-    out = subprocess.run([sys.executable, "-m", "wmplan", "run", "--set", setting, "--set", f"output={tmp_path}"],
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 2
-    assert message in out.stderr and "Traceback" not in out.stderr
-    assert "Ray" not in out.stderr and not any(tmp_path.iterdir())  # nothing started, nothing written
+def test_bad_configs_fail_before_ray_starts(tmp_path, setting, message, monkeypatch, capsys):
+    # The command's main in this process (a subprocess only adds seconds of imports): Ray's start is
+    # replaced by a recorder, so "before Ray starts" is checked directly, not only by what stderr says.
+    import wmplan.jobs.runner
+    from wmplan.cli import main
+
+    started = []
+    monkeypatch.setattr(wmplan.jobs.runner, "start_ray", lambda *a, **k: started.append(a) or pytest.fail("Ray started"))
+    monkeypatch.delenv("WMPLAN_DEBUG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    status = main(["run", "--set", setting, "--set", f"output={tmp_path / 'out'}"])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert message in err and "Traceback" not in err
+    assert "Ray" not in err and not started and not any(tmp_path.iterdir())  # nothing started, nothing written
 
 
 def test_config_file_errors(tmp_path):
@@ -194,7 +205,7 @@ def test_actor_resources_follow_the_cluster(resources, actors, expected):
             actor_resources(Cluster, load_config(None, [f"actors={actors}", "device=cuda"]))
 
 
-def test_ctrl_c_leaves_a_resumable_run_and_one_line(ray_cluster, tmp_path, tiny_wall_model, mlflow_store):
+def test_ctrl_c_leaves_a_resumable_run_and_one_line(ray_cluster, ray_head_address, tmp_path, tiny_wall_model, mlflow_store):
     import os
     import signal
 
@@ -202,7 +213,7 @@ def test_ctrl_c_leaves_a_resumable_run_and_one_line(ray_cluster, tmp_path, tiny_
     args = [sys.executable, "-m", "wmplan", "run", "--run-id", "stopped", "--set", f"model={ckpt}", "--set", f"data={data}",
             "--set", f"output={tmp_path}", "--set", "horizons=2", "--set", "episodes=12", "--set", "batch_size=2",
             "--set", "planners=grasp", "--set", "planners.grasp.iterations=150", "--set", "actors=1"]
-    environment = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    environment = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": ray_head_address}  # the session's Ray
     environment.pop("WMPLAN_DEBUG", None)
     driver = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
     parts = tmp_path / "stopped" / "episodes"
