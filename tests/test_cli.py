@@ -22,6 +22,27 @@ def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*WMPLAN, *args], capture_output=True, text=True, timeout=900)
 
 
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """``wmplan ARGS`` through its ``main`` in this process, as a CompletedProcess (exit status, stdout, stderr).
+
+    A subprocess would add seconds of imports per call and test nothing more here: the process boundary (the
+    console script, ``python -m wmplan``) is test_console_script_is_installed's and test_help_lists_the_commands'.
+    """
+    monkeypatch.delenv("WMPLAN_DEBUG", raising=False)
+
+    def call(*args: str) -> subprocess.CompletedProcess:
+        capsys.readouterr()
+        try:
+            status = main(list(args))
+        except SystemExit as exc:  # argparse: --help, usage errors
+            status = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        said = capsys.readouterr()
+        return subprocess.CompletedProcess(args, status, said.out, said.err)
+
+    return call
+
+
 def test_help_lists_the_commands():
     out = run("--help")
     assert out.returncode == 0
@@ -61,24 +82,25 @@ def test_demo_prints_one_row_per_planner_and_horizon(capsys):
         (["--horizons", "ten"], "horizons must be comma-separated integers, got 'ten'"),
     ],
 )
-def test_bad_demo_input_is_one_clear_line_and_exit_2(args, message):
-    out = run("demo", *args)
+def test_bad_demo_input_is_one_clear_line_and_exit_2(cli, args, message):
+    out = cli("demo", *args)
     assert out.returncode == 2
     assert message in out.stderr
     assert "Traceback" not in out.stderr
     assert out.stdout == ""  # nothing was planned
 
 
-def test_planners_lists_options_with_docs():
-    out = run("planners", "grasp")
+def test_planners_lists_options_with_docs(cli):
+    out = cli("planners", "grasp")
     assert out.returncode == 0
     assert "noise_scale = 0.005" in out.stdout
     assert "sync_interval = 50" in out.stdout
     assert "virtual states" in out.stdout  # the field docs are shown
-    assert run("planners", "nope").returncode == 2
+    assert cli("planners", "nope").returncode == 2
 
 
-def test_data_train_eval_plan_from_the_command_line(tmp_path):
+def test_data_train_eval_plan_from_the_command_line(cli, tmp_path):
+    run = cli  # the commands' main in this process: each subprocess would add seconds of imports
     data, ckpt = tmp_path / "wall.parquet", tmp_path / "ckpt"
     out = run("data", "--env", "wall", "--episodes", "8", "--steps", "30", "--workers", "1", "--out", str(data))
     assert out.returncode == 0 and data.exists() and "8 trajectories" in out.stdout
