@@ -371,9 +371,16 @@ def _run_tune(args: argparse.Namespace) -> int:
     s = result.test_summary
     print(f"study {result.study}: {result.finished_trials} trials finished; best trial {result.best_trial} "
           f"(tuning success {100 * result.best_tuning_success:.1f}%) with {result.best_options}")
+    compute = (f"{result.best_transitions:,} model transitions per planner call"
+               if result.best_transitions is not None else "a planner that declares no transition count")
+    compute += f" (budget {result.budget:,})" if result.budget else " (no budget)"
+    if result.best_sync_ratio is not None:
+        compute += f", {result.best_sync_ratio:.3g} sync steps per lifted step"
+    print(f"compute of the best options: {compute}")
     print(f"held-out test set ({s['count']} episodes, other pairs than the tuning set): success "
           f"{100 * s['success_rate']:.1f}% [{100 * s['success_low']:.1f}, {100 * s['success_high']:.1f}], "
-          f"model success {100 * s['model_success_rate']:.1f}%")
+          f"model success {100 * s['model_success_rate']:.1f}%; median time to success "
+          f"{s['median_time_to_success_s']:.3g} s (whole budget {s['median_planning_time_s']:.3g} s)")
     return 0
 
 
