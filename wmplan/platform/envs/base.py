@@ -40,6 +40,7 @@ __all__ = [
     "unpack_actions",
     "supersample_grid",
     "downsample",
+    "box_path_distance",
 ]
 
 FRAMESKIP = 5
@@ -159,6 +160,7 @@ class Env(abc.ABC):
                                  trajectory plots)
     :meth:`plot_tracks`          the 2-D positions a plot draws (``agent``: ``state[:2]``)
     :meth:`obstacle_crossings`   which predicted paths pass through an obstacle (none)
+    :meth:`path_distance`        shortest-path distance around obstacles (none: no obstacles)
     ``pixel_recipe``             data and budget of the default visual model (:class:`PixelRecipe`)
     ==========================  ==================================================================
     """
@@ -415,6 +417,14 @@ class Env(abc.ABC):
         (``[N]`` bool), for judging a model's predictions; None for a task without obstacles."""
         return None
 
+    def path_distance(self, a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
+        """The length of the shortest path between states ``a`` and ``b`` ``[N, D]`` (or ``[D]``)
+        through the task's free space, over ``success_coords`` (state units): ``[N]``, ``inf`` where
+        no path joins them. The wall-aware counterpart of :meth:`goal_distance`, for judging a
+        model's latent geometry (:mod:`wmplan.platform.models.geometry`). None (the default): the
+        task has no obstacles, and the straight line is the shortest path."""
+        return None
+
     # -- what subclasses implement ----------------------------------------------------------------
 
     @abc.abstractmethod
@@ -428,6 +438,60 @@ class Env(abc.ABC):
     @abc.abstractmethod
     def _step(self, action: np.ndarray) -> np.ndarray:
         """Advance one env step with a clipped action; return the new state."""
+
+
+def _segments_clear(p: np.ndarray, q: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Whether straight segments ``p -> q`` (``[..., 2]``, broadcast) miss the open interiors of
+    every box ``[K, 4]`` (rows ``x_lo, x_hi, y_lo, y_hi``): ``[...]`` bool. Touching a face or a
+    corner, or sliding along a face, is not a contact."""
+    p = np.asarray(p, dtype=np.float64)[..., None, :]
+    d = np.asarray(q, dtype=np.float64)[..., None, :] - p
+    t_in = np.zeros(np.broadcast_shapes(p.shape[:-1], d.shape[:-1], boxes.shape[:1]))
+    t_out = np.ones_like(t_in)
+    for axis in (0, 1):
+        lo, hi = boxes[:, 2 * axis], boxes[:, 2 * axis + 1]
+        pa, da = p[..., axis], d[..., axis]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t1, t2 = (lo - pa) / da, (hi - pa) / da
+        moving = da != 0
+        inside = (pa > lo) & (pa < hi)
+        t_in = np.maximum(t_in, np.where(moving, np.minimum(t1, t2), np.where(inside, -np.inf, np.inf)))
+        t_out = np.minimum(t_out, np.where(moving, np.maximum(t1, t2), np.where(inside, np.inf, -np.inf)))
+    return ~np.any(t_in < t_out, axis=-1)
+
+
+def box_path_distance(a: np.ndarray, b: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Shortest-path lengths between 2-D points ``a`` and ``b`` ``[N, 2]`` around axis-aligned boxes.
+
+    ``boxes [K, 4]`` (rows ``x_lo, x_hi, y_lo, y_hi``) are obstacles with open interiors: a path
+    may run along a face or touch a corner. The shortest path among polygonal obstacles bends only
+    at their corners, so this is exact: a Floyd-Warshall pass over the visibility graph of the
+    corners that lie outside every box, then, per pair, the straight line if it is clear or the
+    best ``a -> corner -> ... -> corner -> b``. ``inf`` where no path joins two points (one of
+    them inside a box, or the boxes enclosing one of them). Overlapping boxes act as their union.
+    """
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 2)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 2)
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    direct = np.linalg.norm(a - b, axis=-1)
+    if len(boxes) == 0:
+        return direct
+    corners = np.array([[x, y] for x_lo, x_hi, y_lo, y_hi in boxes for x in (x_lo, x_hi) for y in (y_lo, y_hi)])
+    cx, cy = corners[:, None, 0], corners[:, None, 1]
+    free = ~np.any((cx > boxes[:, 0]) & (cx < boxes[:, 1]) & (cy > boxes[:, 2]) & (cy < boxes[:, 3]), axis=-1)
+    corners = np.unique(corners[free], axis=0)
+
+    def hops(p: np.ndarray, q: np.ndarray) -> np.ndarray:  # [P, Q] straight lengths, inf where blocked
+        length = np.linalg.norm(p[:, None] - q[None], axis=-1)
+        return np.where(_segments_clear(p[:, None], q[None], boxes), length, np.inf)
+
+    between = hops(corners, corners)
+    for k in range(len(corners)):  # Floyd-Warshall: shortest corner-to-corner paths
+        between = np.minimum(between, between[:, k : k + 1] + between[k : k + 1, :])
+    from_a, to_b = hops(a, corners), hops(b, corners)  # [N, M]
+    via = np.min(from_a[:, :, None] + between[None] + to_b[:, None, :], axis=(1, 2)) if len(corners) else np.full(len(a), np.inf)
+    clear = _segments_clear(a, b, boxes)
+    return np.where(clear, direct, via)
 
 
 def _as_batch(state: np.ndarray, goal: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:

@@ -19,7 +19,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from wmplan.platform.envs.base import Env, PixelRecipe, downsample, supersample_grid
+from wmplan.platform.envs.base import Env, PixelRecipe, box_path_distance, downsample, supersample_grid
 
 __all__ = ["PointMazeEnv", "U_MAZE", "maze_xml", "maze_valid", "SUCCESS_THRESHOLD"]
 
@@ -166,6 +166,14 @@ class PointMazeEnv(Env):
         self.data.ctrl[:] = action
         mj.mj_step(self.model, self.data, self.frameskip)
         return self._read()
+
+    def path_distance(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Shortest-path lengths (qpos units) between ball positions ``a`` and ``b`` ``[N, D]`` (or
+        ``[D]``; velocities are ignored) along the maze's corridors: ``[N]``. The obstacles are the
+        wall cells grown by the ball's radius (its centre keeps 0.1 off a wall), so a position
+        closer than that to a wall has no path (``inf``)."""
+        grown = self._walls + np.array([-BALL_RADIUS, BALL_RADIUS, -BALL_RADIUS, BALL_RADIUS])
+        return box_path_distance(np.asarray(a)[..., :2], np.asarray(b)[..., :2], grown)
 
     _VIEW_LO, _VIEW_HI = world_extent
     _FLOOR = np.array([51.0, 77.0, 102.0])  # d4rl's ground colour (0.2, 0.3, 0.4)

@@ -37,7 +37,17 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from wmplan.platform.envs.base import GOAL_MODES, Env, PixelRecipe, Policy, Segment, StartGoal, downsample, supersample_grid
+from wmplan.platform.envs.base import (
+    GOAL_MODES,
+    Env,
+    PixelRecipe,
+    Policy,
+    Segment,
+    StartGoal,
+    box_path_distance,
+    downsample,
+    supersample_grid,
+)
 
 __all__ = [
     "WallEnv", "wall_step", "wall_valid", "wall_crossings", "door_pairs", "IMG_SIZE", "SUCCESS_THRESHOLD",
@@ -364,6 +374,15 @@ class WallEnv(Env):
     def obstacle_crossings(self, paths: np.ndarray) -> np.ndarray:
         """Paths ``[N, T, D]`` whose positions pass through this env's wall (:func:`wall_crossings`)."""
         return wall_crossings(np.asarray(paths)[..., :2], self.wall_x, self.door_y)
+
+    def path_distance(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Shortest-path lengths (pixels) between positions ``a`` and ``b`` ``[N, 2]`` (or ``[2]``):
+        the straight line where the wall does not block it, otherwise the way through the door
+        (around its corners); ``[N]``. The wall's two blocks are the obstacles (faces free, as in
+        :func:`wall_valid`)."""
+        wl, wr = self.wall_x - WALL_HALF_WIDTH, self.wall_x + WALL_HALF_WIDTH
+        blocks = np.array([[wl, wr, -_BIG, self.door_y - DOOR_HALF_HEIGHT], [wl, wr, self.door_y + DOOR_HALF_HEIGHT, _BIG]])
+        return box_path_distance(np.asarray(a)[..., :2], np.asarray(b)[..., :2], blocks)
 
     def render(self, size: int = 64) -> np.ndarray:
         """DINO-WM's picture: white room, black walls, the dot a red Gaussian (std 1.7 px).
