@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
 import textwrap
@@ -221,6 +222,11 @@ def _add_eval_model(sub: argparse._SubParsersAction, full: bool) -> None:
     p.add_argument("--png", default=None, help="visual model with a decoder: write predicted-against-real frames to this PNG")
     p.add_argument("--encoder", default="", metavar="MOD:FACTORY",
                    help="the user encoder the checkpoint names: code named in a checkpoint runs only when named here too")
+    p.add_argument("--geometry-pairs", type=int, default=256, metavar="N",
+                   help="visual model: random state pairs of the task over which the rank correlation of latent distance "
+                   "with true distance (Euclidean and wall-aware) and distance against displacement are measured; "
+                   "0: not measured (default: %(default)s)")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write every number measured to this JSON file")
     p.set_defaults(func=_run_eval_model)
 
 
@@ -235,8 +241,10 @@ def _run_eval_model(args: argparse.Namespace) -> int:
     pixels = is_pixel_model(model)
     if args.png and not (pixels and getattr(model, "decoder", None) is not None):
         raise ConfigError("--png needs a visual model with a decoder")
+    if args.geometry_pairs < 0 or args.geometry_pairs == 1:
+        raise ConfigError(f"--geometry-pairs must be 0 (not measured) or >= 2, got {args.geometry_pairs}")
     try:
-        result = evaluate_model(model, dataset, k=args.k, split=args.split)
+        result = evaluate_model(model, dataset, k=args.k, split=args.split, geometry_pairs=args.geometry_pairs)
         # arg-type: prediction_strip takes a VisualWorldModel; --png was checked above to come with a pixel model with a decoder.
         strip = prediction_strip(model, dataset.split(args.split), k=args.k, frameskip=dataset.frameskip) if args.png else None  # type: ignore[arg-type]
     except ValueError as exc:
@@ -247,9 +255,50 @@ def _run_eval_model(args: argparse.Namespace) -> int:
         value = result.get(key)
         label = key.replace("k_step", f"{args.k}_step") + (f" ({space})" if key.endswith("mse") else via if key.endswith("error") else "")
         print(f"| {label} | {'-' if value is None else f'{value:.4g}' if isinstance(value, float) else value} |")
+    _print_geometry(result.get("geometry"), pixels=pixels, pairs=args.geometry_pairs, model=args.model)
+    if args.json:
+        import json
+
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"model": str(args.model), "data": str(args.data), **result}, indent=2))
+        print(f"wrote {args.json}")
     if strip is not None:
         print(f"wrote {write_png(args.png, strip)}: rows of real (top) and predicted (bottom) frames, model steps 0..{args.k}")
     return 0
+
+
+def _print_geometry(geometry: dict[str, Any] | None, *, pixels: bool, pairs: int, model: str) -> None:
+    """eval-model's latent geometry: the rank correlations, a distance-against-displacement table
+    and the gate's warning (:func:`wmplan.platform.models.geometry.check_geometry`)."""
+    from wmplan.platform.models.geometry import GEOMETRY_THRESHOLD, SATURATION_FRACTION, LatentGeometry, check_geometry
+
+    if not pixels:
+        print("latent geometry: does not apply (a state model plans on the simulator's own state, normalised per "
+              "coordinate: its distances are the task's)")
+        return
+    if geometry is None:
+        why = "--geometry-pairs 0" if pairs == 0 else "the data set's task is not one of wmplan's own"
+        print(f"latent geometry: not measured ({why})")
+        return
+    g = LatentGeometry.from_dict(geometry)
+
+    def num(x: float | None, fmt: str = ".3f") -> str:
+        return "-" if x is None or not math.isfinite(x) else format(x, fmt)
+
+    wall = "" if g.spearman_path is None else f", wall-aware {num(g.spearman_path)}"
+    unreachable = f" ({g.unreachable_pairs} pairs without a path left out)" if g.unreachable_pairs else ""
+    print(f"\nlatent geometry ({g.pairs} random state pairs, seed {g.seed}): rank correlation of latent distance with "
+          f"true distance: Euclidean {num(g.spearman_euclidean)}{wall}{unreachable}")
+    print(f"distance against displacement ({g.pairs} random and {g.near_pairs} near pairs; true displacement in state "
+          f"units; latent distance also as a fraction of a typical random pair's):")
+    print("| true displacement | pairs | median latent distance | / typical |\n|---|---|---|---|")
+    for b in g.bins:
+        print(f"| {b.low:.3g} - {b.high:.3g} | {b.pairs} | {num(b.median_latent, '.4g')} | {num(b.relative, '.2f')} |")
+    if g.saturation is not None:
+        print(f"latent distance reaches {SATURATION_FRACTION:.0%} of its largest binned median from a displacement of "
+              f"{g.saturation:.3g}")
+    warning = check_geometry(g, model=model)
+    print(warning if warning else f"geometry gate: passed (rank correlation {num(g.correlation)} >= {GEOMETRY_THRESHOLD:g})")
 
 
 EXPERIMENT_ALIASES = {"task": ["--env"], "planners": ["--planner"], "horizons": ["--horizon"]}

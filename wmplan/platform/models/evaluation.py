@@ -8,6 +8,9 @@ On a task with obstacles the evaluation also counts *wall crossings*: windows wh
 rollout passes through an obstacle (the task's :meth:`~wmplan.platform.envs.Env.obstacle_crossings`;
 on Wall, from one side of the wall to the other outside the door) while the recorded trajectory,
 sampled at the same model steps, does not. A model with this fault lets planners walk through walls.
+
+For a model that sees frames the evaluation can also measure its *latent geometry*
+(:mod:`wmplan.platform.models.geometry`): whether latent distance follows true distance.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch
 
 from wmplan.platform.envs import Env, make_env
 from wmplan.platform.errors import ConfigError
+from wmplan.platform.models.geometry import measure_geometry
 from wmplan.platform.models.training import transition_windows
 from wmplan.platform.models.visual import is_pixel_model
 from wmplan.platform.world_model import WorldModel, check_world_model, from_model_space, rollout, to_model_space
@@ -46,6 +50,8 @@ def evaluate_model(
     split: str = "val",
     batch: int = 4096,
     task: Env | None = None,
+    geometry_pairs: int = 0,
+    geometry_seed: int = 0,
 ) -> dict[str, Any]:
     """Open-loop prediction errors of ``model`` on a split of ``dataset``.
 
@@ -63,6 +69,10 @@ def evaluate_model(
         batch: windows evaluated at once.
         task: the data set's task, for its obstacle test; None: wmplan's own task of the data
             set's name (a user's task must be given: a name read from a file is never imported).
+        geometry_pairs: for a model that sees frames, random state pairs of the task whose latent
+            geometry is measured (:func:`~wmplan.platform.models.geometry.measure_geometry`); 0: not
+            measured.
+        geometry_seed: seed of those pairs.
 
     Returns:
         A dict with ``one_step_error`` and ``k_step_error`` (mean Euclidean distance between
@@ -73,7 +83,9 @@ def evaluate_model(
         units), ``transitions`` and ``windows`` (how many one-step and k-step comparisons),
         ``wall_crossings`` and ``wall_crossing_rate`` (count and fraction of k-step windows whose
         rollout passes through an obstacle while the recorded path does not; None for a task
-        without obstacles),
+        without obstacles), ``geometry`` (a model that sees frames, with ``geometry_pairs``:
+        :meth:`LatentGeometry.as_dict <wmplan.platform.models.geometry.LatentGeometry.as_dict>`;
+        otherwise None: a state model plans on the simulator's own state, or no task is known),
         and ``k``, ``split``, ``frameskip``.
     """
     model = check_world_model(model)
@@ -148,4 +160,7 @@ def evaluate_model(
         count = int((model_cross & ~real_cross).sum())
         result["wall_crossings"] = count
         result["wall_crossing_rate"] = count / len(sk)
+    geometry = measure_geometry(model, task, pairs=geometry_pairs, seed=geometry_seed) \
+        if pixels and task is not None and geometry_pairs > 0 else None
+    result["geometry"] = None if geometry is None else geometry.as_dict()
     return result
