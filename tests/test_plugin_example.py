@@ -6,8 +6,11 @@ package ``wmplan_plugin_example``. As a user ships it, the package is installed 
 environment (``pip install -e examples/plugin``; done here when it is not importable, in seconds),
 so the commands and the Ray workers they start import it like any package. The model is trained by
 the example's own script on a tiny budget; then ``wmplan run``, ``wmplan tune`` and ``wmplan bench
-sweep`` run with all three plug-ins, each a subprocess of the real command that starts its own
-local Ray. Wrong specs fail before Ray in one line with exit status 2.
+sweep`` run with all three plug-ins, each a subprocess of the real command that joins (``RAY_ADDRESS``)
+one local Ray head started for this module after the example was installed, without ``PYTHONPATH``
+(a local Ray of their own would cost each command about 10 s of a busy 2-core machine). Wrong specs
+fail before Ray in one line with exit status 2 (the command's ``main`` in this process, Ray's start
+replaced by a recorder that fails the test).
 """
 
 from __future__ import annotations
@@ -15,10 +18,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import site
 import subprocess
 import sys
 import sysconfig
+import time
 from pathlib import Path
 
 import numpy as np
@@ -72,8 +77,9 @@ def installed() -> None:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(installed, tmp_path_factory) -> Path:
-    """The example's model, trained by its own script on a tiny budget (a poor model, but a real one)."""
+def checkpoint(installed, ray_head_process, tmp_path_factory) -> Path:
+    """The example's model, trained by its own script on a tiny budget (a poor model, but a real one),
+    while the commands' Ray head starts."""
     work = tmp_path_factory.mktemp("plugin-train")
     out = succeeded(command("--out", str(work / "ckpt"), "--trajectories", "24", "--trajectory-steps", "50",
                             "--steps", "40", "--batch", "32", cwd=work, module="wmplan_plugin_example.train"))
@@ -82,6 +88,61 @@ def checkpoint(installed, tmp_path_factory) -> Path:
     info = json.loads((work / "ckpt" / "config.json").read_text())
     assert info["format"] == "wmplan-plugin-example/patch-world-model" and info["metrics"]["steps"] == 40
     return work / "ckpt"
+
+
+HEAD = """import os, sys, ray
+ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, object_store_memory=512 * 1024**2)
+with open(sys.argv[1] + ".tmp", "w") as f:
+    f.write(ray.get_runtime_context().gcs_address)
+os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+sys.stdin.read()  # until the test closes it; then ray.shutdown at exit
+"""
+
+
+@pytest.fixture(scope="module")
+def ray_head_process(installed, tmp_path_factory):
+    """A local Ray head (as ``wmplan run`` starts one: this machine's cores) for the commands to join, starting:
+    (process, file its address is written to, its log). Not waited for here: it starts while the model trains.
+
+    Started after the example is installed and without ``PYTHONPATH``, so its workers import the plug-ins as
+    installed, as those of a command's own local Ray do. Every process it starts carries a marker in its
+    environment and is ended by process id afterwards.
+    """
+    from tests.jobs.test_cluster import MARKER, end_processes
+
+    folder = tmp_path_factory.mktemp("plugin-ray")
+    address, log = folder / "address", folder / "head.log"
+    token = secrets.token_hex(8)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env.update({"RAY_AUTH_MODE": "disabled", MARKER: token})
+    with log.open("wb") as out:
+        head = subprocess.Popen([sys.executable, "-c", HEAD, str(address)], stdin=subprocess.PIPE, stdout=out,
+                                stderr=subprocess.STDOUT, cwd=folder, env=env, start_new_session=True)
+    try:
+        yield head, address, log
+    finally:
+        head.stdin.close()
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+            head.wait(timeout=30)
+        leftover = end_processes(token, grace=5)
+    assert not leftover, f"processes of the plug-in tests' Ray head outlived SIGKILL: {leftover}"
+
+
+@pytest.fixture(scope="module")
+def ray_head(ray_head_process) -> str:
+    """The address of :func:`ray_head_process`'s head, once it answers (``RAY_ADDRESS`` for the commands)."""
+    from tests.jobs.servers import tail
+
+    head, address, log = ray_head_process
+    deadline = time.monotonic() + TIMEOUT  # seconds when idle; generous for a busy machine
+    while not address.exists():
+        assert head.poll() is None, f"the Ray head exited with {head.returncode}:\n{tail(log)}"
+        assert time.monotonic() < deadline, f"the Ray head did not start in {TIMEOUT} s:\n{tail(log)}"
+        time.sleep(0.2)
+    return address.read_text()
 
 
 def test_the_model_plugs_in_as_a_world_model_with_its_own_cost(checkpoint):
@@ -126,7 +187,7 @@ def test_a_registered_model_name_reaches_the_process_that_plans(checkpoint, tmp_
     assert json.loads((result.directory / "run.json").read_text())["checkpoint_sha256"] == files_sha256("checkpoint", checkpoint)
 
 
-def test_run_with_the_plugin_task_model_and_planner_on_ray(checkpoint, tmp_path):
+def test_run_with_the_plugin_task_model_and_planner_on_ray(checkpoint, ray_head, tmp_path):
     from wmplan_plugin_example.task import LowDoorWall
 
     from wmplan.platform.workflow import episode_specs
@@ -145,7 +206,7 @@ batch_size: 3
 actors: 2
 snapshots: 2
 """)
-    out = succeeded(command("run", "plugin.yaml", cwd=tmp_path))
+    out = succeeded(command("run", "plugin.yaml", cwd=tmp_path, env={"RAY_ADDRESS": ray_head}))
     assert PLANNER in out
     (run,) = (tmp_path / "runs").iterdir()
     meta = json.loads((run / "run.json").read_text())
@@ -183,7 +244,7 @@ snapshots: 2
     assert group.data.tags["wmplan.planner"] == PLANNER and group.data.metrics["episodes"] == 6
 
 
-def test_tune_searches_the_plugin_planners_own_space(checkpoint, tmp_path):
+def test_tune_searches_the_plugin_planners_own_space(checkpoint, ray_head, tmp_path):
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
@@ -194,7 +255,7 @@ def test_tune_searches_the_plugin_planners_own_space(checkpoint, tmp_path):
     succeeded(command("tune", "--task", TASK, "--model", MODEL, "--set", f"model_options.checkpoint={checkpoint}",
                       "--planner", PLANNER, "--study", "plugin-study", "--horizon", "4", "--trials", "2", "--parallel", "2",
                       "--tuning-episodes", "4", "--batch-size", "2", "--test-episodes", "4", "--space", "+iterations=5",
-                      cwd=tmp_path))
+                      cwd=tmp_path, env={"RAY_ADDRESS": ray_head}))
     study = optuna.load_study(study_name="plugin-study",
                               storage=JournalStorage(JournalFileBackend(str(tmp_path / "studies.journal"))))
     trials = study.get_trials(deepcopy=False)
@@ -214,7 +275,7 @@ def test_tune_searches_the_plugin_planners_own_space(checkpoint, tmp_path):
     assert [r.data.params["model"] for r in runs] == [MODEL]
 
 
-def test_bench_sweep_with_the_plugins(checkpoint, tmp_path):
+def test_bench_sweep_with_the_plugins(checkpoint, ray_head, tmp_path):
     import pyarrow.parquet as pq
 
     from wmplan.storage.parquet import read_table
@@ -234,7 +295,7 @@ test_episodes: 4
 batch_size: 2
 actors: 2
 """)
-    out = succeeded(command("bench", "sweep", "--config", "sweep.yaml", cwd=tmp_path))
+    out = succeeded(command("bench", "sweep", "--config", "sweep.yaml", cwd=tmp_path, env={"RAY_ADDRESS": ray_head}))
     folder = tmp_path / "runs" / "sweep-plugin-sweep"
     markdown = (folder / "sweep.md").read_text()
     assert markdown in out and f"Model {MODEL} (checkpoint={checkpoint})" in markdown
@@ -279,10 +340,38 @@ NOT_CALLABLE = 3
     (("tune", "--model", "nowhere_pkg.model:load"), "model cannot import module 'nowhere_pkg.model'"),
     (("bench", "sweep", "--set", "model=bad_plugins:not_a_model"), "returns Module (as declared)"),
 ])
-def test_a_wrong_spec_fails_before_ray_in_one_line(installed, tmp_path, args, needle):
+def test_a_wrong_spec_fails_before_ray_in_one_line(installed, tmp_path, args, needle, monkeypatch, capsys):
+    # The command's main in this process, run from tmp_path with tmp_path on the import path (as PYTHONPATH
+    # puts it for a subprocess): a subprocess per case added seconds of imports. Ray's start is replaced
+    # by a recorder that fails the test, so "before Ray" is checked directly.
+    import wmplan.jobs.cluster
+    from wmplan.cli import main
+
+    started: list[tuple] = []
+
+    def start_ray(*a, **k):
+        started.append(a)
+        pytest.fail("Ray was started")
+
+    for module in ("wmplan.jobs.cluster", "wmplan.jobs.runner", "wmplan.tuning.study", "wmplan.tuning.sweep"):
+        __import__(module)
+        monkeypatch.setattr(sys.modules[module], "start_ray", start_ray)
+    assert wmplan.jobs.cluster.start_ray is start_ray
     (tmp_path / "bad_plugins.py").write_text(BAD_PLUGINS)
-    out = command(*args, cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)})
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.delenv("WMPLAN_DEBUG", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    capsys.readouterr()
+    try:
+        status = main(list(args))
+    finally:
+        sys.modules.pop("bad_plugins", None)  # the next case's bad_plugins is another file
+    out = subprocess.CompletedProcess(args, status, "", capsys.readouterr().err)
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert out.returncode == 2 and len(lines) == 1 and lines[0].startswith("wmplan: error: "), out.stderr
+    assert not started
     assert needle in lines[0], lines[0]
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "__pycache__") == ["bad_plugins.py"]  # nothing started
