@@ -158,7 +158,39 @@ def _add_train(sub: argparse._SubParsersAction, full: bool) -> None:
     g.add_argument("--no-decoder", action="store_true", help="drop the decoder after training the encoder")
     g.add_argument("--encoder", default="builtin", help="a frozen encoder of your own, package.module:factory (default: %(default)s)")
     g.add_argument("--encoder-weights", default="", help="safetensors weights of --encoder")
+    _add_ensemble_flags(p)
     p.set_defaults(func=_run_train)
+
+
+def _add_ensemble_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("state ensemble (--obs state)")
+    g.add_argument("--members", type=int, default=1,
+                   help="1: one state MLP; N >= 2: an ensemble of N bootstrapped members (kind state_ensemble) that plans on "
+                   "the mean of N - 1 and judges in-model success on the last (default: %(default)s)")
+    g.add_argument("--disagreement-weight", type=float, default=None,
+                   help="ensemble: weight of the members' accumulated disagreement in the planning cost, 0: off "
+                   "(default: 1.0)")
+    g.add_argument("--no-judge", action="store_true", help="ensemble: plan on every member (no held-out judge)")
+    g.add_argument("--action-bounds", choices=["env", "data"], default=None,
+                   help="actions planners may try: the task's bounds, or the training data's 0.5/99.5 percentiles per "
+                   "packed dimension (default: env for one model, data for an ensemble)")
+
+
+def _ensemble_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The training options of the state-ensemble flags (none for one model with the defaults)."""
+    options: dict[str, Any] = {}
+    if args.action_bounds is not None:
+        options["action_bounds"] = args.action_bounds
+    if args.members == 1:
+        if args.disagreement_weight is not None or args.no_judge:
+            raise ConfigError("--disagreement-weight and --no-judge are for an ensemble: add --members N (N >= 2)")
+        return options
+    if args.obs != "state":
+        raise ConfigError("--members N (an ensemble) trains state models: use --obs state")
+    options.update(members=args.members, judge=not args.no_judge)
+    if args.disagreement_weight is not None:
+        options["disagreement_weight"] = args.disagreement_weight
+    return options
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -174,6 +206,7 @@ def _run_train(args: argparse.Namespace) -> int:
     options = dict(batch_size=args.batch_size, lr=args.lr, rollout_steps=args.rollout_steps, hidden=args.hidden, depth=args.depth,
                    seed=args.seed, threads=args.threads)
     options.update({"steps": args.steps} if args.steps is not None else {})
+    options.update(_ensemble_options(args))
     if pixels:
         options.update(encoder_steps=args.encoder_steps, probe_steps=args.probe_steps, channels=args.channels, latent_channels=args.latent_channels,
                        decoder=not args.no_decoder and args.encoder == "builtin", encoder=args.encoder,
@@ -210,7 +243,24 @@ def _run_train(args: argparse.Namespace) -> int:
         summary += (f"; one-step error {evaluation['one_step_error']:.4g}, {evaluation['k']}-step error "
                     f"{evaluation['k_step_error']:.4g} (env units{via})")
     print(summary)
+    _print_ensemble_record(metrics)
     return 0
+
+
+def _print_ensemble_record(metrics: dict[str, Any]) -> None:
+    """The state models' action bounds and an ensemble's members, as the checkpoint records them."""
+    bounds = metrics.get("action_bounds")
+    if bounds:
+        source = (f"the data's {bounds['percentile']:g}/{100 - bounds['percentile']:g} percentiles" if bounds["source"] == "data"
+                  else "the task's bounds")
+        print(f"action bounds ({source}): low {', '.join(f'{x:.3g}' for x in bounds['low'])}; "
+              f"high {', '.join(f'{x:.3g}' for x in bounds['high'])}")
+    if metrics.get("members"):
+        judge = (f"judged on the held-out member (one-step MSE {metrics['val_mse_judge']:.4g})" if metrics["judge"]
+                 else "no held-out judge")
+        print(f"ensemble: {metrics['members']} bootstrapped members, planning on the mean of {metrics['planning_members']}, "
+              f"{judge}; disagreement weight {metrics['disagreement_weight']:g} (mean one-step disagreement on the "
+              f"validation split {metrics['val_disagreement']:.3g})")
 
 
 def _add_eval_model(sub: argparse._SubParsersAction, full: bool) -> None:

@@ -24,6 +24,12 @@ goals are rendered and given to it as images, which it encodes; its ``decode`` i
 used only to report in-model success. One model action is ``env.frameskip`` env actions
 packed together (:func:`wmplan.platform.envs.pack_actions`), so ``model.action_dim`` must be
 ``env.frameskip * env.action_dim``.
+
+Two optional model methods change what is planned on and what judges it (:func:`planning_model`):
+``planning_model(coords=...)`` gives the model planners search (an ensemble's mean with its
+disagreement penalty, :class:`~wmplan.platform.models.EnsembleWorldModel`), and
+``judge_rollout(start [B, D], actions [B, n, A]) -> [B, n+1, D]`` is the rollout that judges
+in-model success (an ensemble member that planning did not use), instead of the plan's own.
 """
 
 from __future__ import annotations
@@ -60,6 +66,9 @@ __all__ = [
     "success_coordinates",
     "check_action_packing",
     "snapshot_schedule",
+    "planning_model",
+    "judged_final_states",
+    "exploitation_gap",
 ]
 
 Mode = Literal["open_loop", "mpc"]
@@ -229,6 +238,28 @@ def snapshot_schedule(iterations: int, count: int) -> list[int]:
     return sorted({max(1, round(iterations * (k + 1) / n)) for k in range(n)}) if n > 0 else []
 
 
+def planning_model(env: Env, model: WorldModel) -> WorldModel:
+    """The model planners search for ``env``: the model's own ``planning_model(coords=env.success_coords)``
+    when it has one (an ensemble: its mean, with its disagreement penalty in the cost), then
+    :func:`~wmplan.platform.costs.success_cost_model` (a model with its own cost is left as it is)."""
+    view = getattr(model, "planning_model", None)
+    if callable(view):
+        model = view(coords=success_coordinates(env))
+    return success_cost_model(env=env, model=model)
+
+
+def judged_final_states(model: WorldModel, start: Tensor, actions: Tensor, planned: Tensor) -> Tensor:
+    """The model states ``[B, D]`` in-model success is judged on, after ``actions [B, n, A]`` from ``start [B, D]``:
+    the last state of ``model.judge_rollout(start, actions)`` when the model has one (a member that
+    planning did not use), else ``planned``, the planner's own prediction. No gradient."""
+    judge = getattr(model, "judge_rollout", None)
+    if not callable(judge):
+        return planned
+    with torch.no_grad():
+        final: Tensor = judge(start, actions)[..., -1, :]
+    return final
+
+
 def check_action_packing(env: Env, model: WorldModel) -> None:
     """Raise ValueError unless one model action is ``env.frameskip`` packed env actions."""
     want = env.frameskip * env.action_dim
@@ -264,7 +295,9 @@ class EpisodeRecord:
         success: ``env.is_success(final executed state, goal)`` in the real simulator.
         model_success: ``env.is_success`` of the model's predicted final state, decoded to env
             space, against the goal (open loop: the final state of the plan's model rollout; MPC:
-            the last plan's prediction after the steps executed from it).
+            the last plan's prediction after the steps executed from it). A model with
+            ``judge_rollout`` predicts it with that rollout (an ensemble's held-out member), not
+            with the rollout the planner optimised (:func:`judged_final_states`).
         final_distance: Euclidean distance between the final executed state and the goal over
             :func:`success_coordinates` (for a failed episode: from the last state reached).
         model_final_distance: the same distance for the model's prediction (inf when the model
@@ -481,7 +514,7 @@ def run_episodes(
     _validate(env, model, planner, specs, mode, replan_every)
     if not specs:
         return []
-    model = success_cost_model(env=env, model=model)  # plan on what success looks at, where the model can tell
+    model = planning_model(env, model)  # plan on what success looks at, where the model can tell (and its own view)
     h = planner.options.horizon
     fs = env.frameskip
     dtype = model.action_low.dtype if model.action_low.is_floating_point() else torch.float32
@@ -524,7 +557,8 @@ def run_episodes(
         failed = result.failed.cpu().numpy()
         plan = result.actions.detach().cpu().double().numpy()
         with torch.no_grad():
-            predicted = from_model_space(model, result.states[:, n]).detach().cpu().double().numpy()
+            final_m = judged_final_states(model, start_m, result.actions[:, :n].detach().to(start_m.dtype), result.states[:, n])
+            predicted = from_model_space(model, final_m).detach().cpu().double().numpy()
         residual = None
         if result.trace.residual is not None:
             residual = np.full((*result.trace.residual.shape[:2], h), np.nan, dtype=np.float32)
@@ -641,10 +675,16 @@ def summarize(records: Sequence[EpisodeRecord]) -> dict[str, float | int]:
 
     Returns:
         ``count``; ``successes``; ``success_rate`` with its Wald 95% interval ``success_low`` and
-        ``success_high``; ``model_success_rate``; ``median_planning_time_s`` over the successful
+        ``success_high``; ``model_success_rate``; ``exploitation_gap``, in-model minus real success
+        (a fraction: how often the plan succeeds in the model and not in the simulator, net); ``median_planning_time_s`` over the successful
         episodes (NaN if none); ``failures`` (episodes marked failed). Rates are NaN for no records.
     """
     return summarize_rows([r.to_row() for r in records])
+
+
+def exploitation_gap(model_success_rate: float, success_rate: float) -> float:
+    """In-model minus real success (fractions; NaN when either is): how much planners exploit the model."""
+    return float(model_success_rate) - float(success_rate)
 
 
 def _median(values: Sequence[float]) -> float:
@@ -669,6 +709,7 @@ def summarize_rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, float | int]:
         "success_low": low,
         "success_high": high,
         "model_success_rate": model_rate,
+        "exploitation_gap": exploitation_gap(model_rate, rate),
         "median_planning_time_s": float(np.median(times)) if times else math.nan,
         "median_time_to_success_s": _median([t for t in to_success if t is not None and math.isfinite(t)]),
         "median_transitions_to_success": _median([t for t in transitions_to_success if t is not None and t >= 0]),

@@ -20,14 +20,24 @@ import torch
 
 from wmplan.platform.data import DataConfig, Dataset, generate_dataset, read_dataset
 from wmplan.platform.envs import Env
-from wmplan.platform.episode import EpisodeRecord, EpisodeSpec, Mode, make_episode_specs, run_episodes, summarize
+from wmplan.platform.episode import (
+    EpisodeRecord,
+    EpisodeSpec,
+    Mode,
+    exploitation_gap,
+    make_episode_specs,
+    run_episodes,
+    summarize,
+)
 from wmplan.platform.errors import ConfigError, unknown_name_error
 from wmplan.platform.models import (
+    EnsembleTrainConfig,
     TrainConfig,
     VisualTrainConfig,
     evaluate_model,
     load_world_model,
     save_checkpoint,
+    train_ensemble_model,
     train_state_model,
     train_visual_model,
 )
@@ -74,10 +84,13 @@ def default_data_config(env: str, *, obs: str = "state") -> DataConfig:
 
 def default_train_config(env: str, *, obs: str = "state", device: str = "cpu", **options: Any) -> TrainConfig:
     """The training options of a task's default model (for ``obs='pixels'``, the predictor steps of
-    the task's ``pixel_recipe``); ``options`` override them (checked by the config)."""
+    the task's ``pixel_recipe``); ``options`` override them (checked by the config). An option
+    ``members`` (state models) makes it an ensemble's (:class:`EnsembleTrainConfig`)."""
     _check_obs(obs)
     if obs == "pixels":
         return VisualTrainConfig(**{"steps": task_class(env).pixel_recipe.predictor_steps, "device": device, **options})
+    if "members" in options:
+        return EnsembleTrainConfig(**{"device": device, **options})
     return TrainConfig(**{"device": device, **options})
 
 
@@ -99,6 +112,9 @@ def train_model(
     model: torch.nn.Module
     if isinstance(config, VisualTrainConfig):
         model, metrics = train_visual_model(dataset, config, progress=progress)
+    elif isinstance(config, EnsembleTrainConfig):
+        model, metrics = train_ensemble_model(
+            dataset, config, progress=None if progress is None else lambda step, total, loss: progress("ensemble", step, total, loss))
     else:
         model, metrics = train_state_model(
             dataset, config, progress=None if progress is None else lambda step, total, loss: progress("model", step, total, loss))
@@ -240,16 +256,20 @@ def format_outcomes(outcomes: Sequence[PlanOutcome]) -> str:
 
 
 def format_summaries(summaries: Mapping[tuple[str, int], Mapping[str, float | int]]) -> str:
-    """A Markdown table of :func:`wmplan.platform.episode.summarize` results keyed by (planner, horizon)."""
+    """A Markdown table of :func:`wmplan.platform.episode.summarize` results keyed by (planner, horizon).
+
+    ``gap`` is the exploitation gap: in-model minus real success, in percentage points (how often a
+    plan fools the model, net)."""
     lines = [
-        "| planner | H | episodes | success [95% CI] | model success | median time of successes (s) | failed |",
-        "|---|---|---|---|---|---|---|",
+        "| planner | H | episodes | success [95% CI] | model success | gap (points) | median time of successes (s) | failed |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for (planner, horizon), s in summaries.items():
         t = s["median_planning_time_s"]
+        gap = exploitation_gap(s["model_success_rate"], s["success_rate"])
         lines.append(
             f"| {planner} | {horizon} | {s['count']} | {100 * s['success_rate']:.1f}% "
             f"[{100 * s['success_low']:.1f}, {100 * s['success_high']:.1f}] | {100 * s['model_success_rate']:.1f}% | "
-            f"{'-' if math.isnan(t) else f'{t:.2f}'} | {s['failures']} |"
+            f"{'-' if math.isnan(gap) else f'{100 * gap:+.1f}'} | {'-' if math.isnan(t) else f'{t:.2f}'} | {s['failures']} |"
         )
     return "\n".join(lines)

@@ -112,8 +112,9 @@ def group_metrics(rows: Sequence[Mapping[str, Any]], *, wall_time_s: float | Non
         wall_time_s: the group's wall time in seconds, for ``episodes_per_s``.
 
     ``success_rate``, ``success_ci_low``, ``success_ci_high`` (Wald 95%), ``model_success_rate``,
-    ``median_success_time_s`` (median planning time of the successful episodes: the fixed budget's
-    wall time), ``median_time_to_success_s`` and ``median_transitions_to_success`` (the paper's time
+    ``exploitation_gap`` (in-model minus real success, a fraction), ``median_success_time_s`` (median planning
+    time of the successful episodes: the fixed budget's wall time), ``median_time_to_success_s`` and
+    ``median_transitions_to_success`` (the paper's time
     to success, from the plan snapshots, over the successful episodes) and ``median_transitions``
     (model transitions spent per episode) are :func:`~wmplan.platform.episode.summarize_rows`'s numbers; ``mean_planning_time_s`` is the
     mean over all episodes; ``episodes_per_s`` is ``episodes / wall_time_s`` (only when
@@ -127,6 +128,7 @@ def group_metrics(rows: Sequence[Mapping[str, Any]], *, wall_time_s: float | Non
         "success_ci_low": float(s["success_low"]),
         "success_ci_high": float(s["success_high"]),
         "model_success_rate": float(s["model_success_rate"]),
+        "exploitation_gap": float(s["exploitation_gap"]),
         "median_success_time_s": float(s["median_planning_time_s"]),
         "median_time_to_success_s": float(s["median_time_to_success_s"]),
         "median_transitions_to_success": float(s["median_transitions_to_success"]),

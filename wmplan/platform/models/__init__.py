@@ -13,6 +13,14 @@ from wmplan.platform.models.checkpoint import (
     register_model_kind,
     save_checkpoint,
 )
+from wmplan.platform.models.ensemble import (
+    DisagreementPenalty,
+    EnsembleModelConfig,
+    EnsembleTrainConfig,
+    EnsembleWorldModel,
+    load_ensemble,
+    train_ensemble_model,
+)
 from wmplan.platform.models.evaluation import evaluate_model
 from wmplan.platform.models.mlp import ResidualMLP
 from wmplan.platform.models.state_model import StateModelConfig, StateWorldModel
@@ -24,6 +32,8 @@ __all__ = [
     "ResidualMLP",
     "StateModelConfig", "StateWorldModel",
     "TrainConfig", "train_state_model", "transition_windows",
+    "EnsembleModelConfig", "EnsembleWorldModel", "EnsembleTrainConfig", "DisagreementPenalty", "train_ensemble_model",
+    "load_ensemble",
     "VisualModelConfig", "VisualWorldModel", "VisualTrainConfig", "train_visual_model", "is_pixel_model", "render_states",
     "evaluate_model",
     "CheckpointError", "ModelKind", "MODEL_KINDS", "register_model_kind", "save_checkpoint",

@@ -78,11 +78,29 @@ class StateModelConfig(PackedActionConfig):
     """Width of the hidden layers of the residual MLP."""
     depth: int = 3
     """Number of hidden layers of the residual MLP (>= 1)."""
+    action_low: tuple[float, ...] = ()
+    """Lower bounds of a packed model action (``action_dim`` values, env units) that planners search
+    within; empty: the env bounds tiled ``frameskip`` times. Set from the training data's support by
+    ``TrainConfig.action_bounds = 'data'`` (percentiles of the packed training actions)."""
+    action_high: tuple[float, ...] = ()
+    """Upper bounds of a packed model action, as ``action_low`` (both empty or both given)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         require(self.hidden >= 1, f"hidden must be >= 1, got {self.hidden}")
         require(self.depth >= 1, f"depth must be >= 1, got {self.depth}")
+        given = (len(self.action_low), len(self.action_high))
+        require(given in ((0, 0), (self.action_dim, self.action_dim)),
+                f"action_low/high must both be empty (the env bounds) or have action_dim={self.action_dim} values, got {given}")
+        require(all(math.isfinite(lo) and math.isfinite(hi) and hi > lo for lo, hi in zip(self.action_low, self.action_high)),
+                f"action bounds must be finite with high > low, got {self.action_low} and {self.action_high}")
+
+    def action_bounds(self) -> tuple[Tensor, Tensor]:
+        """The packed action bounds ``[A]``: ``action_low`` / ``action_high`` when given, else the env
+        bounds tiled ``frameskip`` times."""
+        if not self.action_low:
+            return super().action_bounds()
+        return torch.tensor(self.action_low, dtype=torch.float32), torch.tensor(self.action_high, dtype=torch.float32)
 
 
 class StateWorldModel(nn.Module):

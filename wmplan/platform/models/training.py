@@ -31,7 +31,8 @@ if TYPE_CHECKING:  # pyarrow is imported only by code that reads data sets
     from wmplan.platform.data import Dataset, Trajectory
     from wmplan.platform.models.visual import VisualWorldModel
 
-__all__ = ["TrainConfig", "train_state_model", "fit_rollouts", "descend", "one_step_mse", "transition_windows", "normalization_stats"]
+__all__ = ["TrainConfig", "train_state_model", "fit_rollouts", "descend", "one_step_mse", "transition_windows", "normalization_stats",
+           "data_action_bounds", "state_model_config"]
 
 STD_FLOOR = 1e-6
 """Smallest standard deviation used for normalisation (a constant dimension would divide by 0)."""
@@ -67,8 +68,16 @@ class TrainConfig:
     """Torch CPU threads while training (0: one per core available to the process). One is the
     measured default: fastest on a busy machine, and the weights do not depend on the machine's core
     count (see :mod:`wmplan.platform.threads`)."""
+    action_bounds: Literal["env", "data"] = "env"
+    """The action bounds planners search within (state models): ``env``, the task's bounds; ``data``,
+    the training data's support, per packed action dimension the ``action_percentile`` and
+    ``100 - action_percentile`` percentiles of the packed training actions (planners then never try
+    actions the model never saw). Stored in the model's config and in the metrics."""
+    action_percentile: float = 0.5
+    """Lower percentile of the data bounds (``action_bounds = 'data'``); 0: the data's min and max."""
 
     def __post_init__(self) -> None:
+        require(0.0 <= self.action_percentile < 50.0, f"action_percentile must be in [0, 50), got {self.action_percentile}")
         require(self.threads >= 0, f"threads must be >= 0 (0: one per core), got {self.threads}")
         require(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
         require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
@@ -130,6 +139,52 @@ def normalization_stats(trajectories: Sequence[Trajectory], frameskip: int) -> t
     return states.mean(0), s_std, np.tile(actions.mean(0), frameskip), np.tile(a_std, frameskip)
 
 
+def data_action_bounds(trajectories: Sequence[StatesAndActions], frameskip: int, percentile: float,
+                       env_low: Sequence[float], env_high: Sequence[float]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The packed action bounds ``[frameskip * action_dim]`` the data support: per dimension the
+    ``percentile`` and ``100 - percentile`` percentiles of the packed actions of every model step
+    (every start offset; 0: min and max), clipped to the env bounds (``env_low`` / ``env_high`` of one
+    env action, tiled). A dimension whose data do not spread (high <= low) keeps the env bounds."""
+    _, packed = transition_windows(trajectories, frameskip, 1)
+    tiled_low, tiled_high = np.tile(np.asarray(env_low, dtype=np.float64), frameskip), np.tile(np.asarray(env_high, dtype=np.float64), frameskip)
+    if len(packed) == 0:
+        return tuple(map(float, tiled_low)), tuple(map(float, tiled_high))
+    low, high = np.percentile(packed[:, 0], [percentile, 100.0 - percentile], axis=0)
+    low, high = np.clip(low, tiled_low, tiled_high), np.clip(high, tiled_low, tiled_high)
+    flat = high <= low
+    low, high = np.where(flat, tiled_low, low), np.where(flat, tiled_high, high)
+    return tuple(map(float, low)), tuple(map(float, high))
+
+
+def state_model_config(dataset: Dataset, config: TrainConfig, train: Sequence[Trajectory]) -> tuple[StateModelConfig, dict[str, Any]]:
+    """The architecture of a state model trained on ``dataset`` with ``config``, and the record of its
+    action bounds (``action_bounds`` in the metrics: ``source`` env or data, ``percentile``, ``low``, ``high``)."""
+    f = dataset.frameskip
+    env = make_env(dataset.env)
+    env_low = tuple(float(x) for x in env.action_low)
+    env_high = tuple(float(x) for x in env.action_high)
+    low: tuple[float, ...] = ()
+    high: tuple[float, ...] = ()
+    if config.action_bounds == "data":
+        low, high = data_action_bounds(train, f, config.action_percentile, env_low, env_high)
+    model_config = StateModelConfig(
+        env=dataset.env,
+        state_dim=int(dataset.meta["state_dim"]),
+        action_dim=f * len(env_low),
+        frameskip=f,
+        env_action_low=env_low,
+        env_action_high=env_high,
+        hidden=config.hidden,
+        depth=config.depth,
+        action_low=low,
+        action_high=high,
+    )
+    bound_low, bound_high = model_config.action_bounds()
+    record = {"source": config.action_bounds, "percentile": config.action_percentile if low else None,
+              "low": [float(x) for x in bound_low], "high": [float(x) for x in bound_high]}
+    return model_config, record
+
+
 def one_step_mse(model: StateWorldModel | VisualWorldModel, z_windows: torch.Tensor, actions: torch.Tensor, batch: int = 8192) -> float:
     """Mean over transitions and dimensions of the squared one-step error in model space.
 
@@ -186,17 +241,7 @@ def _train_state_model(dataset: Dataset, config: TrainConfig, *,
             f"(need at least {k * f}); lower rollout_steps or generate longer trajectories"
         )
     device = torch.device(config.device)
-    env = make_env(dataset.env)
-    model_config = StateModelConfig(
-        env=dataset.env,
-        state_dim=int(dataset.meta["state_dim"]),
-        action_dim=f * len(env.action_low),
-        frameskip=f,
-        env_action_low=tuple(float(x) for x in env.action_low),
-        env_action_high=tuple(float(x) for x in env.action_high),
-        hidden=config.hidden,
-        depth=config.depth,
-    )
+    model_config, bounds = state_model_config(dataset, config, train)
     model = StateWorldModel(model_config, seed=config.seed)
     model.set_normalization(*normalization_stats(train, f))
     model.to(device)
@@ -220,6 +265,7 @@ def _train_state_model(dataset: Dataset, config: TrainConfig, *,
         "val_mse_before": val_before,
         "val_mse_after": val_after,
         "val_transitions": len(v_states),
+        "action_bounds": bounds,
     }
     return model, metrics
 
@@ -244,11 +290,14 @@ def descend(
     schedule: str = "cosine",
     device: torch.device,
     progress: Callable[[int, int, float], None] | None = None,
+    clip_grads: Callable[[], None] | None = None,
 ) -> tuple[float | None, float | None, float]:
     """The one gradient-descent loop of every training stage: ``steps`` AdamW steps on ``batch_loss(step)``.
 
-    Clips the gradient's global norm to ``grad_clip`` (0: off) and calls ``progress(step, steps, loss)``
-    after every step (reading the loss synchronises the device; nothing else does).
+    Clips the gradient's global norm to ``grad_clip`` (0: off), or calls ``clip_grads()`` after each
+    backward pass instead when given (e.g. an ensemble clipping each member's gradient on its own),
+    and calls ``progress(step, steps, loss)`` after every step (reading the loss synchronises the
+    device; nothing else does).
 
     Returns:
         The first step's loss, the mean loss of the last 5% of steps (None for no steps) and the
@@ -263,7 +312,9 @@ def descend(
         loss = batch_loss(step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if grad_clip > 0:
+        if clip_grads is not None:
+            clip_grads()
+        elif grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, grad_clip)
         opt.step()
         sched.step()
