@@ -62,6 +62,34 @@ def fails_in_one_line(args: list[str], env: dict[str, str], cwd: Path) -> str:
     return lines[0]
 
 
+def fails_in_one_line_here(args: list[str], monkeypatch, capsys) -> str:
+    """``wmplan ARGS`` through its ``main`` in this process (a subprocess adds seconds of imports): it must return
+    2 within 60 s with exactly one line on stderr, which is returned, and never start Ray (the function that
+    starts or joins it is replaced by one that fails the test). Not for a dead Ray head: this process may have
+    joined the session's Ray, and a driver that has joined one does not check another."""
+    import wmplan.jobs.cluster
+    from wmplan.cli import main
+
+    def start_ray(*a, **k):
+        pytest.fail("Ray was started")
+
+    for module in ("wmplan.jobs.cluster", "wmplan.jobs.runner", "wmplan.tuning.study", "wmplan.tuning.sweep"):
+        __import__(module)
+        monkeypatch.setattr(sys.modules[module], "start_ray", start_ray)
+    assert wmplan.jobs.cluster.start_ray is start_ray
+    monkeypatch.delenv("WMPLAN_DEBUG", raising=False)
+    capsys.readouterr()
+    t0 = time.monotonic()
+    status = main(args)
+    seconds = time.monotonic() - t0
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert status == 2, (status, err[-3000:])
+    assert len(lines) == 1 and lines[0].startswith("wmplan: error: "), err[-3000:]
+    assert seconds < 60, f"took {seconds:.0f} s"
+    return lines[0]
+
+
 def processes_with(token: str) -> dict[int, str]:
     """This user's processes whose environment holds ``MARKER=token``: pid -> command line."""
     needle = f"{MARKER}={token}".encode()
@@ -110,10 +138,12 @@ def wait_for(condition, seconds: float, what: str, proc: subprocess.Popen | None
 # -- a service that is not there: one line, exit 2, nothing planned ------------------------------------
 
 
-def test_unreachable_tracking_server_is_one_line(tmp_path, tiny_wall_model):
+def test_unreachable_tracking_server_is_one_line(tmp_path, tiny_wall_model, monkeypatch, capsys):
     (port,) = free_ports(1)
-    line = fails_in_one_line(run_args(tiny_wall_model, tmp_path, "--set", "episodes=1", *FAST),
-                             clean_env(MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}"), tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    line = fails_in_one_line_here(run_args(tiny_wall_model, tmp_path, "--set", "episodes=1", *FAST)[1:], monkeypatch, capsys)
     assert f"http://127.0.0.1:{port}" in line and "MLFLOW_TRACKING_URI" in line and "does not answer" in line
     assert not (tmp_path / "runs" / "r").exists()  # nothing planned, not even a run directory
 
@@ -131,7 +161,7 @@ def test_dead_ray_head_is_one_line(tmp_path, tiny_wall_model):
     ("postgresql+psycopg2://root@127.0.0.1:{port}/x", "nothing answers at 127.0.0.1:{port}"),
     ("mysql://root:secret@127.0.0.1:{port}/x", "its database driver 'MySQLdb' is not installed"),
 ])
-def test_study_storage_that_cannot_be_used_is_one_line(tmp_path, tiny_wall_model, url, expected):
+def test_study_storage_that_cannot_be_used_is_one_line(tmp_path, tiny_wall_model, url, expected, monkeypatch, capsys):
     if url.startswith("mysql"):
         pytest.importorskip("sqlalchemy")
         if __import__("importlib").util.find_spec("MySQLdb") is not None:
@@ -139,8 +169,11 @@ def test_study_storage_that_cannot_be_used_is_one_line(tmp_path, tiny_wall_model
     (port,) = free_ports(1)
     url = url.format(port=port)
     ckpt, data = tiny_wall_model
-    line = fails_in_one_line([str(BIN / "wmplan"), "tune", "--storage", url, "--model", str(ckpt), "--data", str(data),
-                              "--trials", "1", "--output", str(tmp_path / "studies")], clean_env(), tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    line = fails_in_one_line_here(["tune", "--storage", url, "--model", str(ckpt), "--data", str(data),
+                                   "--trials", "1", "--output", str(tmp_path / "studies")], monkeypatch, capsys)
     assert f"study storage {url.replace(':secret@', ':***@')}" in line and expected.format(port=port) in line
     assert "secret" not in line
     assert not (tmp_path / "studies").exists()
