@@ -108,3 +108,15 @@ def test_time_to_success_cells_match_the_stored_episodes(horizon):
     assert f"| {horizon} | 50% [10%, 90%] |" in text
     assert f"| {horizon} | 0.25 (1.5) |" in text
     assert f"| {horizon} | 120 / {100 * horizon} |" in text
+
+
+def test_a_sweep_warns_about_a_visual_model_whose_latent_has_no_geometry(tmp_path):
+    from wmplan.platform.models import VisualModelConfig, VisualWorldModel, save_checkpoint
+    from wmplan.tuning.sweep import geometry_warning
+
+    ckpt = tmp_path / "untrained"
+    save_checkpoint(VisualWorldModel(VisualModelConfig(env="wall", state_dim=2, action_dim=10, frame_size=16, channels=4), seed=0), ckpt)
+    config = load_sweep_config(None, [f"model={ckpt}", "obs=pixels"])
+    warning = geometry_warning(config)  # an untrained encoder: distances in its latent do not rank pairs as the world does
+    assert warning is not None and "0.9" in warning and str(ckpt) in warning
+    assert geometry_warning(load_sweep_config(None, ["task=linear"])) is None  # exact dynamics: nothing to gate

@@ -50,7 +50,7 @@ from wmplan.platform.episode import summarize_rows
 from wmplan.platform.errors import ConfigError, unknown_name_error
 from wmplan.platform.options import require
 from wmplan.platform.planners import make_planner
-from wmplan.platform.registry import task_class
+from wmplan.platform.registry import make_task, task_class
 from wmplan.platform.workflow import format_summaries
 from wmplan.storage.parquet import read_table, write_records
 from wmplan.tuning.spaces import parse_space_overrides
@@ -223,6 +223,26 @@ def check_horizons(config: SweepConfig) -> None:
         if frameskip * h > longest:
             raise ConfigError(f"horizon {h} needs validation trajectories of at least {frameskip * h} env steps "
                               f"(frameskip {frameskip} x {h} model steps), but {have}; {how}, or drop the horizon")
+
+
+def geometry_warning(config: Settings) -> str | None:
+    """The latent-geometry gate of a sweep's model (:func:`wmplan.platform.models.geometry.check_geometry`): a one-line
+    warning when a model that sees frames has a latent whose distances rank state pairs unlike the world's (Spearman
+    below 0.9), else None. Uses the geometry stored in the checkpoint's metrics when there is one, else measures it
+    (seconds); state models, the task's exact dynamics and plug-in models are not gated."""
+    from wmplan.platform.models import checkpoint_obs, load_world_model, read_checkpoint_info
+    from wmplan.platform.models.geometry import check_geometry, measure_geometry
+
+    if config.model_is_plugin or config.model_is_exact:
+        return None
+    info = read_checkpoint_info(config.checkpoint)
+    if checkpoint_obs(info) != "pixels":
+        return None
+    geometry = (info.get("metrics") or {}).get("geometry")
+    if geometry is None:
+        model = load_world_model(config.checkpoint, allow_code=config.allowed_code)
+        geometry = measure_geometry(model, make_task(config.task))
+    return check_geometry(geometry, model=config.model_label())
 
 
 def _check_resumable(config: SweepConfig, checkpoint_sha256: str | None) -> None:
@@ -458,6 +478,9 @@ def run_sweep(config: SweepConfig, *, say: Callable[[str], None] = lambda m: pri
         execution.check_model()  # a missing checkpoint, or a plug-in that does not resolve
     check_horizons(config)
     execution.prepare_model(say)
+    warning = geometry_warning(execution)
+    if warning:
+        say(f"warning: {warning}")
     sha = execution.model_sha256()
     _check_resumable(config, sha)
     ray = start_ray(execution)
