@@ -133,31 +133,47 @@ def _add_train(sub: argparse._SubParsersAction, full: bool) -> None:
         help="train a world model on a data set: on states, or on pictures with --obs pixels (safetensors + JSON)",
         description="Train a world model. --obs state (default) learns from env states; --obs pixels learns from the "
         "data set's frames only (generate them with 'wmplan data --frames'): an autoencoder is trained and frozen, "
-        "then a predictor learns in its latent space. --encoder package.module:factory --encoder-weights FILE plugs "
+        "then a predictor learns in its latent space (--kind visual), or an encoder and a predictor learn together "
+        "from frames, a JEPA (--kind jepa). --encoder package.module:factory --encoder-weights FILE plugs "
         "in a frozen encoder of your own instead. Defaults that differ by --obs are shown as STATE/PIXELS.",
     )
     p.add_argument("--env", required=True, help="task: a built-in or registered name, or package.module:factory")
     p.add_argument("--obs", choices=["state", "pixels"], default="state", help="what the model sees (default: %(default)s)")
     p.add_argument("--data", default=None, help="data set (default: data/ENV.parquet, or data/ENV-pixels.parquet)")
     p.add_argument("--out", default=None, help="checkpoint directory (default: checkpoints/ENV, or checkpoints/ENV-pixels)")
-    p.add_argument("--steps", type=int, default=None, help="predictor gradient steps (default: 8000/the task's visual recipe)")
-    p.add_argument("--batch-size", type=int, default=256, help="windows per step (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: %(default)s)")
-    p.add_argument("--rollout-steps", type=int, default=3, help="model steps unrolled in the loss (default: %(default)s)")
-    p.add_argument("--hidden", type=int, default=256, help="predictor hidden width (default: 256)")
-    p.add_argument("--depth", type=int, default=3, help="predictor hidden layers (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="predictor gradient steps; jepa: joint steps of encoder and predictor (default: 8000/the task's visual "
+                   "recipe; jepa 1000)")
+    p.add_argument("--batch-size", type=int, default=None, help="windows per step (default: 256; jepa 32)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 0.001)")
+    p.add_argument("--rollout-steps", type=int, default=None, help="model steps unrolled in the loss (default: 3)")
+    p.add_argument("--hidden", type=int, default=None, help="predictor hidden width (default: 256)")
+    p.add_argument("--depth", type=int, default=None, help="predictor hidden layers (default: 3)")
     p.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto: the GPU when there is one (default: %(default)s)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (0: one per available core; default: %(default)s, measured fastest on a busy machine)")
     g = p.add_argument_group("pixels")
-    g.add_argument("--encoder-steps", type=int, default=3000, help="autoencoder steps (default: %(default)s)")
-    g.add_argument("--probe-steps", type=int, default=3000, help="steps of the state probe, for reporting only (default: %(default)s)")
-    g.add_argument("--channels", type=int, default=32, help="encoder/decoder channels (default: %(default)s)")
-    g.add_argument("--latent-channels", type=int, default=8, help="channels of the 8x-downsampled latent grid (default: %(default)s)")
-    g.add_argument("--no-decoder", action="store_true", help="drop the decoder after training the encoder")
-    g.add_argument("--encoder", default="builtin", help="a frozen encoder of your own, package.module:factory (default: %(default)s)")
-    g.add_argument("--encoder-weights", default="", help="safetensors weights of --encoder")
+    g.add_argument("--kind", choices=["visual", "jepa"], default=None,
+                   help="visual: frozen autoencoder, then a predictor; jepa: encoder and predictor trained together "
+                   "(default: visual)")
+    g.add_argument("--encoder-steps", type=int, default=None, help="visual: autoencoder steps (default: 3000)")
+    g.add_argument("--probe-steps", type=int, default=None, help="steps of the state probe, for reporting only (default: 3000; jepa 2000)")
+    g.add_argument("--channels", type=int, default=None, help="encoder channels (default: 32; jepa 16)")
+    g.add_argument("--latent-channels", type=int, default=None, help="visual: channels of the 8x-downsampled latent grid (default: 8)")
+    g.add_argument("--no-decoder", action="store_true", help="visual: drop the decoder after training the encoder")
+    g.add_argument("--encoder", default="builtin", help="visual: a frozen encoder of your own, package.module:factory (default: %(default)s)")
+    g.add_argument("--encoder-weights", default="", help="visual: safetensors weights of --encoder")
+    j = p.add_argument_group("jepa (--obs pixels --kind jepa)")
+    j.add_argument("--preset", choices=["cpu", "gpu"], default="cpu",
+                   help="recipe: cpu (minutes on two cores) or gpu (wider, longer; the flags below override it) (default: %(default)s)")
+    j.add_argument("--keypoints", type=int, default=None, help="keypoint maps of the encoder (default: 16)")
+    j.add_argument("--latent-dim", type=int, default=None, help="size D of the latent state (default: 32)")
+    j.add_argument("--sigreg-weight", type=float, default=None, help="weight of the SIGReg anti-collapse term (default: 1.0)")
+    j.add_argument("--predictor-steps", type=int, default=None,
+                   help="steps of the last stage, the predictor alone on the frozen encoder's latents (default: 4000)")
+    j.add_argument("--env-step-predictor", action="store_true",
+                   help="the predictor takes one env action at a time (default: the packed model action)")
     _add_ensemble_flags(p)
     p.set_defaults(func=_run_train)
 
@@ -203,15 +219,35 @@ def _run_train(args: argparse.Namespace) -> int:
     pixels = args.obs == "pixels"
     data = Path(args.data) if args.data else default_data_path(args.env, obs=args.obs)
     out = Path(args.out) if args.out else default_checkpoint(args.env, obs=args.obs)
-    options = dict(batch_size=args.batch_size, lr=args.lr, rollout_steps=args.rollout_steps, hidden=args.hidden, depth=args.depth,
-                   seed=args.seed, threads=args.threads)
-    options.update({"steps": args.steps} if args.steps is not None else {})
+    def given(**values: Any) -> dict[str, Any]:
+        return {k: v for k, v in values.items() if v is not None}
+
+    options: dict[str, Any] = dict(seed=args.seed, threads=args.threads)
+    options.update(given(steps=args.steps, batch_size=args.batch_size, lr=args.lr, rollout_steps=args.rollout_steps, hidden=args.hidden,
+                         depth=args.depth))
     options.update(_ensemble_options(args))
-    if pixels:
-        options.update(encoder_steps=args.encoder_steps, probe_steps=args.probe_steps, channels=args.channels, latent_channels=args.latent_channels,
+    jepa = given(keypoints=args.keypoints, latent_dim=args.latent_dim, sigreg_weight=args.sigreg_weight,
+                 predictor_steps=args.predictor_steps, env_step_predictor=args.env_step_predictor or None)
+    kind = args.kind if pixels else None
+    if args.kind is not None and not pixels:
+        raise ConfigError(f"--kind {args.kind} trains a model of pictures: add --obs pixels")
+    if kind != "jepa" and (jepa or args.preset != "cpu"):
+        raise ConfigError("--preset, --keypoints, --latent-dim, --sigreg-weight, --predictor-steps and --env-step-predictor "
+                          "are for --obs pixels --kind jepa")
+    if kind == "jepa":
+        visual_only = given(encoder_steps=args.encoder_steps, latent_channels=args.latent_channels, no_decoder=args.no_decoder or None,
+                            encoder=None if args.encoder == "builtin" else args.encoder, encoder_weights=args.encoder_weights or None)
+        if visual_only:
+            raise ConfigError(f"--{'/--'.join(k.replace('_', '-') for k in visual_only)} "
+                              f"{'is' if len(visual_only) == 1 else 'are'} for --kind visual, not jepa")
+        options.update(given(probe_steps=args.probe_steps, channels=args.channels), **jepa)
+    elif pixels:
+        options.update(given(encoder_steps=args.encoder_steps, probe_steps=args.probe_steps, channels=args.channels,
+                             latent_channels=args.latent_channels),
                        decoder=not args.no_decoder and args.encoder == "builtin", encoder=args.encoder,
                        encoder_weights=args.encoder_weights)
-    config = default_train_config(args.env, obs=args.obs, device=str(resolve_device(args.device)), **options)
+    config = default_train_config(args.env, obs=args.obs, kind=kind, preset=args.preset, device=str(resolve_device(args.device)),
+                                  **options)
     if not data.exists():
         raise ConfigError(f"data set {str(data)!r} does not exist; generate it with "
                           f"'wmplan data --env {args.env}{' --frames' if pixels else ''} --out {data}'")
@@ -229,7 +265,11 @@ def _run_train(args: argparse.Namespace) -> int:
     evaluation = metrics["evaluation"]
     seconds = metrics.get("total_seconds", metrics["train_seconds"])
     summary = f"saved {out}: trained in {seconds:.1f} s"
-    if pixels:
+    if "latent_std_min" in metrics:  # a JEPA model
+        summary += (f" (encoder and predictor {metrics['train_seconds']:.1f} s, predictor alone "
+                    f"{metrics.get('predictor_seconds') or 0:.1f} s, probe {metrics['probe_seconds']:.1f} s); latent {metrics['latent_dim']} "
+                    f"values, per-dimension std {metrics['latent_std_min']:.3g} (min) {metrics['latent_std_mean']:.3g} (mean)")
+    elif pixels:
         summary += (f" (encoder {metrics.get('encoder_seconds') or 0:.1f} s, predictor {metrics['train_seconds']:.1f} s); "
                     f"latent {metrics['latent_dim']} values")
         if metrics.get("val_reconstruction_mse") is not None:

@@ -31,13 +31,17 @@ from wmplan.platform.episode import (
 )
 from wmplan.platform.errors import ConfigError, unknown_name_error
 from wmplan.platform.models import (
+    JEPA_PRESETS,
     EnsembleTrainConfig,
+    JepaTrainConfig,
     TrainConfig,
     VisualTrainConfig,
     evaluate_model,
+    jepa_train_config,
     load_world_model,
     save_checkpoint,
     train_ensemble_model,
+    train_jepa_model,
     train_state_model,
     train_visual_model,
 )
@@ -53,6 +57,15 @@ TrainProgress = Callable[[str, int, int, float], None]
 
 OBS = ("state", "pixels")
 """What a task's default world model sees: env states, or rendered frames (a visual model)."""
+
+PIXEL_KINDS = ("visual", "jepa")
+"""Model kinds of pictures ``wmplan train --obs pixels --kind`` trains: ``visual`` (a frozen
+autoencoder, then a predictor on its latent) or ``jepa`` (encoder and predictor trained together,
+:mod:`wmplan.platform.models.jepa`)."""
+
+DEFAULT_PIXEL_KIND = "visual"
+"""The kind of a task's default model of pictures (``obs='pixels'``, no ``kind`` given)."""
+
 
 def _check_obs(obs: str) -> None:
     if obs not in OBS:
@@ -82,11 +95,28 @@ def default_data_config(env: str, *, obs: str = "state") -> DataConfig:
     return DataConfig(env=env, episodes=task.default_trajectories)
 
 
-def default_train_config(env: str, *, obs: str = "state", device: str = "cpu", **options: Any) -> TrainConfig:
-    """The training options of a task's default model (for ``obs='pixels'``, the predictor steps of
-    the task's ``pixel_recipe``); ``options`` override them (checked by the config). An option
-    ``members`` (state models) makes it an ensemble's (:class:`EnsembleTrainConfig`)."""
+def default_train_config(env: str, *, obs: str = "state", kind: str | None = None, preset: str = "cpu", device: str = "cpu",
+                         **options: Any) -> TrainConfig:
+    """The training options of a task's default model; ``options`` override them (checked by the
+    config). An option ``members`` (state models) makes it an ensemble's (:class:`EnsembleTrainConfig`).
+
+    For ``obs='pixels'``, ``kind`` (None: :data:`DEFAULT_PIXEL_KIND`) picks the model of
+    pictures: ``visual`` with the predictor steps of the task's ``pixel_recipe``, or ``jepa`` with
+    the recipe ``preset`` (``cpu`` or ``gpu``, :data:`~wmplan.platform.models.JEPA_PRESETS`).
+
+    Raises:
+        ConfigError: an unknown kind or preset, a kind or preset for ``obs='state'``, or a bad option.
+    """
     _check_obs(obs)
+    if obs == "state" and (kind is not None or preset != "cpu"):
+        raise ConfigError(f"kind {kind!r} and preset {preset!r} are for models of pictures: add --obs pixels")
+    kind = kind or DEFAULT_PIXEL_KIND
+    if obs == "pixels" and kind not in PIXEL_KINDS:
+        raise unknown_name_error("kind", kind, PIXEL_KINDS)
+    if obs == "pixels" and kind == "jepa":
+        return jepa_train_config(preset, **{"device": device, **options})
+    if obs == "pixels" and preset != "cpu":
+        raise ConfigError(f"preset {preset!r} is for kind 'jepa' (presets: {', '.join(JEPA_PRESETS)})")
     if obs == "pixels":
         return VisualTrainConfig(**{"steps": task_class(env).pixel_recipe.predictor_steps, "device": device, **options})
     if "members" in options:
@@ -102,7 +132,8 @@ def train_model(
     progress: TrainProgress | None = None,
     task: Env | None = None,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Train a state model (``TrainConfig``) or a visual one (``VisualTrainConfig``) on ``dataset``,
+    """Train a state model (``TrainConfig``), a visual one (``VisualTrainConfig``) or a JEPA one
+    (``JepaTrainConfig``) on ``dataset``,
     evaluate it on the validation split (k = 10 model steps, or fewer when trajectories are
     shorter) and save it with its metrics and evaluation under ``checkpoint``.
 
@@ -110,7 +141,9 @@ def train_model(
     data set's task for the evaluation's obstacle test (None: wmplan's own task of that name).
     """
     model: torch.nn.Module
-    if isinstance(config, VisualTrainConfig):
+    if isinstance(config, JepaTrainConfig):
+        model, metrics = train_jepa_model(dataset, config, progress=progress)
+    elif isinstance(config, VisualTrainConfig):
         model, metrics = train_visual_model(dataset, config, progress=progress)
     elif isinstance(config, EnsembleTrainConfig):
         model, metrics = train_ensemble_model(
@@ -164,8 +197,8 @@ def prepare_model(
     if dataset.env != env:
         raise ConfigError(f"data set {str(data_path)!r} is for task {dataset.env!r}, not {env!r}")
     config = train_config or default_train_config(env, obs=obs, device=device)
-    kind = "visual" if isinstance(config, VisualTrainConfig) else "state"
-    say(f"no model at {checkpoint}: training a {kind} model on {data_path} ({config.steps} predictor steps) ...")
+    kind = "jepa" if isinstance(config, JepaTrainConfig) else "visual" if isinstance(config, VisualTrainConfig) else "state"
+    say(f"no model at {checkpoint}: training a {kind} model on {data_path} ({config.steps} {'joint' if kind == 'jepa' else 'predictor'} steps) ...")
     stages = StageProgress(say=say) if progress else None  # a line per stage every 10 s, rate and ETA
     try:
         model, metrics = train_model(dataset, config, checkpoint, progress=stages, task=make_task(env))

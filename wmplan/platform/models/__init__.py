@@ -22,6 +22,8 @@ from wmplan.platform.models.ensemble import (
     train_ensemble_model,
 )
 from wmplan.platform.models.evaluation import evaluate_model
+from wmplan.platform.models.jepa import JepaModelConfig, JepaWorldModel, build_jepa_model
+from wmplan.platform.models.jepa_training import JEPA_PRESETS, JepaTrainConfig, jepa_train_config, train_jepa_model
 from wmplan.platform.models.mlp import ResidualMLP
 from wmplan.platform.models.state_model import StateModelConfig, StateWorldModel
 from wmplan.platform.models.training import TrainConfig, train_state_model, transition_windows
@@ -35,8 +37,11 @@ __all__ = [
     "EnsembleModelConfig", "EnsembleWorldModel", "EnsembleTrainConfig", "DisagreementPenalty", "train_ensemble_model",
     "load_ensemble",
     "VisualModelConfig", "VisualWorldModel", "VisualTrainConfig", "train_visual_model", "is_pixel_model", "render_states",
+    "JepaModelConfig", "JepaWorldModel", "JepaTrainConfig", "JEPA_PRESETS", "jepa_train_config", "train_jepa_model",
     "evaluate_model",
     "CheckpointError", "ModelKind", "MODEL_KINDS", "register_model_kind", "save_checkpoint",
     "load_world_model", "read_checkpoint_info", "checkpoint_code", "check_checkpoint_code", "checkpoint_obs",
     "check_checkpoint_task",
 ]
+
+register_model_kind("jepa", JepaWorldModel, JepaModelConfig, build_jepa_model)
