@@ -5,17 +5,17 @@ from __future__ import annotations
 from wmplan.jobs.pool import Failure, run_on_actors
 
 
-def _pool(ray, tmp_path, crash_on=()):
+def _pool(ray, tmp_path, crash_on=(), rendezvous=0):
     from tests.jobs.actors import Squarer
 
     remote = ray.remote(num_cpus=0.5)(Squarer)
-    make = lambda: remote.remote(str(tmp_path), crash_on)  # noqa: E731
+    make = lambda: remote.remote(str(tmp_path), crash_on, rendezvous)  # noqa: E731
     call = lambda actor, x: actor.run.remote(x)  # noqa: E731
     return make, call
 
 
 def test_every_item_once_and_both_actors_work(ray_cluster, tmp_path):
-    make, call = _pool(ray_cluster, tmp_path)
+    make, call = _pool(ray_cluster, tmp_path, rendezvous=2)  # the first actor waits for the second, however busy the machine
     items = list(range(20))
     out = dict(run_on_actors(make, call, items, actors=2))
     assert sorted(out) == items
