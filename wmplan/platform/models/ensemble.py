@@ -32,7 +32,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import torch
@@ -147,7 +147,7 @@ class EnsembleWorldModel(StateWorldModel):
             torch's global generator).
     """
 
-    config: EnsembleModelConfig  # type: ignore[assignment]  # the ensemble's config is a state model's and more
+    config: EnsembleModelConfig
 
     def __init__(self, config: EnsembleModelConfig, *, seed: int | None = None) -> None:
         nn.Module.__init__(self)  # not StateWorldModel's: the members replace its one MLP
@@ -212,7 +212,8 @@ class EnsembleWorldModel(StateWorldModel):
         (None: all) plus the weighted accumulated disagreement."""
         if self.config.disagreement_weight == 0:
             return self
-        return DisagreementPenalty(self, weight=self.config.disagreement_weight, coords=coords)
+        # The view's action bounds are read-only properties (the ensemble's), which the protocol's plain attributes accept at run time.
+        return cast("WorldModel", DisagreementPenalty(self, weight=self.config.disagreement_weight, coords=coords))
 
     def extra_repr(self) -> str:
         c = self.config
