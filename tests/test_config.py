@@ -192,7 +192,7 @@ def test_flags_a_file_and_set_build_one_config_in_that_order(tmp_path):
 # -- plan and run: one path, two executors -------------------------------------------------------------
 
 
-TIMES = ("planning_time_s", "run_id")
+TIMES = ("planning_time_s", "run_id", "snapshot_seconds", "time_to_success_s")
 
 
 def _rows(directory: Path) -> list[dict]:

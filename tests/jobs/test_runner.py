@@ -73,7 +73,7 @@ def test_two_actors_plan_every_episode_once(ray_cluster, tmp_path, tiny_wall_mod
     assert "plots/success_vs_iterations.png" in parent_plots and "plots/success_vs_horizon.png" in parent_plots
     # The anytime curve: every episode's plan was also executed after 8 evenly spaced iterations.
     grasp_rows = [r for r in rows if r["planner"] == "grasp"]
-    assert all(r["snapshot_iterations"] == [5, 10, 15, 20, 25, 30, 35, 40] for r in grasp_rows)
+    assert all(r["snapshot_iterations"] == list(range(2, 41, 2)) for r in grasp_rows)  # 20 snapshots: every 5%
     assert all(r["success_by_iteration"][-1] == r["success"] for r in grasp_rows)
 
 
