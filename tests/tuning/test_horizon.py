@@ -48,12 +48,13 @@ def test_a_typo_in_the_last_config_fails_before_any_sweep(tmp_path, capsys):
 
 def test_bench_horizon_spends_equal_budgets_and_reports_time_to_success(ray_cluster, tmp_path):
     budget_per_step = 300
-    paths = [
-        write_config(tmp_path / f"{task}.yaml", name=f"h-{task}", task=task, planners=["cem", "gd", "grasp"], horizons=[2, 4],
-                     budget_per_step=budget_per_step, trials=2, tuning_episodes=4, test_episodes=6, chunk=3, snapshots=5,
-                     output=str(tmp_path / task), tracking=False, options={"cem": {"samples": 40}},
-                     space={"cem": ["samples=40"]})
-        for task in ("linear", "pointmass")
+    common = dict(budget_per_step=budget_per_step, trials=2, tuning_episodes=3, test_episodes=3, chunk=3, snapshots=5, actors=1,
+                  tracking=False)
+    paths = [  # the second config is as small as a sweep gets: the report must hold both
+        write_config(tmp_path / "linear.yaml", name="h-linear", task="linear", planners=["cem", "gd", "grasp"], horizons=[2, 4],
+                     output=str(tmp_path / "linear"), options={"cem": {"samples": 40}}, space={"cem": ["samples=40"]}, **common),
+        write_config(tmp_path / "pointmass.yaml", name="h-pointmass", task="pointmass", planners=["gd", "grasp"], horizons=[2],
+                     output=str(tmp_path / "pointmass"), **common),
     ]
     report = run_horizon(paths, report=tmp_path / "report.md", say=lambda m: None)
     text = (tmp_path / "report.md").read_text()
@@ -62,12 +63,12 @@ def test_bench_horizon_spends_equal_budgets_and_reports_time_to_success(ray_clus
         assert (result.directory / "plots" / "success_vs_horizon.png").read_bytes()[:4] == b"\x89PNG"
         assert (result.directory / "plots" / "success_time_vs_horizon.png").exists()
         summary = {(r["planner"], r["horizon"]): r for r in pq.read_table(result.directory / "summary.parquet").to_pylist()}
-        assert len(summary) == 6
+        assert len(summary) == (6 if result.name == "h-linear" else 2)
         for (planner, h), row in summary.items():
             budget = budget_per_step * h
             assert row["budget"] == budget
             episodes = read_table(result.directory / "heldout" / f"{result.name}-{planner}-h{h}").to_pylist()
-            assert len(episodes) == 6
+            assert len(episodes) == 3
             options = {k: v for k, v in __import__("json").loads(row["options"]).items()}
             spent = make_planner(planner, horizon=h, **options).transitions()
             for e in episodes:  # every episode records its budget and what it spent, which fits it
@@ -84,7 +85,7 @@ def test_bench_horizon_spends_equal_budgets_and_reports_time_to_success(ray_clus
                     assert options["iterations"] % options["sync_interval"] == 0  # the run ends on a sync
             else:
                 assert row["sync_ratio"] is None
-        assert f"/ {budget_per_step * 4:,}" in text or f"/ {budget_per_step * 4}" in text
+        assert "| 2 | " in text and f"/ {budget_per_step * 2}" in text
         for planner in ("gd", "grasp"):  # every study tried the planner's defaults first, fitted to the budget
             study = open_study(load_sweep_config(paths[0] if "linear" in result.name else paths[1]).tune_config(planner, 2))
             first = study.trials[0]

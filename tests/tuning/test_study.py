@@ -144,7 +144,7 @@ def test_parallel_trials_on_postgresql_storage(ray_cluster, tmp_path, tiny_wall_
         admin.close()
 
 
-def test_killed_tune_command_resumes_to_the_requested_trials(tmp_path, tiny_wall_model):
+def test_killed_tune_command_resumes_to_the_requested_trials(ray_head_address, tmp_path, tiny_wall_model):
     import os
     import subprocess
     import sys
@@ -157,7 +157,8 @@ def test_killed_tune_command_resumes_to_the_requested_trials(tmp_path, tiny_wall
             "--tuning-episodes", "4", "--chunk", "2", "--test-episodes", "2", "--storage", str(journal),
             "--output", str(tmp_path / "out"), "--actors", "1"]
     args += [f"--space={item}" for item in ("iterations=20:30:int", "samples=32:64:int", "init_std=0.1:2:log")]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+           "RAY_ADDRESS": ray_head_address}  # join the session's Ray: both drivers would start one each otherwise
     driver = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=tmp_path)
     deadline = time.monotonic() + 600  # generous: a busy machine runs trials slowly
     config = TuneConfig(study="k", storage=str(journal))
