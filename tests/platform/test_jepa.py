@@ -29,7 +29,7 @@ from wmplan.platform.world_model import check_observation_model
 
 SIZE = 16  # frames of the tiny data set: 4 keypoint maps of 4 x 4
 TINY = dict(steps=40, batch_size=8, channels=4, keypoints=4, projector_hidden=16, latent_dim=8, hidden=16, depth=1, rollout_steps=2,
-            predictor_steps=20, predictor_batch_size=16, probe_steps=20, sigreg_directions=32)
+            predictor_rollout_steps=2, predictor_steps=20, predictor_batch_size=16, probe_steps=20, sigreg_directions=32)
 
 
 def config(**overrides) -> JepaModelConfig:
