@@ -156,7 +156,7 @@ def _add_train(sub: argparse._SubParsersAction, full: bool) -> None:
     g = p.add_argument_group("pixels")
     g.add_argument("--kind", choices=["visual", "jepa"], default=None,
                    help="visual: frozen autoencoder, then a predictor; jepa: encoder and predictor trained together "
-                   "(default: visual)")
+                   "(default: the task's visual recipe's kind, else visual)")
     g.add_argument("--encoder-steps", type=int, default=None, help="visual: autoencoder steps (default: 3000)")
     g.add_argument("--probe-steps", type=int, default=None, help="steps of the state probe, for reporting only (default: 3000; jepa 2000)")
     g.add_argument("--channels", type=int, default=None, help="encoder channels (default: 32; jepa 16)")

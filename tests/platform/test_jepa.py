@@ -205,3 +205,25 @@ def test_latent_distance_grows_with_true_distance_after_training(trained, wall_f
     near = np.linalg.norm(z[1:] - z[:-1], axis=-1).mean()
     far = np.linalg.norm(z[10:] - z[:-10], axis=-1).mean()
     assert far > near
+
+
+def test_default_train_config_picks_the_kind_from_the_flag_or_the_tasks_recipe(monkeypatch):
+    from types import SimpleNamespace
+
+    from wmplan.platform.envs.wall import WallEnv
+    from wmplan.platform.models import VisualTrainConfig
+    from wmplan.platform.workflow import default_train_config
+
+    assert type(default_train_config("wall", obs="pixels")) is VisualTrainConfig  # today's default
+    jepa = default_train_config("wall", obs="pixels", kind="jepa", preset="gpu", steps=7)
+    assert isinstance(jepa, JepaTrainConfig) and jepa.steps == 7 and jepa.batch_size == JEPA_PRESETS["gpu"]["batch_size"]
+    monkeypatch.setattr(WallEnv, "pixel_recipe", SimpleNamespace(trajectories=50, predictor_steps=4000, kind="jepa"))
+    assert isinstance(default_train_config("wall", obs="pixels"), JepaTrainConfig)  # a recipe that names its kind
+    assert type(default_train_config("wall", obs="pixels", kind="visual")) is VisualTrainConfig
+    with pytest.raises(ConfigError, match="obs pixels"):
+        default_train_config("wall", kind="jepa")
+    with pytest.raises(ConfigError, match="kind 'jepa'"):
+        default_train_config("wall", obs="pixels", kind="visual", preset="gpu")
+    with pytest.raises(ConfigError, match="kind"):
+        default_train_config("wall", obs="pixels", kind="dino")
+

@@ -64,7 +64,8 @@ autoencoder, then a predictor on its latent) or ``jepa`` (encoder and predictor 
 :mod:`wmplan.platform.models.jepa`)."""
 
 DEFAULT_PIXEL_KIND = "visual"
-"""The kind of a task's default model of pictures (``obs='pixels'``, no ``kind`` given)."""
+"""The kind of a task's default model of pictures (``obs='pixels'``, no ``kind`` given) when its
+``pixel_recipe`` names none (a recipe may carry a ``kind``, one of :data:`PIXEL_KINDS`)."""
 
 
 def _check_obs(obs: str) -> None:
@@ -100,7 +101,8 @@ def default_train_config(env: str, *, obs: str = "state", kind: str | None = Non
     """The training options of a task's default model; ``options`` override them (checked by the
     config). An option ``members`` (state models) makes it an ensemble's (:class:`EnsembleTrainConfig`).
 
-    For ``obs='pixels'``, ``kind`` (None: :data:`DEFAULT_PIXEL_KIND`) picks the model of
+    For ``obs='pixels'``, ``kind`` (None: the ``kind`` of the task's ``pixel_recipe`` where it has
+    one, else :data:`DEFAULT_PIXEL_KIND`) picks the model of
     pictures: ``visual`` with the predictor steps of the task's ``pixel_recipe``, or ``jepa`` with
     the recipe ``preset`` (``cpu`` or ``gpu``, :data:`~wmplan.platform.models.JEPA_PRESETS`).
 
@@ -110,7 +112,8 @@ def default_train_config(env: str, *, obs: str = "state", kind: str | None = Non
     _check_obs(obs)
     if obs == "state" and (kind is not None or preset != "cpu"):
         raise ConfigError(f"kind {kind!r} and preset {preset!r} are for models of pictures: add --obs pixels")
-    kind = kind or DEFAULT_PIXEL_KIND
+    if obs == "pixels" and kind is None:
+        kind = getattr(task_class(env).pixel_recipe, "kind", None) or DEFAULT_PIXEL_KIND
     if obs == "pixels" and kind not in PIXEL_KINDS:
         raise unknown_name_error("kind", kind, PIXEL_KINDS)
     if obs == "pixels" and kind == "jepa":
