@@ -113,9 +113,9 @@ def default_train_config(env: str, *, obs: str = "state", kind: str | None = Non
     if obs == "state" and (kind is not None or preset != "cpu"):
         raise ConfigError(f"kind {kind!r} and preset {preset!r} are for models of pictures: add --obs pixels")
     if obs == "pixels" and kind is None:
-        kind = getattr(task_class(env).pixel_recipe, "kind", None) or DEFAULT_PIXEL_KIND
+        kind = str(getattr(task_class(env).pixel_recipe, "kind", None) or DEFAULT_PIXEL_KIND)
     if obs == "pixels" and kind not in PIXEL_KINDS:
-        raise unknown_name_error("kind", kind, PIXEL_KINDS)
+        raise unknown_name_error("kind", str(kind), PIXEL_KINDS)
     if obs == "pixels" and kind == "jepa":
         return jepa_train_config(preset, **{"device": device, **options})
     if obs == "pixels" and preset != "cpu":
