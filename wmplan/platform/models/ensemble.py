@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from wmplan.platform.errors import ConfigError
 from wmplan.platform.models.checkpoint import load_world_model, register_model_kind
+from wmplan.platform.models.mlp import register_normalization
 from wmplan.platform.models.state_model import StateModelConfig, StateWorldModel
 from wmplan.platform.models.training import (
     TrainConfig,
@@ -155,13 +156,7 @@ class EnsembleWorldModel(StateWorldModel):
         self.state_dim = config.state_dim
         self.action_dim = config.action_dim
         d, a = config.state_dim, config.action_dim
-        self.register_buffer("state_mean", torch.zeros(d))
-        self.register_buffer("state_std", torch.ones(d))
-        self.register_buffer("action_mean", torch.zeros(a))
-        self.register_buffer("action_std", torch.ones(a))
-        low, high = config.action_bounds()
-        self.register_buffer("action_low", low, persistent=False)
-        self.register_buffer("action_high", high, persistent=False)
+        register_normalization(self, state_dim=d, action_dim=a, bounds=config.action_bounds())
         seeds = None if seed is None else [member_seed(seed, m) for m in range(config.members)]
         self.members = MemberStack(config.members, d + a, d, hidden=config.hidden, depth=config.depth, seeds=seeds)
 

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from wmplan.platform.models.mlp import mlp_layers
+from wmplan.platform.models.mlp import mlp_layers, set_buffers
 from wmplan.platform.models.state_model import PackedActionConfig
 from wmplan.platform.models.visual import frames_to_tensor
 from wmplan.platform.options import require
@@ -265,12 +265,7 @@ class JepaWorldModel(nn.Module):
 
     def set_buffers(self, **values: Any) -> None:
         """Set fitted buffers by name (``action_mean``, ``state_std``, ...), shape-checked."""
-        for name, value in values.items():
-            buf = getattr(self, name)
-            t = torch.as_tensor(np.asarray(value) if not isinstance(value, Tensor) else value, dtype=buf.dtype)
-            if tuple(t.shape) != tuple(buf.shape) or not torch.isfinite(t).all():
-                raise ValueError(f"{name} must be finite with shape {tuple(buf.shape)}, got {tuple(t.shape)}")
-            buf.copy_(t.to(buf.device))
+        set_buffers(self, values)
 
     def extra_repr(self) -> str:
         c = self.config

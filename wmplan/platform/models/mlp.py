@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -49,3 +53,30 @@ class ResidualMLP(nn.Module):
 
     def forward(self, state: Tensor, action: Tensor) -> Tensor:
         return self.step(state, action)
+
+
+def register_normalization(module: nn.Module, *, state_dim: int, action_dim: int, bounds: tuple[Tensor, Tensor]) -> None:
+    """The buffers of a model over normalised states: ``state_mean``, ``state_std`` ``[D]``, ``action_mean``,
+    ``action_std`` ``[A]`` (fitted, saved in checkpoints; 0 and 1 until set) and the action bounds ``action_low``,
+    ``action_high`` ``[A]`` (derived from the config, so not persistent)."""
+    module.register_buffer("state_mean", torch.zeros(state_dim))
+    module.register_buffer("state_std", torch.ones(state_dim))
+    module.register_buffer("action_mean", torch.zeros(action_dim))
+    module.register_buffer("action_std", torch.ones(action_dim))
+    low, high = bounds
+    module.register_buffer("action_low", low, persistent=False)
+    module.register_buffer("action_high", high, persistent=False)
+
+
+def set_buffers(module: nn.Module, values: Mapping[str, Any]) -> None:
+    """Set ``module``'s fitted buffers by name (``action_mean``, ``state_std``, ...), each shape-checked and finite.
+
+    Raises:
+        ValueError: a value of another shape than its buffer, or not finite.
+    """
+    for name, value in values.items():
+        buf = getattr(module, name)
+        t = torch.as_tensor(np.asarray(value) if not isinstance(value, Tensor) else value, dtype=buf.dtype)
+        if tuple(t.shape) != tuple(buf.shape) or not torch.isfinite(t).all():
+            raise ValueError(f"{name} must be finite with shape {tuple(buf.shape)}, got {tuple(t.shape)}")
+        buf.copy_(t.to(buf.device))

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from wmplan.platform.models.mlp import mlp_layers
+from wmplan.platform.models.mlp import mlp_layers, register_normalization
 from wmplan.platform.options import require
 
 __all__ = ["PackedActionConfig", "StateModelConfig", "StateWorldModel"]
@@ -137,14 +137,7 @@ class StateWorldModel(nn.Module):
         self.state_dim = config.state_dim
         self.action_dim = config.action_dim
         d, a = config.state_dim, config.action_dim
-        self.register_buffer("state_mean", torch.zeros(d))
-        self.register_buffer("state_std", torch.ones(d))
-        self.register_buffer("action_mean", torch.zeros(a))
-        self.register_buffer("action_std", torch.ones(a))
-        # Derived from the config, so not persistent: a checkpoint holds only learned/fitted tensors.
-        low, high = config.action_bounds()
-        self.register_buffer("action_low", low, persistent=False)
-        self.register_buffer("action_high", high, persistent=False)
+        register_normalization(self, state_dim=d, action_dim=a, bounds=config.action_bounds())
         self.net = mlp_layers(d, d, extra_in=a, hidden=config.hidden, depth=config.depth)
         self._init_weights(seed)
 

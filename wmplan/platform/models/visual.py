@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from wmplan.platform.errors import ConfigError
-from wmplan.platform.models.mlp import mlp_layers
+from wmplan.platform.models.mlp import mlp_layers, set_buffers
 from wmplan.platform.models.state_model import PackedActionConfig
 from wmplan.platform.options import require
 from wmplan.platform.world_model import is_observation_model, rollout
@@ -291,12 +291,7 @@ class VisualWorldModel(nn.Module):
 
     def set_buffers(self, **values: Any) -> None:
         """Set fitted buffers by name (``latent_mean``, ``latent_scale``, ``action_mean``, ...), shape-checked."""
-        for name, value in values.items():
-            buf = getattr(self, name)
-            t = torch.as_tensor(np.asarray(value) if not isinstance(value, Tensor) else value, dtype=buf.dtype)
-            if tuple(t.shape) != tuple(buf.shape) or not torch.isfinite(t).all():
-                raise ValueError(f"{name} must be finite with shape {tuple(buf.shape)}, got {tuple(t.shape)}")
-            buf.copy_(t.to(buf.device))
+        set_buffers(self, values)
 
     def extra_repr(self) -> str:
         c = self.config
