@@ -484,3 +484,17 @@ def test_pointmaze_plans_on_position_only_with_a_coordinatewise_state_model():
     cost = seen[0].cost
     assert torch.allclose(cost(states, goal), cost(moved, goal))  # velocity does not count
     assert torch.allclose(cost(states, goal), torch.full((3,), 2.5))  # mean over the two position coordinates
+
+
+def test_results_tables_lead_with_time_to_success():
+    from wmplan.platform.workflow import format_summaries
+
+    env = make_env("wall")
+    records = run_episodes(env, WallAgnostic(), exact_gd(3, iterations=150), list(SAME_SIDE), planner_name="gd", plan_seed=0,
+                           snapshot_iterations=[1, 2, 4, 10, 50, 150])
+    s = summarize(records)
+    header, _, row = format_summaries({("gd", 3): s}).splitlines()
+    cells = dict(zip([c.strip() for c in header.split("|")], [c.strip() for c in row.split("|")]))
+    assert cells["time to success (s)"] == f"{s['median_time_to_success_s']:.2f}"
+    assert cells["whole budget (s)"] == f"{s['median_planning_time_s']:.2f}"
+    assert s["median_time_to_success_s"] < s["median_planning_time_s"]
