@@ -105,9 +105,8 @@ def test_killed_actor_loses_and_duplicates_nothing(ray_cluster, tmp_path, tiny_w
 def test_killed_driver_resumes_to_a_complete_run(ray_cluster, ray_head_address, tmp_path, tiny_wall_model, mlflow_store):
     ckpt, data = tiny_wall_model
     args = [sys.executable, "-m", "wmplan", "run", "--run-id", "driver", "--set", f"model={ckpt}", "--set", f"data={data}",
-            "--set", f"output={tmp_path}", "--set", "horizons=2", "--set", "episodes=24", "--set", "batch_size=2",
-            "--set", "planners=grasp", "--set", "planners.grasp.iterations=400", "--set", "actors=1"]
-    # 12 batches of about half a second each on an idle machine: the interrupt lands while most are still to plan
+            "--set", f"output={tmp_path}", "--set", "horizons=2", "--set", "episodes=12", "--set", "batch_size=2",
+            "--set", "planners=grasp", "--set", "planners.grasp.iterations=150", "--set", "actors=1"]
     # The driver joins the session's Ray (what a local Ray's start and reaper do for a killed driver is
     # tests/jobs/test_services.py's test): a killed driver's run is resumed, whatever Ray it ran on.
     driver = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -217,7 +216,10 @@ def test_ctrl_c_leaves_a_resumable_run_and_one_line(ray_cluster, ray_head_addres
     # 12 batches of about half a second each on an idle machine: the interrupt lands while most are still to plan
     environment = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": ray_head_address}  # the session's Ray
     environment.pop("WMPLAN_DEBUG", None)
-    driver = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
+    # An interactive shell's Ctrl-C: SIGINT at its default, even where this test runs in the background (a shell
+    # without job control starts background jobs with SIGINT ignored, and Python keeps an ignored SIGINT ignored).
+    driver = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     parts = tmp_path / "stopped" / "episodes"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and len(list(parts.glob("part-*.parquet"))) < 2:
