@@ -98,12 +98,13 @@ def _work(config: ExperimentConfig, specs: dict[int, list[EpisodeSpec]], done: s
     for h in config.horizons:
         for name in config.planners:
             todo = [s for s in specs[h] if (name, h, s.episode_id) not in done]
+            options, snapshots = config.planner_options(name, h), tuple(config.snapshot_iterations(name, h))  # once per group
             for lo in range(0, len(todo), config.batch_size):
                 batch = todo[lo : lo + config.batch_size]
-                items.append(WorkItem(planner=name, options=config.planner_options(name, h), horizon=h, specs=batch,
+                items.append(WorkItem(planner=name, options=dict(options), horizon=h, specs=batch,
                                       mode=config.mode, replan_every=config.replan_every,
                                       plan_seed=config.seed * 1_000_003 + batch[0].episode_id,
-                                      snapshot_iterations=tuple(config.snapshot_iterations(name, h)), budget=config.budget))
+                                      snapshot_iterations=snapshots, budget=config.budget))
     return items
 
 
