@@ -11,6 +11,9 @@ split      string                              ``train`` or ``val`` (whole traje
 state      fixed_size_list<float64>[D]         the state at step t
 action     fixed_size_list<float64>[A]         the env action taken at step t (NaN at t = T)
 frame      binary, optional                    ``size x size x 3`` uint8 RGB render of the state
+round      int32, optional                     aggregated data (:func:`write_trajectories`): 0 for
+                                               the original data, ``r`` for a trajectory executed
+                                               in round ``r`` of plan / execute / retrain
 =========  ==================================  ===========================================
 
 The generating configuration, the schema version and the data-set shape are stored as JSON in the
@@ -37,7 +40,7 @@ import math
 import multiprocessing
 import os
 import pickle
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +54,8 @@ from wmplan.platform.errors import ConfigError
 from wmplan.platform.options import require
 from wmplan.platform.threads import available_cores
 
-__all__ = ["DataConfig", "DataError", "Trajectory", "Dataset", "generate_dataset", "read_dataset", "SCHEMA_VERSION"]
+__all__ = ["DataConfig", "DataError", "Trajectory", "Dataset", "generate_dataset", "read_dataset", "write_trajectories",
+           "SCHEMA_VERSION"]
 
 SCHEMA_VERSION = 1
 METADATA_KEY = b"wmplan.dataset"
@@ -251,6 +255,9 @@ class Trajectory:
     """``[T, A]`` float64 env actions; ``actions[t]`` led from ``states[t]`` to ``states[t+1]``."""
     frames: np.ndarray | None = None
     """``[T+1, S, S, 3]`` uint8, when the data set has frames."""
+    round: int = 0
+    """Where the trajectory came from: 0, the data set's own data; ``r >= 1``, executed in round ``r``
+    of plan / execute / retrain (:mod:`wmplan.platform.models.rounds`)."""
 
 
 @dataclass(frozen=True)
@@ -306,6 +313,7 @@ def read_dataset(path: str | os.PathLike[str]) -> Dataset:
     states = table["state"].combine_chunks().flatten().to_numpy().reshape(-1, d)
     actions = table["action"].combine_chunks().flatten().to_numpy().reshape(-1, int(meta["action_dim"]))
     splits = table["split"].to_pylist()
+    rounds = table["round"].to_numpy() if "round" in table.column_names else None
     frames = None
     if "frame" in table.column_names:
         size = int(meta["config"]["frame_size"])
@@ -322,5 +330,51 @@ def read_dataset(path: str | os.PathLike[str]) -> Dataset:
             states=states[lo:hi],
             actions=actions[lo : hi - 1],
             frames=None if frames is None else frames[lo:hi],
+            round=0 if rounds is None else int(rounds[lo]),
         ))
     return Dataset(path=Path(path), meta=meta, trajectories=tuple(trajectories))
+
+
+def write_trajectories(path: str | os.PathLike[str], trajectories: Sequence[Trajectory], *, meta: dict) -> Path:
+    """Write trajectories (of any origin) as a data set with a ``round`` column, e.g. a data set
+    aggregated over rounds of plan / execute / retrain: the original trajectories (round 0) and
+    those executed in each round.
+
+    Frames are not written (aggregated data feed state models). Trajectories may have different
+    lengths. ``meta`` is stored as the file's ``wmplan.dataset`` metadata, with ``schema_version``,
+    ``val_episodes`` (from the trajectories' splits) and ``rounds`` (the largest round) set here; it
+    must hold ``config`` (with ``env``), ``state_dim``, ``action_dim`` and ``frameskip`` as
+    :func:`generate_dataset`'s does. Written to a temporary name first and renamed when complete.
+
+    Raises:
+        ValueError: no trajectories, repeated episode ids, or a trajectory whose shapes do not fit.
+    """
+    if not trajectories:
+        raise ValueError("write_trajectories: no trajectories")
+    d, a = int(meta["state_dim"]), int(meta["action_dim"])
+    ids = [t.episode for t in trajectories]
+    if len(set(ids)) != len(ids):
+        raise ValueError("write_trajectories: episode ids must be unique")
+    cols: dict[str, list] = {"episode": [], "step": [], "split": [], "state": [], "action": [], "round": []}
+    for t in trajectories:
+        states, actions = np.asarray(t.states, dtype=np.float64), np.asarray(t.actions, dtype=np.float64)
+        if states.ndim != 2 or states.shape[1] != d or actions.shape != (len(states) - 1, a):
+            raise ValueError(f"write_trajectories: trajectory {t.episode} must have states [T+1, {d}] and actions [T, {a}], "
+                             f"got {states.shape} and {actions.shape}")
+        n = len(states)
+        cols["episode"] += [t.episode] * n
+        cols["step"] += list(range(n))
+        cols["split"] += [t.split] * n
+        cols["state"] += list(states)
+        cols["action"] += list(actions) + [np.full(a, np.nan)]
+        cols["round"] += [t.round] * n
+    full = {**meta, "schema_version": SCHEMA_VERSION, "val_episodes": sorted(t.episode for t in trajectories if t.split == "val"),
+            "rounds": max(t.round for t in trajectories)}
+    schema = _schema(d, a, False).append(pa.field("round", pa.int32(), nullable=False))
+    schema = schema.with_metadata({METADATA_KEY: json.dumps(full, sort_keys=True).encode()})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    pq.write_table(pa.Table.from_pydict(cols, schema=schema), tmp, compression="zstd")
+    tmp.replace(path)
+    return path

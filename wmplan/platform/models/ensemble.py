@@ -28,6 +28,7 @@ disagreement_weight: 2}'``) to plan with another weight or without the judge, wi
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
@@ -45,6 +46,7 @@ from wmplan.platform.models.state_model import StateModelConfig, StateWorldModel
 from wmplan.platform.models.training import (
     TrainConfig,
     descend,
+    initial_bounds_record,
     normalization_stats,
     one_step_mse,
     state_model_config,
@@ -317,8 +319,13 @@ def train_ensemble_model(
     config: EnsembleTrainConfig | None = None,
     *,
     progress: Callable[[int, int, float], None] | None = None,
+    init: EnsembleWorldModel | None = None,
 ) -> tuple[EnsembleWorldModel, dict[str, Any]]:
     """Train an :class:`EnsembleWorldModel` on the train split of ``dataset``: every member at once.
+
+    With ``init``, a copy of that ensemble is fine-tuned instead (its architecture, members, judge,
+    disagreement weight, normalisation and action bounds; the config's architecture options are not
+    used), every member on a fresh bootstrap resample of the windows; ``init`` is left untouched.
 
     Member ``m`` starts from its own seed (:func:`member_seed`) and learns from its own bootstrap
     resample of the training windows (``n`` windows drawn with replacement from the ``n``), with its
@@ -335,11 +342,11 @@ def train_ensemble_model(
     """
     config = config if config is not None else EnsembleTrainConfig()
     with torch_threads(config.threads):
-        return _train_ensemble(dataset, config, progress=progress)
+        return _train_ensemble(dataset, config, progress=progress, init=init)
 
 
-def _train_ensemble(dataset: Dataset, config: EnsembleTrainConfig, *,
-                    progress: Callable[[int, int, float], None] | None) -> tuple[EnsembleWorldModel, dict[str, Any]]:
+def _train_ensemble(dataset: Dataset, config: EnsembleTrainConfig, *, progress: Callable[[int, int, float], None] | None,
+                    init: EnsembleWorldModel | None = None) -> tuple[EnsembleWorldModel, dict[str, Any]]:
     train, val = dataset.split("train"), dataset.split("val")
     f, k = dataset.frameskip, config.rollout_steps
     if not train:
@@ -351,13 +358,17 @@ def _train_ensemble(dataset: Dataset, config: EnsembleTrainConfig, *,
             f"(need at least {k * f}); lower rollout_steps or generate longer trajectories"
         )
     device = torch.device(config.device)
-    base, bounds = state_model_config(dataset, config, train)
-    model_config = EnsembleModelConfig(**{fl.name: getattr(base, fl.name) for fl in dataclasses.fields(base)},
-                                       members=config.members, judge=config.judge,
-                                       disagreement_weight=config.disagreement_weight)
-    model = EnsembleWorldModel(model_config, seed=config.seed)
-    model.set_normalization(*normalization_stats(train, f))
-    model.to(device)
+    if init is not None:
+        model = copy.deepcopy(init).to(device).requires_grad_(True)
+        model_config, bounds = model.config, initial_bounds_record(init)
+    else:
+        base, bounds = state_model_config(dataset, config, train)
+        model_config = EnsembleModelConfig(**{fl.name: getattr(base, fl.name) for fl in dataclasses.fields(base)},
+                                           members=config.members, judge=config.judge,
+                                           disagreement_weight=config.disagreement_weight)
+        model = EnsembleWorldModel(model_config, seed=config.seed)
+        model.set_normalization(*normalization_stats(train, f))
+        model.to(device)
 
     def tensor(x: np.ndarray) -> Tensor:
         return torch.as_tensor(x, dtype=torch.float32, device=device)
@@ -367,7 +378,7 @@ def _train_ensemble(dataset: Dataset, config: EnsembleTrainConfig, *,
     v_z, v_a = model.encode(tensor(v_states)), tensor(v_actions)
     val_before = one_step_mse(model, v_z, v_a) if len(v_states) else None
 
-    n_members, n = config.members, len(z_all)
+    n_members, n = model_config.members, len(z_all)
     batch = min(config.batch_size, n)
     gens = [torch.Generator().manual_seed(member_seed(config.seed, m, 1)) for m in range(n_members)]
     resample = torch.stack([torch.randint(n, (n,), generator=g) for g in gens])  # [N, n] each member's bootstrap
@@ -424,15 +435,15 @@ def _train_ensemble(dataset: Dataset, config: EnsembleTrainConfig, *,
         "rollout_steps": k,
         "val_mse_before": val_before,
         "val_mse_after": one_step_mse(model, v_z, v_a) if len(v_states) else None,
-        "val_mse_judge": _judge_mse(model, v_z, v_a) if len(v_states) and config.judge else None,
+        "val_mse_judge": _judge_mse(model, v_z, v_a) if len(v_states) and model_config.judge else None,
         "val_disagreement": _mean_disagreement(model, v_z, v_a) if len(v_states) else None,
         "val_transitions": len(v_states),
         "action_bounds": bounds,
         "members": n_members,
         "planning_members": model_config.planning_members,
-        "judge": config.judge,
+        "judge": model_config.judge,
         "bootstrap": True,
-        "disagreement_weight": config.disagreement_weight,
+        "disagreement_weight": model_config.disagreement_weight,
     }
     return model, metrics
 

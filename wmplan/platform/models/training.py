@@ -12,6 +12,7 @@ order come from private generators, never from torch's global one.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -32,7 +33,7 @@ if TYPE_CHECKING:  # pyarrow is imported only by code that reads data sets
     from wmplan.platform.models.visual import VisualWorldModel
 
 __all__ = ["TrainConfig", "train_state_model", "fit_rollouts", "descend", "one_step_mse", "transition_windows", "normalization_stats",
-           "data_action_bounds", "state_model_config"]
+           "data_action_bounds", "state_model_config", "initial_bounds_record"]
 
 STD_FLOOR = 1e-6
 """Smallest standard deviation used for normalisation (a constant dimension would divide by 0)."""
@@ -205,6 +206,7 @@ def train_state_model(
     config: TrainConfig | None = None,
     *,
     progress: Callable[[int, int, float], None] | None = None,
+    init: StateWorldModel | None = None,
 ) -> tuple[StateWorldModel, dict[str, Any]]:
     """Train a :class:`StateWorldModel` on the train split of ``dataset``.
 
@@ -213,6 +215,9 @@ def train_state_model(
         config: the training options (None: the defaults).
         progress: called after every gradient step with ``(step, total_steps, loss)``; the only
             output of the loop (computing ``loss`` as a float synchronises the device).
+        init: fine-tune a copy of this model (its architecture, normalisation and action bounds;
+            ``hidden``, ``depth`` and ``action_bounds`` of ``config`` are not used) instead of training
+            a new one from ``config.seed``'s initialisation; ``init`` itself is left untouched.
 
     Returns:
         The model (on ``config.device``, eval mode, parameters frozen) and metrics:
@@ -223,11 +228,18 @@ def train_state_model(
     """
     config = config if config is not None else TrainConfig()
     with torch_threads(config.threads):
-        return _train_state_model(dataset, config, progress=progress)
+        return _train_state_model(dataset, config, progress=progress, init=init)
 
 
-def _train_state_model(dataset: Dataset, config: TrainConfig, *,
-                       progress: Callable[[int, int, float], None] | None) -> tuple[StateWorldModel, dict[str, Any]]:
+def initial_bounds_record(model: StateWorldModel) -> dict[str, Any]:
+    """The ``action_bounds`` record of a model fine-tuned from ``model``: its own bounds, kept."""
+    low, high = model.config.action_bounds()
+    return {"source": "data" if model.config.action_low else "env", "percentile": None, "kept_from_initial_model": True,
+            "low": [float(x) for x in low], "high": [float(x) for x in high]}
+
+
+def _train_state_model(dataset: Dataset, config: TrainConfig, *, progress: Callable[[int, int, float], None] | None,
+                       init: StateWorldModel | None = None) -> tuple[StateWorldModel, dict[str, Any]]:
     train = dataset.split("train")
     val = dataset.split("val")
     f, k = dataset.frameskip, config.rollout_steps
@@ -241,10 +253,16 @@ def _train_state_model(dataset: Dataset, config: TrainConfig, *,
             f"(need at least {k * f}); lower rollout_steps or generate longer trajectories"
         )
     device = torch.device(config.device)
-    model_config, bounds = state_model_config(dataset, config, train)
-    model = StateWorldModel(model_config, seed=config.seed)
-    model.set_normalization(*normalization_stats(train, f))
-    model.to(device)
+    if init is not None:
+        if type(init) is not StateWorldModel:
+            raise ConfigError(f"init must be a StateWorldModel (one state MLP), got {type(init).__name__}")
+        model = copy.deepcopy(init).to(device).requires_grad_(True)
+        bounds = initial_bounds_record(init)
+    else:
+        model_config, bounds = state_model_config(dataset, config, train)
+        model = StateWorldModel(model_config, seed=config.seed)
+        model.set_normalization(*normalization_stats(train, f))
+        model.to(device)
 
     def tensor(x: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(x, dtype=torch.float32, device=device)
