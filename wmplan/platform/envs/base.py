@@ -162,6 +162,8 @@ class Env(abc.ABC):
     :meth:`obstacle_crossings`   which predicted paths pass through an obstacle (none)
     :meth:`path_distance`        shortest-path distance around obstacles (none: no obstacles)
     ``pixel_recipe``             data and budget of the default visual model (:class:`PixelRecipe`)
+    ``proprio_coords``           the proprioceptive part of a state (:meth:`proprio`; none: the
+                                 task has no proprio, and asking for it is an error)
     ==========================  ==================================================================
     """
 
@@ -204,6 +206,11 @@ class Env(abc.ABC):
     pixel_recipe: ClassVar[PixelRecipe] = PixelRecipe(trajectories=1000, predictor_steps=4000)
     """Data and training budget of the task's default visual world model (``--obs pixels``);
     the default is PointMaze's recipe, not measured on other tasks."""
+
+    proprio_coords: ClassVar[slice | None] = None
+    """The state coordinates that are the agent's own (proprioceptive) state, as DINO-WM's ``proprio``
+    (Wall: the dot's position; PointMaze: the ball's; Push-T: the pusher's), read by :meth:`proprio`.
+    None: the task has no proprioceptive part."""
 
     action_low: np.ndarray
     """Lower bound of one env action; ``step`` clips to ``[action_low, action_high]``."""
@@ -310,6 +317,34 @@ class Env(abc.ABC):
         if single:  # the 1-D norm (a dot product), as episode records have always been measured
             return float(np.linalg.norm(s[0, c] - g[0, c]))
         return np.linalg.norm(s[:, c] - g[:, c], axis=-1)
+
+    # -- proprioception -------------------------------------------------------------------------
+
+    @classmethod
+    def has_proprio(cls) -> bool:
+        """Whether the task's states have a proprioceptive part (``proprio_coords`` is set)."""
+        return cls.proprio_coords is not None
+
+    @classmethod
+    def proprio_dim(cls) -> int:
+        """``P``, the length of :meth:`proprio`'s vectors (0 for a task without proprio)."""
+        return 0 if cls.proprio_coords is None else len(range(cls.state_dim)[cls.proprio_coords])
+
+    def proprio(self, states: np.ndarray) -> np.ndarray:
+        """The proprioceptive part of states ``[..., D]``: ``[..., P]`` float64 (a copy), read from the
+        simulator's own state, never estimated from a picture.
+
+        Raises:
+            ValueError: the task has no proprio (``proprio_coords`` is None), or the states are not
+                ``[..., state_dim]``.
+        """
+        if self.proprio_coords is None:
+            raise ValueError(f"task {self.name!r} has no proprioceptive state (its Env sets no proprio_coords), "
+                             "so a model with proprio cannot be trained or planned on it")
+        s = np.asarray(states, dtype=np.float64)
+        if s.ndim < 1 or s.shape[-1] != self.state_dim:
+            raise ValueError(f"states must be [..., {self.state_dim}] for task {self.name!r}, got {s.shape}")
+        return s[..., self.proprio_coords].copy()
 
     # -- start/goal pairs -----------------------------------------------------------------------
 

@@ -117,6 +117,8 @@ class PointMazeEnv(Env):
     success_coords: ClassVar[slice] = slice(0, 2)
     """Success and goal distances look at the ball's position, not its velocity."""
     success_threshold: ClassVar[float] = SUCCESS_THRESHOLD
+    proprio_coords: ClassVar[slice | None] = slice(0, 2)
+    """The ball's position ``qpos`` (DINO-WM's PointMaze proprio; its velocity is not included)."""
     world_extent: ClassVar[tuple[float, float]] = (-0.7, 4.3)
     """:meth:`render` shows qpos ``[-0.7, 4.3]^2``: the whole 5x5 layout including its outer walls."""
     y_up: ClassVar[bool] = True

@@ -142,6 +142,8 @@ class PushTEnv(Env):
     success_coords: ClassVar[slice] = slice(0, 4)
     """Agent and block positions (the angle is judged apart, see :meth:`is_success`)."""
     success_threshold: ClassVar[float] = POS_THRESHOLD
+    proprio_coords: ClassVar[slice | None] = slice(0, 2)
+    """The agent's (pusher's) position (DINO-WM's Push-T proprio), not the block's."""
     default_goal_mode: ClassVar[str] = "replay"
     """DINO-WM's Push-T protocol: goals replay held-out data segments (random pairs are far apart)."""
     world_extent: ClassVar[tuple[float, float]] = (0.0, WINDOW)

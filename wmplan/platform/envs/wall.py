@@ -236,6 +236,8 @@ class WallEnv(Env):
     state_dim: ClassVar[int] = 2
     success_coords: ClassVar[slice] = slice(0, 2)
     success_threshold: ClassVar[float] = SUCCESS_THRESHOLD
+    proprio_coords: ClassVar[slice | None] = slice(0, 2)
+    """The dot position itself (DINO-WM's Wall proprio): the whole state."""
     world_extent: ClassVar[tuple[float, float]] = (-0.5, IMG_SIZE - 0.5)
     """:meth:`render` shows the 65x65 pixel grid's continuous extent, row = ``y``."""
     goal_modes: ClassVar[tuple[str, ...]] = (*GOAL_MODES, DOOR)
