@@ -34,6 +34,7 @@ import dataclasses
 import hashlib
 import importlib
 import json
+import math
 import os
 import sys
 import types
@@ -104,6 +105,10 @@ class Settings:
     encoder: str = ""
     """A user encoder, package.module:factory, that the model's checkpoint names: code named in a checkpoint runs
     only when it is named here too."""
+    proprio_weight: float = 0.0
+    """Weight of the proprio term in the planning cost (DINO-WM's alpha: latent MSE + alpha x MSE of the simulator's
+    proprioceptive state), for a model of pictures trained with proprio (wmplan train --obs pixels --proprio); 0: off.
+    A nonzero weight with a model trained without proprio is an error. Labelled in results tables where it is on."""
     goal_mode: str = ""
     """How start/goal pairs are drawn: one of the task's goal modes (replay: goals H model steps away, reached by
     replaying held-out data, so a longer horizon is a harder problem; door, on Wall: replayed pairs on opposite sides
@@ -136,6 +141,11 @@ class Settings:
         require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         require(isinstance(self.model_options, Mapping) and all(isinstance(k, str) for k in self.model_options),
                 f"model_options must map option names to values, got {self.model_options!r}")
+        require(math.isfinite(self.proprio_weight) and self.proprio_weight >= 0,
+                f"proprio_weight must be finite and >= 0, got {self.proprio_weight}")
+        if self.proprio_weight and (self.model_is_plugin or self.model_is_exact):
+            raise ConfigError(f"proprio_weight={self.proprio_weight:g} weighs the proprio of a checkpoint trained with proprio "
+                              f"('wmplan train --obs pixels --proprio'); model {self.model!r} is not one: set proprio_weight=0")
         if self.model_is_plugin:
             self.check_model()  # the factory is imported and checked here; each actor calls it
         elif self.model_is_exact:
@@ -184,7 +194,7 @@ class Settings:
         directory made absolute;
         ``model_options``, the factory's options (a value that names an existing file or directory made
         absolute, as a checkpoint's path is, since an actor need not share the driver's working directory),
-        or the checkpoint loader's (the code the user named); and ``factory``, for a registered name its
+        or the checkpoint loader's (the code the user named, and a nonzero ``proprio_weight``); and ``factory``, for a registered name its
         factory (pickled to the actors, which do not share the driver's registrations), else None."""
         from wmplan.platform.registry import EXACT_MODEL, is_plugin_spec, model_factory
 
@@ -195,7 +205,10 @@ class Settings:
             options = {k: str(Path(v).resolve()) if isinstance(v, str) and v and os.path.exists(v) else v
                        for k, v in self.model_options.items()}
             return {"model": self.model, "model_options": options, "factory": factory}
-        return {"model": str(self.checkpoint.resolve()), "model_options": {"allow_code": self.allowed_code}, "factory": None}
+        loader: dict[str, Any] = {"allow_code": self.allowed_code}
+        if self.proprio_weight:
+            loader["proprio_weight"] = self.proprio_weight
+        return {"model": str(self.checkpoint.resolve()), "model_options": loader, "factory": None}
 
     def model_sha256(self) -> str | None:
         """What identifies the model's weights in run.json, MLflow and a sweep's sweep.json: the checkpoint's
@@ -219,7 +232,8 @@ class Settings:
         if self.model_is_plugin:
             options = ", ".join(f"{k}={v}" for k, v in self.model_options.items())
             return f"{self.model}" + (f" ({options})" if options else "")
-        return self.checkpoint.as_posix() + (" (auto)" if self.model == "auto" else "")
+        proprio = f" (proprio alpha {self.proprio_weight:g})" if self.proprio_weight else ""
+        return self.checkpoint.as_posix() + (" (auto)" if self.model == "auto" else "") + proprio
 
     @property
     def checkpoint(self) -> Path:
@@ -291,6 +305,9 @@ class Settings:
         check_checkpoint_task(info, task=self.task, state_dim=env.state_dim, action_dim=env.action_dim,
                               frameskip=env.frameskip, obs="pixels" if self.obs == "pixels" else None, where=where)
         check_checkpoint_code(info, allow_code=self.allowed_code, where=where)
+        if self.proprio_weight and not int(info.get("config", {}).get("proprio_dim", 0)):
+            raise ConfigError(f"proprio_weight={self.proprio_weight:g} needs a model trained with proprio ('wmplan train --obs pixels "
+                              f"--proprio'), but checkpoint {where} was trained without it; set proprio_weight=0 or retrain")
 
 
 def files_sha256(options: Mapping[str, Any]) -> str | None:

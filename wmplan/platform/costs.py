@@ -11,10 +11,15 @@ Whether it does is declared by the model class, never guessed: a model class set
 ``coordinatewise_state = True`` (see :data:`COORDINATEWISE`) when model coordinate ``i`` is an
 affine map of env coordinate ``i`` alone (the learned state model normalises each coordinate;
 an analytic model that plans on env states is the identity map).
+
+A model of pictures trained with proprio (DINO-WM's ``[visual latent, proprio]`` state) plans on
+:func:`proprio_cost_model`'s view: the latent MSE plus ``proprio_weight`` x the proprio MSE
+(DINO-WM's ``alpha``), the weight 0 unless a run sets it.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, cast
 
 from torch import Tensor, nn
@@ -22,7 +27,7 @@ from torch import Tensor, nn
 from wmplan.platform.envs import Env
 from wmplan.platform.world_model import CostModel, WorldModel, check_world_model, is_observation_model
 
-__all__ = ["COORDINATEWISE", "SuccessCoordsCost", "is_coordinatewise", "success_cost_model"]
+__all__ = ["COORDINATEWISE", "SuccessCoordsCost", "ProprioCost", "is_coordinatewise", "success_cost_model", "proprio_cost_model"]
 
 COORDINATEWISE = "coordinatewise_state"
 """The class attribute (a bool) by which a model class declares that its state coordinate ``i`` is
@@ -38,30 +43,15 @@ def _coordinate_indices(coords: slice, dim: int) -> list[int]:
     return list(range(dim))[coords]
 
 
-class SuccessCoordsCost(nn.Module):
-    """A world model whose planning cost is the MSE over some state coordinates only.
+class _CostView(nn.Module):
+    """A world model with its own planning cost around another model, which supplies everything else."""
 
-    Everything else is the wrapped model's: ``step`` (and ``forward``), ``state_dim`` and
-    ``action_dim`` (copied), ``action_low`` / ``action_high`` (read from the model each time, so they follow
-    ``.to(device)``), and any other attribute (``encode`` / ``decode``, so
-    :func:`~wmplan.platform.world_model.to_model_space` and ``from_model_space`` work as on the
-    model; ``config``; ...). A model that is an ``nn.Module`` is a submodule, so ``.to``,
-    ``.eval`` and ``parameters()`` reach it.
-
-    Args:
-        model: the world model; its state coordinates ``coords`` are the ones that count.
-        coords: the coordinates the cost looks at, a slice of ``[0, state_dim)`` (not empty).
-    """
-
-    def __init__(self, model: WorldModel, *, coords: slice) -> None:
+    def __init__(self, model: WorldModel) -> None:
         super().__init__()
-        if not _coordinate_indices(coords, model.state_dim):
-            raise ValueError(f"coords {coords} select no coordinate of a {model.state_dim}-D state")
         if isinstance(model, nn.Module):
             self.inner = model
         else:
             self.__dict__["inner"] = model  # a plain object: kept, not registered
-        self.coords = coords
         self.state_dim = int(model.state_dim)
         self.action_dim = int(model.action_dim)
 
@@ -90,6 +80,28 @@ class SuccessCoordsCost(nn.Module):
 
     def forward(self, state: Tensor, action: Tensor) -> Tensor:
         return self.step(state, action)
+
+
+class SuccessCoordsCost(_CostView):
+    """A world model whose planning cost is the MSE over some state coordinates only.
+
+    Everything else is the wrapped model's: ``step`` (and ``forward``), ``state_dim`` and
+    ``action_dim`` (copied), ``action_low`` / ``action_high`` (read from the model each time, so they follow
+    ``.to(device)``), and any other attribute (``encode`` / ``decode``, so
+    :func:`~wmplan.platform.world_model.to_model_space` and ``from_model_space`` work as on the
+    model; ``config``; ...). A model that is an ``nn.Module`` is a submodule, so ``.to``,
+    ``.eval`` and ``parameters()`` reach it.
+
+    Args:
+        model: the world model; its state coordinates ``coords`` are the ones that count.
+        coords: the coordinates the cost looks at, a slice of ``[0, state_dim)`` (not empty).
+    """
+
+    def __init__(self, model: WorldModel, *, coords: slice) -> None:
+        if not _coordinate_indices(coords, model.state_dim):
+            raise ValueError(f"coords {coords} select no coordinate of a {model.state_dim}-D state")
+        super().__init__(model)
+        self.coords = coords
 
     def cost(self, final_states: Tensor, goal_states: Tensor) -> Tensor:
         """``mean over coords of (final - goal)^2``: ``[..., D]``, ``[..., D]`` to ``[...]`` (model units squared)."""
@@ -135,3 +147,54 @@ def success_cost_model(*, env: Env, model: WorldModel) -> WorldModel:
     # Its action bounds are read-only properties (they follow the model across devices).
     return cast(WorldModel, SuccessCoordsCost(model, coords=coords))
 
+
+
+class ProprioCost(_CostView):
+    """A model of pictures with proprio, planning on DINO-WM's cost: latent MSE plus ``weight`` x proprio MSE.
+
+    The wrapped model's state is ``[z, p]``: a visual latent ``z`` (``D`` values) and the
+    normalised proprio ``p`` (the last ``P`` values). The cost of a final state against a goal is
+    ``mean_D (z - z_goal)^2 + weight * mean_P (p - p_goal)^2``, in model units (the proprio
+    normalised by its training statistics); with ``weight = 0`` the proprio does not count, and
+    the cost is the latent MSE alone. Everything else is the wrapped model's (as
+    :class:`SuccessCoordsCost`).
+
+    Args:
+        model: a world model whose last ``proprio_dim`` state coordinates are the proprio.
+        proprio_dim: ``P`` (>= 1, below ``state_dim``).
+        weight: the proprio term's weight, DINO-WM's ``alpha`` (finite, >= 0).
+    """
+
+    def __init__(self, model: WorldModel, *, proprio_dim: int, weight: float) -> None:
+        if not 1 <= proprio_dim < model.state_dim:
+            raise ValueError(f"proprio_dim must be in [1, {model.state_dim}) for a {model.state_dim}-D state, got {proprio_dim}")
+        if not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"proprio weight must be finite and >= 0, got {weight}")
+        super().__init__(model)
+        self.latent_dim = int(model.state_dim) - int(proprio_dim)
+        self.weight = float(weight)
+
+    def cost(self, final_states: Tensor, goal_states: Tensor) -> Tensor:
+        """``[..., D + P]``, ``[..., D + P]`` to ``[...]``: latent MSE + ``weight`` x proprio MSE (model units squared)."""
+        d = self.latent_dim
+        latent = (final_states[..., :d] - goal_states[..., :d]).pow(2).mean(-1)
+        if self.weight == 0:
+            return latent
+        return latent + self.weight * (final_states[..., d:] - goal_states[..., d:]).pow(2).mean(-1)
+
+    def extra_repr(self) -> str:
+        return f"latent_dim={self.latent_dim}, proprio_dim={self.state_dim - self.latent_dim}, weight={self.weight:g}"
+
+
+def proprio_cost_model(model: WorldModel) -> WorldModel:
+    """The model to plan on for a model of pictures that may carry proprio.
+
+    A model whose ``proprio_dim`` is ``P > 0`` (its state ``[z, p]``) is wrapped in
+    :class:`ProprioCost` with its ``proprio_weight`` (0 unless set: then the cost is the latent
+    MSE alone). Any other model is returned unchanged (the same object), so a model trained
+    without proprio plans exactly as before.
+    """
+    p_dim = int(getattr(model, "proprio_dim", 0))
+    if p_dim == 0:
+        return model
+    return cast(WorldModel, ProprioCost(model, proprio_dim=p_dim, weight=float(getattr(model, "proprio_weight", 0.0))))

@@ -45,9 +45,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from wmplan.platform.costs import success_cost_model
+from wmplan.platform.costs import proprio_cost_model, success_cost_model
 from wmplan.platform.envs.base import Env, Segment, unpack_actions
-from wmplan.platform.models.visual import render_states
+from wmplan.platform.models.visual import proprio_inputs, render_states
 from wmplan.platform.planners.base import Planner, PlanResult
 from wmplan.platform.stats import wald_interval
 from wmplan.platform.world_model import WorldModel, from_model_space, is_observation_model, to_model_space
@@ -69,6 +69,7 @@ __all__ = [
     "planning_model",
     "judged_final_states",
     "exploitation_gap",
+    "proprio_weight_of",
 ]
 
 Mode = Literal["open_loop", "mpc"]
@@ -223,11 +224,14 @@ def observe(env: Env, model: object, states: Tensor) -> Tensor:
     An observation model (:class:`~wmplan.platform.world_model.ObservationModel`, e.g. a visual
     world model) gets pictures: the states are rendered in a scratch copy of ``env`` at the model's
     ``frame_size`` and encoded, so the model never sees a state (a goal is given to it as an
-    image). Any other model goes through :func:`to_model_space`.
+    image). A model of pictures trained with proprio also gets the proprioceptive part of each
+    state, read from the simulator's state (:meth:`Env.proprio`), never estimated from the picture.
+    Any other model goes through :func:`to_model_space`.
     """
     if is_observation_model(model):
-        frames = render_states(env, states.detach().cpu().numpy(), model.frame_size)
-        return model.encode(frames).to(device=states.device, dtype=states.dtype)
+        env_states = states.detach().cpu().numpy()
+        frames = render_states(env, env_states, model.frame_size)
+        return model.encode(frames, **proprio_inputs(model, env, env_states)).to(device=states.device, dtype=states.dtype)
     return to_model_space(model, states)
 
 
@@ -240,12 +244,19 @@ def snapshot_schedule(iterations: int, count: int) -> list[int]:
 
 def planning_model(env: Env, model: WorldModel) -> WorldModel:
     """The model planners search for ``env``: the model's own ``planning_model(coords=env.success_coords)``
-    when it has one (an ensemble: its mean, with its disagreement penalty in the cost), then
-    :func:`~wmplan.platform.costs.success_cost_model` (a model with its own cost is left as it is)."""
+    when it has one (an ensemble: its mean, with its disagreement penalty in the cost), then for a
+    model of pictures with proprio :func:`~wmplan.platform.costs.proprio_cost_model` (latent MSE plus
+    its ``proprio_weight`` x proprio MSE), then :func:`~wmplan.platform.costs.success_cost_model`
+    (a model with its own cost is left as it is). A model without either is planned on as it is."""
     view = getattr(model, "planning_model", None)
     if callable(view):
         model = view(coords=success_coordinates(env))
-    return success_cost_model(env=env, model=model)
+    return success_cost_model(env=env, model=proprio_cost_model(model))
+
+
+def proprio_weight_of(model: object) -> float:
+    """The weight of the proprio term in ``model``'s planning cost (its ``proprio_weight``; 0 for a model without one)."""
+    return float(getattr(model, "proprio_weight", 0.0))
 
 
 def judged_final_states(model: WorldModel, start: Tensor, actions: Tensor, planned: Tensor) -> Tensor:
@@ -328,6 +339,8 @@ class EpisodeRecord:
             ``planning_time_s`` for a success no snapshot saw (or without snapshots); NaN for an
             episode that did not succeed.
         transitions_to_success: the transitions spent by that snapshot (likewise; -1 without success).
+        proprio_weight: the weight of the proprio term in the planning cost (DINO-WM's ``alpha``;
+            :func:`proprio_weight_of`): 0 unless the model carries proprio and the run set a weight.
     """
 
     task: str
@@ -357,6 +370,7 @@ class EpisodeRecord:
     snapshot_transitions: tuple[int, ...] = ()
     time_to_success_s: float = math.nan
     transitions_to_success: int = -1
+    proprio_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -514,6 +528,7 @@ def run_episodes(
     _validate(env, model, planner, specs, mode, replan_every)
     if not specs:
         return []
+    proprio_weight = proprio_weight_of(model)
     model = planning_model(env, model)  # plan on what success looks at, where the model can tell (and its own view)
     h = planner.options.horizon
     fs = env.frameskip
@@ -591,7 +606,7 @@ def run_episodes(
         _record(env, spec, ep, planner_name=planner_name, mode=mode, plan_seed=seeds[0], planning_time_s=wall_time, iterations=iterations,
                 replans=calls, snapshots=sorted(set(snapshot_iterations)) if mode == "open_loop" else (),
                 spent=_Spent(transitions=transitions, budget=budget, snapshot_seconds=snapshot_seconds,
-                             snapshot_transitions=snapshot_transitions))
+                             snapshot_transitions=snapshot_transitions), proprio_weight=proprio_weight)
         for spec, ep in zip(specs, episodes)
     ]
 
@@ -619,6 +634,7 @@ def _record(
     replans: int,
     snapshots: Sequence[int],
     spent: _Spent,
+    proprio_weight: float = 0.0,
 ) -> EpisodeRecord:
     final = ep.current
     final_distance = float(env.goal_distance(final, spec.goal))
@@ -664,6 +680,7 @@ def _record(
         snapshot_transitions=spent.snapshot_transitions if curve else (),
         time_to_success_s=time_to_success,
         transitions_to_success=transitions_to_success,
+        proprio_weight=proprio_weight,
     )
 
 
@@ -677,7 +694,9 @@ def summarize(records: Sequence[EpisodeRecord]) -> dict[str, float | int]:
         ``count``; ``successes``; ``success_rate`` with its Wald 95% interval ``success_low`` and
         ``success_high``; ``model_success_rate``; ``exploitation_gap``, in-model minus real success
         (a fraction: how often the plan succeeds in the model and not in the simulator, net); ``median_planning_time_s`` over the successful
-        episodes (NaN if none); ``failures`` (episodes marked failed). Rates are NaN for no records.
+        episodes (NaN if none); ``failures`` (episodes marked failed); ``proprio_weight``, the proprio term's
+        weight the episodes planned with (0 when off, and for rows that predate it; NaN if they
+        differ). Rates are NaN for no records.
     """
     return summarize_rows([r.to_row() for r in records])
 
@@ -715,4 +734,11 @@ def summarize_rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, float | int]:
         "median_transitions_to_success": _median([t for t in transitions_to_success if t is not None and t >= 0]),
         "median_transitions": _median(spent),
         "failures": sum(1 for r in rows if r["failed"]),
+        "proprio_weight": _common_weight([float(r.get("proprio_weight", 0.0)) for r in rows]),
     }
+
+
+def _common_weight(weights: Sequence[float]) -> float:
+    """The one proprio weight of a group of rows (0 for none; NaN when they differ)."""
+    distinct = set(weights)
+    return distinct.pop() if len(distinct) == 1 else 0.0 if not distinct else math.nan

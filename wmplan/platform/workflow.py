@@ -297,18 +297,26 @@ def format_summaries(summaries: Mapping[tuple[str, int], Mapping[str, float | in
     ``gap`` is the exploitation gap: in-model minus real success, in percentage points (how often a
     plan fools the model, net). Times are medians over the successful episodes: the time to success
     (until the first plan snapshot that succeeds; the paper's measure, the headline) and the whole
-    fixed budget's planning time."""
+    fixed budget's planning time. Where any episode planned with a proprio term (a model of
+    pictures with proprio and a nonzero ``proprio_weight``), a ``proprio alpha`` column gives each
+    row's weight (DINO-WM's ``alpha``; ``mixed`` when a row's episodes differ); otherwise the table
+    has no such column."""
+    weights = {key: float(s.get("proprio_weight", 0.0)) for key, s in summaries.items()}
+    proprio = any(w != 0 for w in weights.values())  # NaN (mixed) counts as on
     lines = [
-        "| planner | H | episodes | success [95% CI] | model success | gap (points) | time to success (s) | whole budget (s) | failed |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| planner | H | episodes | success [95% CI] | model success | gap (points) | time to success (s) | whole budget (s) | failed |"
+        + (" proprio alpha |" if proprio else ""),
+        "|---|---|---|---|---|---|---|---|---|" + ("---|" if proprio else ""),
     ]
     for (planner, horizon), s in summaries.items():
         gap = exploitation_gap(s["model_success_rate"], s["success_rate"])
         times = [s.get("median_time_to_success_s", math.nan), s["median_planning_time_s"]]
         to_success, whole = ("-" if math.isnan(t) else f"{t:.2f}" for t in times)
+        w = weights[planner, horizon]
         lines.append(
             f"| {planner} | {horizon} | {s['count']} | {100 * s['success_rate']:.1f}% "
             f"[{100 * s['success_low']:.1f}, {100 * s['success_high']:.1f}] | {100 * s['model_success_rate']:.1f}% | "
             f"{'-' if math.isnan(gap) else f'{100 * gap:+.1f}'} | {to_success} | {whole} | {s['failures']} |"
+            + ((" mixed |" if math.isnan(w) else f" {w:g} |") if proprio else "")
         )
     return "\n".join(lines)

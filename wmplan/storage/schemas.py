@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 METADATA_KEY = b"wmplan.schema"
 
 
@@ -43,9 +43,11 @@ EPISODES = _with_version("episodes", [
     pa.field("snapshot_transitions", pa.list_(pa.int64()), nullable=False),
     pa.field("time_to_success_s", pa.float64(), nullable=False),
     pa.field("transitions_to_success", pa.int64(), nullable=False),
+    pa.field("proprio_weight", pa.float64(), nullable=False),
 ])
 """One row per episode (with its anytime curve: success of the plan after some iterations, and the
-time and model transitions spent by each snapshot; time to success is NaN for a failed episode)."""
+time and model transitions spent by each snapshot; time to success is NaN for a failed episode;
+``proprio_weight``, the weight of the proprio term in the planning cost, 0 when off)."""
 
 RESIDUALS = _with_version("residuals", [
     pa.field("run_id", pa.string(), nullable=False),

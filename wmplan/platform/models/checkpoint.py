@@ -36,7 +36,7 @@ from torch import nn
 
 from wmplan.platform.errors import ConfigError
 from wmplan.platform.models.state_model import StateModelConfig, StateWorldModel
-from wmplan.platform.models.visual import VisualModelConfig, VisualWorldModel, build_visual_model
+from wmplan.platform.models.visual import VisualModelConfig, VisualWorldModel, build_visual_model, check_proprio_weight
 from wmplan.platform.options import build_options
 
 __all__ = [
@@ -321,7 +321,7 @@ def check_checkpoint_task(info: Mapping[str, Any], *, task: str, state_dim: int,
 
 
 def load_world_model(path: str | os.PathLike[str], *, device: str | torch.device = "cpu",
-                     allow_code: Collection[str] = ()) -> nn.Module:
+                     allow_code: Collection[str] = (), proprio_weight: float = 0.0) -> nn.Module:
     """Load the checkpoint at ``path`` (its directory or its config.json).
 
     Args:
@@ -330,6 +330,8 @@ def load_world_model(path: str | os.PathLike[str], *, device: str | torch.device
         allow_code: ``package.module:callable`` specs the user named (command line or experiment
             config). A checkpoint whose config names other code (e.g. a user encoder) is refused
             before anything is imported.
+        proprio_weight: the weight of the proprio term in the planning cost of a model of
+            pictures trained with proprio (its ``set_proprio_weight``); 0, the default, is off.
 
     Returns:
         The model on ``device``, in eval mode, with ``requires_grad`` False on every parameter
@@ -338,6 +340,7 @@ def load_world_model(path: str | os.PathLike[str], *, device: str | torch.device
     Raises:
         CheckpointError: for a missing or corrupt checkpoint, an unknown format version or model
             kind, or tensors that do not match the config; the message names the problem.
+        ConfigError: a nonzero ``proprio_weight`` for a model trained without proprio.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load
@@ -381,4 +384,10 @@ def load_world_model(path: str | os.PathLike[str], *, device: str | torch.device
     model.to(device)
     model.eval()
     model.requires_grad_(False)
+    if proprio_weight:
+        setter = getattr(model, "set_proprio_weight", None)
+        if not callable(setter):
+            check_proprio_weight(model, proprio_weight)  # raises, naming the setting
+        else:
+            setter(proprio_weight)
     return model

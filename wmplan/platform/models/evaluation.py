@@ -25,7 +25,7 @@ from wmplan.platform.envs import Env, make_env
 from wmplan.platform.errors import ConfigError
 from wmplan.platform.models.geometry import measure_geometry
 from wmplan.platform.models.training import transition_windows
-from wmplan.platform.models.visual import is_pixel_model
+from wmplan.platform.models.visual import is_pixel_model, proprio_inputs
 from wmplan.platform.world_model import WorldModel, check_world_model, from_model_space, rollout, to_model_space
 
 if TYPE_CHECKING:
@@ -110,7 +110,9 @@ def evaluate_model(
     device = model.action_low.device
     with torch.no_grad():
         if pixels:
-            latents = [model.encode(t.frames).cpu().numpy() for t in trajectories]  # type: ignore[attr-defined]  # pixels: an ObservationModel
+            simulator = task if task is not None else _builtin_task(dataset.env)  # the proprio of a model that carries it
+            latents = [model.encode(t.frames, **proprio_inputs(model, simulator, t.states)).cpu().numpy()  # type: ignore[attr-defined]
+                       for t in trajectories]  # pixels: an ObservationModel
         else:
             latents = [to_model_space(model, torch.tensor(t.states, dtype=torch.float32, device=device)).cpu().numpy()
                        for t in trajectories]

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from wmplan.platform.envs import Env
-from wmplan.platform.models.visual import render_states
+from wmplan.platform.models.visual import proprio_inputs, render_states
 from wmplan.platform.world_model import is_observation_model
 
 __all__ = [
@@ -331,8 +331,9 @@ def measure_geometry(
     if not is_observation_model(model):
         return None
 
-    def encode(states: np.ndarray) -> torch.Tensor:
-        return model.encode(render_states(env, states, model.frame_size))
+    def encode(states: np.ndarray) -> torch.Tensor:  # the visual latent (a model with proprio: without it)
+        z = model.encode(render_states(env, states, model.frame_size), **proprio_inputs(model, env, states))
+        return z[..., : z.shape[-1] - int(getattr(model, "proprio_dim", 0))]
 
     with torch.no_grad():
         return state_geometry(encode, env, pairs=pairs, near_pairs=near_pairs, seed=seed, bins=bins)

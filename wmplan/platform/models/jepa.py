@@ -30,6 +30,13 @@ Like the visual model, it implements :class:`~wmplan.platform.world_model.Observ
 episode runner gives it rendered pictures (``encode``), never states, and a small *state probe*
 (``decode``), fitted on the training latents after the encoder, estimates the env state of a
 latent for reporting in-model success only; it never enters planning.
+
+With ``proprio_dim = P > 0`` (``wmplan train --obs pixels --proprio``) the planning state is
+``[z, p]``, as in DINO-WM: ``p`` is the proprioceptive part of the simulator's state
+(:meth:`wmplan.platform.envs.Env.proprio`), normalised, given to :meth:`JepaWorldModel.encode`
+beside the frames (the episode runner reads it from the simulator, never from a probe), and the
+predictor predicts the next ``p`` too. Planning adds ``proprio_weight`` x the MSE of ``p`` to the
+latent cost (:class:`~wmplan.platform.costs.ProprioCost`); the weight is 0 unless a run sets it.
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ from torch import Tensor, nn
 
 from wmplan.platform.models.mlp import mlp_layers, set_buffers
 from wmplan.platform.models.state_model import PackedActionConfig
-from wmplan.platform.models.visual import frames_to_tensor
+from wmplan.platform.models.visual import append_proprio, check_proprio_weight, frames_to_tensor
 from wmplan.platform.options import require
 
 __all__ = ["JepaModelConfig", "JepaWorldModel", "KeypointEncoder", "sigreg", "random_directions", "build_jepa_model"]
@@ -75,9 +82,14 @@ class JepaModelConfig(PackedActionConfig):
     packed model action at once)."""
     probe_hidden: int = 256
     """State probe: width of its two hidden layers."""
+    proprio_dim: int = 0
+    """``P``: proprioceptive coordinates of the simulator's state carried beside the latent, as in
+    DINO-WM (the planning state is ``[z, p]``, ``D + P`` numbers, and the predictor predicts both);
+    0: none, the latent alone."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        require(self.proprio_dim >= 0, f"proprio_dim must be >= 0, got {self.proprio_dim}")
         require(8 <= self.frame_size <= 512 and self.frame_size % 4 == 0,
                 f"frame_size must be in [8, 512] and divisible by 4, got {self.frame_size}")
         require(self.channels >= 1 and self.keypoints >= 1, "channels and keypoints must be >= 1")
@@ -164,7 +176,11 @@ class JepaWorldModel(nn.Module):
 
     Buffers (saved in checkpoints): the encoder's ``frame_mean`` and BatchNorm statistics,
     ``action_mean``/``action_std [A]`` (one env action's statistics tiled ``frameskip`` times), and the state probe's output scaling
-    ``state_mean``/``state_std [D_env]``.
+    ``state_mean``/``state_std [D_env]``; with proprio, ``proprio_mean``/``proprio_std [P]``.
+
+    ``state_dim`` is ``D + P`` (``latent_dim + proprio_dim``). ``proprio_weight`` (a plain
+    attribute, not saved: a planning setting, 0 by default) weighs the proprio term of the planning
+    cost; :meth:`set_proprio_weight` sets it.
     """
 
     observation: Literal["pixels"] = "pixels"
@@ -172,6 +188,8 @@ class JepaWorldModel(nn.Module):
     action_std: Tensor
     state_mean: Tensor
     state_std: Tensor
+    proprio_mean: Tensor  # with proprio only
+    proprio_std: Tensor
     action_low: Tensor
     action_high: Tensor
 
@@ -179,7 +197,11 @@ class JepaWorldModel(nn.Module):
         super().__init__()
         self.config = config
         d, a = config.latent_dim, config.action_dim
-        self.state_dim = d
+        n = d + config.proprio_dim  # the planning state: [latent, proprio]
+        self.state_dim = n
+        self.latent_dim = d
+        self.proprio_dim = config.proprio_dim
+        self.proprio_weight = 0.0
         self.action_dim = a
         self.frame_size = config.frame_size
         with torch.random.fork_rng(devices=[], enabled=seed is not None):  # leaves the global generator alone
@@ -188,8 +210,8 @@ class JepaWorldModel(nn.Module):
             self.encoder = KeypointEncoder(frame_size=config.frame_size, channels=config.channels, keypoints=config.keypoints,
                                            projector_hidden=config.projector_hidden, latent_dim=d)
             a_in = a // config.frameskip if config.env_step_predictor else a
-            self.predictor = mlp_layers(d, d, extra_in=a_in, hidden=config.hidden, depth=config.depth)
-            self.probe = mlp_layers(d, config.state_dim, hidden=config.probe_hidden, depth=2)
+            self.predictor = mlp_layers(n, n, extra_in=a_in, hidden=config.hidden, depth=config.depth)
+            self.probe = mlp_layers(n, config.state_dim, hidden=config.probe_hidden, depth=2)
         with torch.no_grad():  # an untrained predictor says "nothing moves"
             for p in self.predictor[-1].parameters():
                 p.zero_()
@@ -197,6 +219,9 @@ class JepaWorldModel(nn.Module):
         self.register_buffer("action_std", torch.ones(a))
         self.register_buffer("state_mean", torch.zeros(config.state_dim))
         self.register_buffer("state_std", torch.ones(config.state_dim))
+        if config.proprio_dim:  # only then: a checkpoint without proprio keeps its tensors
+            self.register_buffer("proprio_mean", torch.zeros(config.proprio_dim))
+            self.register_buffer("proprio_std", torch.ones(config.proprio_dim))
         low, high = config.action_bounds()
         self.register_buffer("action_low", low, persistent=False)
         self.register_buffer("action_high", high, persistent=False)
@@ -205,19 +230,25 @@ class JepaWorldModel(nn.Module):
 
     def embed(self, frames: Tensor | np.ndarray) -> Tensor:
         """Frames ``[..., S, S, 3]`` (uint8 or float in [0, 1]) to latents ``[..., D]``, with gradients
-        and in the encoder's current mode (training uses this; planners use :meth:`encode`)."""
+        and in the encoder's current mode (training uses this; planners use :meth:`encode`). The
+        visual latent only: no proprio."""
         x = frames_to_tensor(frames, device=self.action_mean.device)
         if tuple(x.shape[-3:]) != (self.frame_size, self.frame_size, 3):
             raise ValueError(f"frames must be [..., {self.frame_size}, {self.frame_size}, 3], got {tuple(x.shape)}")
         lead = x.shape[:-3]
         z = self.encoder(x.reshape(-1, *x.shape[-3:]).permute(0, 3, 1, 2))
-        return z.reshape(*lead, self.state_dim)
+        return z.reshape(*lead, self.latent_dim)
 
-    def encode(self, frames: Tensor | np.ndarray, *, batch: int = 1024) -> Tensor:
-        """Frames ``[..., S, S, 3]`` (uint8 RGB, or float in [0, 1]) to latent states ``z [..., D]``.
+    def encode(self, frames: Tensor | np.ndarray, *, batch: int = 1024, proprio: Tensor | np.ndarray | None = None) -> Tensor:
+        """Frames ``[..., S, S, 3]`` (uint8 RGB, or float in [0, 1]) to planning states ``[..., D + P]``.
 
         Runs in chunks of ``batch`` frames on the model's device with the encoder in eval mode
-        (BatchNorm's running statistics); no gradient flows to the encoder.
+        (BatchNorm's running statistics); no gradient flows to the encoder. A model with proprio
+        needs ``proprio [..., P]``, the simulator's own proprioceptive state of each frame
+        (:meth:`wmplan.platform.envs.Env.proprio`, env units), normalised and appended to the latent.
+
+        Raises:
+            ValueError: ``proprio`` missing for a model with proprio, given to one without, or of the wrong shape.
         """
         x = torch.as_tensor(frames)
         if tuple(x.shape[-3:]) != (self.frame_size, self.frame_size, 3):
@@ -231,8 +262,12 @@ class JepaWorldModel(nn.Module):
                 out = [self.embed(flat[i : i + batch]) for i in range(0, len(flat), batch)]
         finally:
             self.encoder.train(was_training)
-        z = torch.cat(out) if out else torch.zeros(0, self.state_dim, device=self.action_mean.device)
-        return z.reshape(*lead, self.state_dim)
+        z = torch.cat(out) if out else torch.zeros(0, self.latent_dim, device=self.action_mean.device)
+        return append_proprio(self, z.reshape(*lead, self.latent_dim), proprio)
+
+    def set_proprio_weight(self, weight: float) -> None:
+        """Set ``proprio_weight``, the weight of the proprio MSE in the planning cost (see :func:`check_proprio_weight`)."""
+        self.proprio_weight = check_proprio_weight(self, weight)
 
     def decode(self, z: Tensor) -> Tensor:
         """The state probe: latents ``[..., D]`` to estimated env states ``[..., D_env]`` (reporting only)."""
@@ -269,7 +304,8 @@ class JepaWorldModel(nn.Module):
 
     def extra_repr(self) -> str:
         c = self.config
-        return (f"env={c.env!r}, keypoints={c.keypoints}, D={c.latent_dim}, hidden={c.hidden}, depth={c.depth}, "
+        proprio = f", P={c.proprio_dim}, proprio_weight={self.proprio_weight:g}" if c.proprio_dim else ""
+        return (f"env={c.env!r}, keypoints={c.keypoints}, D={c.latent_dim}{proprio}, hidden={c.hidden}, depth={c.depth}, "
                 f"parameters={sum(p.numel() for p in self.parameters()):,}")
 
 

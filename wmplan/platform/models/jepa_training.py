@@ -15,6 +15,12 @@ frame is encoded once, and the predictor alone is trained further on those laten
 open-loop unrolls (``predictor_rollout_steps``), which is cheap: no picture is encoded again.
 Last, a small state probe (latents to env states) is fitted for reporting only.
 
+With ``proprio`` (DINO-WM's proprioception), the planning state is ``[z, p]``: ``p`` is the
+proprioceptive part of the data's simulator states (:meth:`wmplan.platform.envs.Env.proprio`),
+normalised by its training mean and standard deviation, and the predictor predicts it too; each
+unroll step's error is then the latent MSE plus the proprio MSE (as DINO-WM's teacher-forced
+visual and proprio losses), and SIGReg looks at the latent only.
+
 Deterministic for a seed on the CPU: the initialisation, the batch order and the SIGReg
 directions come from private generators.
 
@@ -38,7 +44,7 @@ from wmplan.platform.envs import make_env
 from wmplan.platform.errors import ConfigError, unknown_name_error
 from wmplan.platform.models.jepa import JepaModelConfig, JepaWorldModel, random_directions, sigreg
 from wmplan.platform.models.training import STD_FLOOR, TrainConfig, descend, transition_windows
-from wmplan.platform.models.visual import frames_to_tensor
+from wmplan.platform.models.visual import frames_to_tensor, state_mse
 from wmplan.platform.models.visual_training import mean_picture
 from wmplan.platform.options import require
 from wmplan.platform.threads import torch_threads
@@ -88,6 +94,9 @@ class JepaTrainConfig(TrainConfig):
     CEM at H = 5 reached 36% of 50 episodes after 2000 more steps at 5, against 22% at 3)."""
     probe_steps: int = 2000
     """Gradient steps of the state probe (an MLP from latents to env states, for reporting only)."""
+    proprio: bool = False
+    """Carry the simulator's proprioceptive state beside the latent (DINO-WM's ``[visual, proprio]``
+    state, predicted too), so that planning may weigh it (``proprio_weight``); the task must have one."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -126,7 +135,7 @@ def jepa_train_config(preset: str = "cpu", **options: Any) -> JepaTrainConfig:
 
 
 def jepa_loss(model: JepaWorldModel, frames: torch.Tensor, actions: torch.Tensor, directions: torch.Tensor,
-              *, sigreg_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+              *, sigreg_weight: float, proprio: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The training loss of one batch of windows.
 
     Args:
@@ -135,18 +144,22 @@ def jepa_loss(model: JepaWorldModel, frames: torch.Tensor, actions: torch.Tensor
         actions: ``[B, k, A]`` packed env actions between them.
         directions: ``[D, M]`` unit directions of SIGReg.
         sigreg_weight: weight of the anti-collapse term.
+        proprio: ``[B, k+1, P]`` normalised proprio of the frames, for a model with proprio (else None).
 
     Returns:
         ``(loss, prediction, regulariser)``: the total, the mean squared error of the open-loop
         predictions per latent dimension, and the SIGReg statistic.
     """
     z = model.embed(frames)  # [B, k+1, D]
+    if (proprio is None) != (model.proprio_dim == 0):
+        raise ValueError(f"proprio must be given exactly for a model with proprio (proprio_dim {model.proprio_dim})")
+    states = z if proprio is None else torch.cat([z, proprio.to(z.dtype)], dim=-1)  # [B, k+1, D + P]
     k = actions.shape[1]
-    pred = z[:, 0]
+    pred = states[:, 0]
     prediction = torch.zeros((), device=z.device)
     for j in range(k):
         pred = model.step(pred, actions[:, j])
-        prediction = prediction + (pred - z[:, j + 1]).pow(2).mean()
+        prediction = prediction + state_mse(model, pred, states[:, j + 1])
     prediction = prediction / k
     regulariser = sigreg(z.reshape(-1, z.shape[-1]), directions)
     return prediction + sigreg_weight * regulariser, prediction, regulariser
@@ -197,7 +210,7 @@ def fit_predictor(model: JepaWorldModel, z: torch.Tensor, windows: torch.Tensor,
 
     Args:
         model: the model; only its predictor is trained.
-        z: ``[N, D]`` latents of every training frame (eval-mode encoder).
+        z: ``[N, D + P]`` planning states of every training frame (eval-mode encoder, and proprio).
         windows: ``[W, n+1]`` indices into ``z`` of frames one model step apart (``n = predictor_rollout_steps``),
             or one env step apart for an ``env_step_predictor`` (``n = predictor_rollout_steps * frameskip``).
         actions: ``[W, n, A]`` the packed actions between them, or ``[W, n, A / frameskip]`` env actions.
@@ -221,7 +234,7 @@ def fit_predictor(model: JepaWorldModel, z: torch.Tensor, windows: torch.Tensor,
         loss = torch.zeros((), device=device)
         for j in range(n):
             pred = advance(pred, a[:, j])
-            loss = loss + (pred - z_true[:, j + 1]).pow(2).mean()
+            loss = loss + state_mse(model, pred, z_true[:, j + 1])
         return loss / n
 
     model.predictor.requires_grad_(True)
@@ -257,11 +270,11 @@ def train_jepa_model(
         deviation of the training latents: near 0 is a collapse), ``val_mse_before`` (one-step
         MSE of predicting no motion, per latent dimension, val split) and ``val_mse_after`` (the
         model's), ``probe_val_rmse`` (env units per state dimension), ``latent_dim``,
-        ``train_frames``, ``train_windows``, ``total_seconds``.
+        ``train_frames``, ``train_windows``, ``total_seconds``, ``proprio_dim`` (0 without proprio).
 
     Raises:
-        ConfigError: the data set has no frames or no training trajectories, or its trajectories
-            are too short for ``rollout_steps``.
+        ConfigError: the data set has no frames or no training trajectories, its trajectories
+            are too short for ``rollout_steps``, or ``proprio`` is asked of a task without proprio.
     """
     config = config if config is not None else JepaTrainConfig()
     with torch_threads(config.threads):
@@ -284,18 +297,27 @@ def _train(dataset: Dataset, config: JepaTrainConfig, *, progress: Progress | No
         )
     device = torch.device(config.device)
     env = make_env(dataset.env)
+    if config.proprio and not env.has_proprio():
+        raise ConfigError(f"task {dataset.env!r} has no proprioceptive state (its Env sets no proprio_coords): train without proprio")
+    p_dim = env.proprio_dim() if config.proprio else 0
     model_config = JepaModelConfig(
         env=dataset.env, state_dim=int(dataset.meta["state_dim"]), action_dim=f * len(env.action_low), frameskip=f,
         env_action_low=tuple(float(x) for x in env.action_low), env_action_high=tuple(float(x) for x in env.action_high),
         frame_size=int(frames.shape[1]), channels=config.channels, keypoints=config.keypoints,
         projector_hidden=config.projector_hidden, latent_dim=config.latent_dim, hidden=config.hidden, depth=config.depth,
-        env_step_predictor=config.env_step_predictor,
+        env_step_predictor=config.env_step_predictor, proprio_dim=p_dim,
     )
     model = JepaWorldModel(model_config, seed=config.seed).to(device)
     actions = np.concatenate([t.actions for t in train])
     model.set_buffers(action_mean=np.tile(actions.mean(0), f), action_std=np.tile(np.maximum(actions.std(0), STD_FLOOR), f))
     with torch.no_grad():
         model.encoder.frame_mean.copy_(mean_picture(frames, device=device).permute(2, 0, 1))
+    proprio = val_proprio = p_norm = None
+    if p_dim:
+        proprio = np.concatenate([env.proprio(t.states) for t in train])  # [N, P]: one per frame, env units
+        val_proprio = np.concatenate([env.proprio(t.states) for t in val]) if val else None
+        model.set_buffers(proprio_mean=proprio.mean(0), proprio_std=np.maximum(proprio.std(0), STD_FLOOR))
+        p_norm = (torch.as_tensor(proprio, dtype=torch.float32, device=device) - model.proprio_mean) / model.proprio_std
 
     data = torch.as_tensor(frames)  # uint8 on the host; batches move to the device
     idx_t = torch.as_tensor(idx)
@@ -316,7 +338,9 @@ def _train(dataset: Dataset, config: JepaTrainConfig, *, progress: Progress | No
         pos += batch
         x = frames_to_tensor(data[idx_t[rows]], device=device)  # [B, k+1, S, S, 3]
         directions = random_directions(config.latent_dim, config.sigreg_directions, dir_gen).to(device)
-        loss, prediction, regulariser = jepa_loss(model, x, act_t[rows.to(device)], directions, sigreg_weight=config.sigreg_weight)
+        p = None if p_norm is None else p_norm[idx_t[rows].to(device)]  # [B, k+1, P]
+        loss, prediction, regulariser = jepa_loss(model, x, act_t[rows.to(device)], directions, sigreg_weight=config.sigreg_weight,
+                                                  proprio=p)
         if step >= config.steps - tail:
             terms.add_(torch.stack([prediction.detach(), regulariser.detach()]).cpu())
         return loss
@@ -335,8 +359,8 @@ def _train(dataset: Dataset, config: JepaTrainConfig, *, progress: Progress | No
         "train_seconds": seconds, "frames_per_s": config.steps * batch * (k + 1) / seconds if seconds > 0 else math.inf,
         "train_windows": n, "steps": config.steps, "rollout_steps": k,
     }
-    z_train = model.encode(data)  # [N, D]: the frozen encoder's latents, as planners will see them
-    std = z_train.std(0)
+    z_train = model.encode(data, proprio=proprio)  # [N, D + P]: the frozen encoder's latents (and proprio), as planners see them
+    std = z_train[:, : model.latent_dim].std(0)
     metrics.update(latent_std_min=float(std.min()), latent_std_mean=float(std.mean()))
     if config.predictor_steps:
         kp = config.predictor_rollout_steps
@@ -351,7 +375,7 @@ def _train(dataset: Dataset, config: JepaTrainConfig, *, progress: Progress | No
     model.requires_grad_(False)
     metrics["val_mse_before"] = metrics["val_mse_after"] = metrics["probe_val_rmse"] = None
     if val and val_frames is not None:
-        z_val = model.encode(val_frames)
+        z_val = model.encode(val_frames, proprio=val_proprio)
         v_idx, v_actions = _index_windows(val, f, 1)
         if len(v_idx):
             after, before = _one_step_mse(model, z_val[torch.as_tensor(v_idx, device=device)],
@@ -361,5 +385,6 @@ def _train(dataset: Dataset, config: JepaTrainConfig, *, progress: Progress | No
             pred = model.decode(z_val).cpu().numpy()
         states = np.concatenate([t.states for t in val])
         metrics["probe_val_rmse"] = [float(x) for x in np.sqrt(((pred - states) ** 2).mean(0))]
-    metrics.update(latent_dim=model_config.latent_dim, train_frames=len(frames), total_seconds=time.perf_counter() - t_start)
+    metrics.update(latent_dim=model_config.latent_dim, proprio_dim=p_dim, train_frames=len(frames),
+                   total_seconds=time.perf_counter() - t_start)
     return model, metrics

@@ -19,6 +19,13 @@ so the model never sees a state. For
 reporting only, a linear *state probe* fitted on the training latents (``decode``) maps a latent
 back to an estimate of the env state; it gives the in-model success of a plan and the env-unit
 errors of :func:`~wmplan.platform.models.evaluation.evaluate_model`, and never enters planning.
+
+With ``proprio_dim = P > 0`` (``wmplan train --obs pixels --proprio``) the planning state is
+``[z, p]``, as in DINO-WM: ``p`` is the proprioceptive part of the simulator's state
+(:meth:`wmplan.platform.envs.Env.proprio`), normalised, given to ``encode`` beside the frames (the
+episode runner reads it from the simulator, never from the probe), and the predictor predicts the
+next ``p`` too. Planning adds ``proprio_weight`` x the MSE of ``p`` to the latent MSE
+(:class:`~wmplan.platform.costs.ProprioCost`); the weight is 0 unless a run sets it.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -47,7 +54,11 @@ from wmplan.platform.world_model import is_observation_model, rollout
 __all__ = [
     "VisualModelConfig", "VisualWorldModel", "ConvEncoder", "ConvDecoder", "load_user_encoder",
     "is_pixel_model", "render_states", "frames_to_tensor", "write_png", "prediction_strip",
+    "append_proprio", "check_proprio_weight", "proprio_inputs", "state_mse", "PROPRIO_SETTING",
 ]
+
+PROPRIO_SETTING = "proprio_weight"
+"""The name of the run setting (and loader keyword) that weighs the proprio term of the planning cost."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,9 +86,14 @@ class VisualModelConfig(PackedActionConfig):
     """Predictor: number of hidden layers (>= 1)."""
     probe_hidden: int = 256
     """State probe: width of its two hidden layers."""
+    proprio_dim: int = 0
+    """``P``: proprioceptive coordinates of the simulator's state carried beside the latent, as in
+    DINO-WM (the planning state is ``[z, p]``, ``D + P`` numbers, and the predictor predicts both);
+    0: none, the latent alone."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        require(self.proprio_dim >= 0, f"proprio_dim must be >= 0, got {self.proprio_dim}")
         require(8 <= self.frame_size <= 512, f"frame_size must be in [8, 512], got {self.frame_size}")
         if self.encoder == "builtin":
             require(self.frame_size % 8 == 0, f"the built-in encoder needs frame_size divisible by 8, got {self.frame_size}")
@@ -197,7 +213,10 @@ class VisualWorldModel(nn.Module):
     Buffers (saved in checkpoints): ``latent_mean [D]`` and ``latent_scale`` (a scalar: one scale
     for every feature keeps their relative sizes), ``action_mean``/``action_std [A]``, and the
     state probe's output scaling ``state_mean``/``state_std [D_env]``; the probe itself is a small
-    MLP (``probe``) fitted after the encoder, frozen like everything else.
+    MLP (``probe``) fitted after the encoder, frozen like everything else. With proprio (``P > 0``),
+    ``state_dim`` is ``D + P`` and ``proprio_mean``/``proprio_std [P]`` normalise it; the plain
+    attribute ``proprio_weight`` (a planning setting, 0 by default, not saved) weighs it in the
+    planning cost (:meth:`set_proprio_weight`).
     """
 
     observation: Literal["pixels"] = "pixels"
@@ -207,6 +226,8 @@ class VisualWorldModel(nn.Module):
     action_std: Tensor
     state_mean: Tensor
     state_std: Tensor
+    proprio_mean: Tensor  # with proprio only
+    proprio_std: Tensor
     action_low: Tensor
     action_high: Tensor
 
@@ -214,7 +235,11 @@ class VisualWorldModel(nn.Module):
         super().__init__()
         self.config = config
         d, a = config.latent_dim, config.action_dim
-        self.state_dim = d
+        n = d + config.proprio_dim  # the planning state: [latent, proprio]
+        self.state_dim = n
+        self.latent_dim = d
+        self.proprio_dim = config.proprio_dim
+        self.proprio_weight = 0.0
         self.action_dim = a
         self.frame_size = config.frame_size
         with torch.random.fork_rng(devices=[], enabled=seed is not None):  # leaves the global generator alone
@@ -227,7 +252,7 @@ class VisualWorldModel(nn.Module):
                 self.encoder = encoder if encoder is not None else load_user_encoder(config.encoder)
             self.decoder = ConvDecoder(frame_size=config.frame_size, channels=config.channels,
                                        latent_channels=config.latent_channels) if config.decoder else None
-            self.predictor = mlp_layers(d, d, extra_in=a, hidden=config.hidden, depth=config.depth)
+            self.predictor = mlp_layers(n, n, extra_in=a, hidden=config.hidden, depth=config.depth)
         _zero_(self.predictor[-1])  # an untrained predictor says "nothing moves"
         self.register_buffer("latent_mean", torch.zeros(d))
         self.register_buffer("latent_scale", torch.ones(()))
@@ -236,9 +261,12 @@ class VisualWorldModel(nn.Module):
         with torch.random.fork_rng(devices=[], enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed + 1)
-            self.probe = mlp_layers(d, config.state_dim, hidden=config.probe_hidden, depth=2)
+            self.probe = mlp_layers(n, config.state_dim, hidden=config.probe_hidden, depth=2)
         self.register_buffer("state_mean", torch.zeros(config.state_dim))
         self.register_buffer("state_std", torch.ones(config.state_dim))
+        if config.proprio_dim:  # only then: a checkpoint without proprio keeps its tensors
+            self.register_buffer("proprio_mean", torch.zeros(config.proprio_dim))
+            self.register_buffer("proprio_std", torch.ones(config.proprio_dim))
         low, high = config.action_bounds()
         self.register_buffer("action_low", low, persistent=False)
         self.register_buffer("action_high", high, persistent=False)
@@ -254,8 +282,8 @@ class VisualWorldModel(nn.Module):
         e = self.encoder(x.reshape(-1, *x.shape[-3:]).permute(0, 3, 1, 2))
         return e.reshape(*lead, -1)
 
-    def encode(self, frames: Tensor | np.ndarray, *, batch: int = 1024) -> Tensor:
-        """Frames ``[..., S, S, 3]`` (uint8 RGB, or float in [0, 1]) to latent states ``z [..., D]``.
+    def encode_latent(self, frames: Tensor | np.ndarray, *, batch: int = 1024) -> Tensor:
+        """Frames ``[..., S, S, 3]`` (uint8 RGB, or float in [0, 1]) to visual latents ``z [..., D]`` (no proprio).
 
         Runs in chunks of ``batch`` frames on the model's device; no gradient flows to the encoder.
         """
@@ -264,17 +292,34 @@ class VisualWorldModel(nn.Module):
         flat = x.reshape(-1, *x.shape[-3:])
         with torch.no_grad():
             out = torch.cat([self.features(flat[i : i + batch]) for i in range(0, len(flat), batch)]) if len(flat) else \
-                torch.zeros(0, self.state_dim, device=x.device)
-        return ((out - self.latent_mean) / self.latent_scale).reshape(*lead, self.state_dim)
+                torch.zeros(0, self.latent_dim, device=x.device)
+        return ((out - self.latent_mean) / self.latent_scale).reshape(*lead, self.latent_dim)
+
+    def encode(self, frames: Tensor | np.ndarray, *, batch: int = 1024, proprio: Tensor | np.ndarray | None = None) -> Tensor:
+        """Frames ``[..., S, S, 3]`` (uint8 RGB, or float in [0, 1]) to planning states ``[..., D + P]``.
+
+        The visual latent (:meth:`encode_latent`); a model with proprio needs ``proprio [..., P]``,
+        the simulator's own proprioceptive state of each frame (env units), normalised and appended.
+
+        Raises:
+            ValueError: ``proprio`` missing for a model with proprio, given to one without, or of the wrong shape.
+        """
+        return append_proprio(self, self.encode_latent(frames, batch=batch), proprio)
+
+    def set_proprio_weight(self, weight: float) -> None:
+        """Set ``proprio_weight``, the weight of the proprio MSE in the planning cost (see :func:`check_proprio_weight`)."""
+        self.proprio_weight = check_proprio_weight(self, weight)
 
     def decode(self, z: Tensor) -> Tensor:
         """The state probe: latents ``[..., D]`` to estimated env states ``[..., D_env]`` (reporting only)."""
         return self.state_mean.to(z.dtype) + self.state_std.to(z.dtype) * self.probe(z)
 
     def reconstruct(self, z: Tensor) -> Tensor:
-        """Pictures of latents: ``[..., D]`` to frames ``[..., S, S, 3]`` in [0, 1] (needs the decoder)."""
+        """Pictures of latents: ``[..., D]`` (or planning states ``[..., D + P]``, whose proprio is
+        not drawn) to frames ``[..., S, S, 3]`` in [0, 1] (needs the decoder)."""
         if self.decoder is None:
             raise ValueError("this visual model has no decoder (trained with a user encoder or decoder: false)")
+        z = z[..., : self.latent_dim]
         lead = z.shape[:-1]
         e = (z * self.latent_scale + self.latent_mean).reshape(-1, *self.config.latent_shape)
         return self.decoder(e).clamp(0, 1).permute(0, 2, 3, 1).reshape(*lead, self.frame_size, self.frame_size, 3)
@@ -295,7 +340,9 @@ class VisualWorldModel(nn.Module):
 
     def extra_repr(self) -> str:
         c = self.config
-        return f"env={c.env!r}, encoder={c.encoder!r}, latent={list(c.latent_shape)} (D={c.latent_dim}), hidden={c.hidden}, depth={c.depth}"
+        proprio = f", P={c.proprio_dim}, proprio_weight={self.proprio_weight:g}" if c.proprio_dim else ""
+        return (f"env={c.env!r}, encoder={c.encoder!r}, latent={list(c.latent_shape)} (D={c.latent_dim}){proprio}, "
+                f"hidden={c.hidden}, depth={c.depth}")
 
 
 def build_visual_model(config: VisualModelConfig) -> VisualWorldModel:
@@ -304,6 +351,76 @@ def build_visual_model(config: VisualModelConfig) -> VisualWorldModel:
 
 
 # -- observations ------------------------------------------------------------------------------------
+
+
+def append_proprio(model: nn.Module, z: Tensor, proprio: Tensor | np.ndarray | None) -> Tensor:
+    """The planning state of a model of pictures: latents ``z [..., D]`` with the normalised proprio appended.
+
+    For a model whose ``proprio_dim`` is ``P > 0`` (buffers ``proprio_mean``/``proprio_std [P]``),
+    ``proprio [..., P]`` (env units: the simulator's own, :meth:`wmplan.platform.envs.Env.proprio`)
+    is normalised and appended: ``[..., D + P]``. For a model without proprio, ``z`` itself.
+
+    Raises:
+        ValueError: ``proprio`` missing for a model with proprio, given to one without, or not ``[..., P]``.
+    """
+    p_dim = int(getattr(model, "proprio_dim", 0))
+    name = type(model).__name__
+    if p_dim == 0:
+        if proprio is not None:
+            raise ValueError(f"this {name} was trained without proprio: encode frames only (no proprio)")
+        return z
+    if proprio is None:
+        raise ValueError(f"this {name} plans on [latent, proprio] ({p_dim} proprio values): give proprio [..., {p_dim}], "
+                         "the simulator's own proprioceptive state of each frame (Env.proprio(states))")
+    mean, std = cast(Tensor, model.proprio_mean), cast(Tensor, model.proprio_std)
+    p = torch.as_tensor(proprio).to(device=mean.device, dtype=mean.dtype)
+    if tuple(p.shape) != (*z.shape[:-1], p_dim):
+        raise ValueError(f"proprio must be [..., {p_dim}] with the frames' leading shape {tuple(z.shape[:-1])}, got {tuple(p.shape)}")
+    return torch.cat([z, ((p - mean) / std).to(z.dtype)], dim=-1)
+
+
+def state_mse(model: nn.Module, pred: Tensor, target: Tensor) -> Tensor:
+    """The training error of predicted planning states ``[..., D + P]`` against ``target``: the MSE
+    over all values for a model without proprio; with proprio (``P = model.proprio_dim > 0``), the
+    latent MSE plus the proprio MSE, each a mean over its own values (DINO-WM's visual and proprio
+    losses), so that ``P`` proprio values are not outweighed by ``D`` latent ones."""
+    p_dim = int(getattr(model, "proprio_dim", 0))
+    if p_dim == 0:
+        return (pred - target).pow(2).mean()
+    d = pred.shape[-1] - p_dim
+    return (pred[..., :d] - target[..., :d]).pow(2).mean() + (pred[..., d:] - target[..., d:]).pow(2).mean()
+
+
+def check_proprio_weight(model: object, weight: float) -> float:
+    """``weight`` as a float if ``model`` may plan with it: finite and >= 0, and 0 for a model without proprio.
+
+    Raises:
+        ConfigError: a negative or non-finite weight, or a nonzero one for a model trained without proprio.
+    """
+    w = float(weight)
+    if not math.isfinite(w) or w < 0:
+        raise ConfigError(f"{PROPRIO_SETTING} must be finite and >= 0, got {weight!r}")
+    if w != 0 and int(getattr(model, "proprio_dim", 0)) == 0:
+        raise ConfigError(
+            f"{PROPRIO_SETTING}={w:g} needs a model trained with proprio ('wmplan train --obs pixels --proprio'), but this "
+            f"{type(model).__name__} was trained without it (proprio_dim 0); set {PROPRIO_SETTING}=0 or retrain"
+        )
+    return w
+
+
+def proprio_inputs(model: object, env: Any, states: np.ndarray) -> dict[str, Any]:
+    """The keywords of ``model.encode`` beside the frames of env ``states [..., D_env]``:
+    ``{'proprio': env.proprio(states)}`` for a model that carries proprio (read from the
+    simulator's state, never estimated), else none.
+
+    Raises:
+        ValueError: the model carries proprio and no task (``env`` None) is known to read it from.
+    """
+    if int(getattr(model, "proprio_dim", 0)) == 0:
+        return {}
+    if env is None:
+        raise ValueError(f"this {type(model).__name__} carries proprio, read from the simulator's state: give its task")
+    return {"proprio": env.proprio(states)}
 
 
 def is_pixel_model(model: object) -> bool:
@@ -367,15 +484,16 @@ def prediction_strip(model: VisualWorldModel, trajectories: list[Any], *, k: int
     pair: the recorded frames at model steps ``0..k`` (top) and the decoder's pictures of the
     model's open-loop prediction from the first frame under the recorded actions (bottom).
     """
-    from wmplan.platform.envs import pack_actions
+    from wmplan.platform.envs import make_env, pack_actions
 
+    env = make_env(model.config.env) if model.proprio_dim else None  # the proprio of a model that carries it
     rows = []
     for traj in [t for t in trajectories if len(t.actions) >= k * frameskip][:count]:
         real = traj.frames[: k * frameskip + 1 : frameskip]  # [k+1, S, S, 3]
         actions = torch.tensor(pack_actions(traj.actions[: k * frameskip], frameskip), dtype=torch.float32,
                                   device=model.latent_mean.device)
         with torch.no_grad():
-            z = rollout(model, model.encode(real[:1]), actions[None])[0]  # [k+1, D]
+            z = rollout(model, model.encode(real[:1], **proprio_inputs(model, env, traj.states[:1])), actions[None])[0]  # [k+1, D]
             pred = model.reconstruct(z).clamp(0, 1).mul(255).round().to(torch.uint8).cpu().numpy()
         rows += [np.concatenate(list(real), axis=1), np.concatenate(list(pred), axis=1)]
     if not rows:

@@ -15,6 +15,12 @@ Three stages, each deterministic for a seed on the CPU:
 3. **Predictor**: the residual MLP learns ``z_t -> z_{t+frameskip}`` by open-loop unrolls of
    ``rollout_steps`` model steps in the normalised latent space, with the same loop as the state
    models (:func:`~wmplan.platform.models.training.fit_rollouts`).
+
+With ``proprio``, the planning state is ``[z, p]`` (DINO-WM's visual and proprio state): ``p`` is
+the proprioceptive part of the data's simulator states (:meth:`wmplan.platform.envs.Env.proprio`),
+normalised by its training statistics; the probe reads ``[z, p]``, and the predictor predicts both,
+each unroll step's error the latent MSE plus the proprio MSE
+(:func:`~wmplan.platform.models.visual.state_mse`).
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ from wmplan.platform.models.visual import (
     frames_to_tensor,
     load_encoder_weights,
     load_user_encoder,
+    proprio_inputs,
+    state_mse,
 )
 from wmplan.platform.options import require
 from wmplan.platform.threads import torch_threads
@@ -86,6 +94,9 @@ class VisualTrainConfig(TrainConfig):
     """A user encoder's weights: a safetensors file on the user's disk."""
     probe_steps: int = 3000
     """Gradient steps of the state probe (an MLP from latents to env states, for reporting only)."""
+    proprio: bool = False
+    """Carry the simulator's proprioceptive state beside the latent (DINO-WM's ``[visual, proprio]``
+    state, predicted too), so that planning may weigh it (``proprio_weight``); the task must have one."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -109,9 +120,11 @@ def _frames_of(trajectories: list[Trajectory], dataset: Dataset) -> np.ndarray:
     return np.concatenate([t.frames for t in trajectories])
 
 
-def encode_trajectories(model: VisualWorldModel, trajectories: list[Trajectory], *, batch: int = 512) -> list[np.ndarray]:
-    """Latents ``[T+1, D]`` (float32) of every trajectory's frames, encoded in batches on the model's device."""
-    return [model.encode(t.frames, batch=batch).cpu().numpy() for t in trajectories]  # type: ignore[arg-type]  # frames: checked by _frames_of
+def encode_trajectories(model: VisualWorldModel, trajectories: list[Trajectory], *, batch: int = 512, env: Any = None) -> list[np.ndarray]:
+    """Planning states ``[T+1, D + P]`` (float32) of every trajectory's frames, encoded in batches on the
+    model's device; a model with proprio reads it from the recorded states with ``env``'s :meth:`~wmplan.platform.envs.Env.proprio`."""
+    return [model.encode(t.frames, batch=batch, **proprio_inputs(model, env, t.states)).cpu().numpy()  # type: ignore[arg-type]
+            for t in trajectories]  # frames: checked by _frames_of
 
 
 def train_autoencoder(model: VisualWorldModel, frames: np.ndarray, config: VisualTrainConfig,
@@ -172,7 +185,7 @@ def _reconstruction_mse(model: VisualWorldModel, frames: np.ndarray, batch: int 
     with torch.no_grad():
         for lo in range(0, len(frames), batch):
             x = frames_to_tensor(frames[lo : lo + batch], device=model.latent_mean.device)
-            total += (model.reconstruct(model.encode(x)) - x).pow(2).mean().item() * len(x)
+            total += (model.reconstruct(model.encode_latent(x)) - x).pow(2).mean().item() * len(x)
             baseline += (mean - x).pow(2).mean().item() * len(x)
     return total / len(frames), baseline / len(frames)
 
@@ -242,10 +255,12 @@ def _train_visual_model(dataset: Dataset, config: VisualTrainConfig, *,
     size = int(train_frames.shape[1])
     device = torch.device(config.device)
     env = make_env(dataset.env)
+    if config.proprio and not env.has_proprio():
+        raise ConfigError(f"task {dataset.env!r} has no proprioceptive state (its Env sets no proprio_coords): train without proprio")
     model_config_of = functools.partial(  # the config's fields shared by both encoders
         VisualModelConfig, env=dataset.env, state_dim=int(dataset.meta["state_dim"]), action_dim=f * len(env.action_low), frameskip=f,
         env_action_low=tuple(float(x) for x in env.action_low), env_action_high=tuple(float(x) for x in env.action_high),
-        frame_size=size, hidden=config.hidden, depth=config.depth,
+        frame_size=size, hidden=config.hidden, depth=config.depth, proprio_dim=env.proprio_dim() if config.proprio else 0,
     )
     metrics: dict[str, Any] = {}
     if config.encoder == "builtin":
@@ -275,8 +290,11 @@ def _train_visual_model(dataset: Dataset, config: VisualTrainConfig, *,
     actions = np.concatenate([t.actions for t in train])
     model.set_buffers(latent_mean=mean, latent_scale=scale,
                       action_mean=np.tile(actions.mean(0), f), action_std=np.tile(np.maximum(actions.std(0), STD_FLOOR), f))
-    z_train = encode_trajectories(model, train)
-    z_val = encode_trajectories(model, val) if val else []
+    if model.proprio_dim:
+        proprio = np.concatenate([env.proprio(t.states) for t in train])
+        model.set_buffers(proprio_mean=proprio.mean(0), proprio_std=np.maximum(proprio.std(0), STD_FLOOR))
+    z_train = encode_trajectories(model, train, env=env)
+    z_val = encode_trajectories(model, val, env=env) if val else []
     metrics.update(fit_probe(model, np.concatenate(z_train), np.concatenate([t.states for t in train]), config, progress=progress))
     if val:
         with torch.no_grad():
@@ -303,13 +321,48 @@ def _train_visual_model(dataset: Dataset, config: VisualTrainConfig, *,
         v_z_t, v_a_t = tensor(v_z), tensor(v_a)
     metrics["val_mse_before"] = one_step_mse(model, v_z_t, v_a_t) if val else None
     model.predictor.requires_grad_(True)
-    metrics.update(fit_rollouts(model, z_all, a_all, config, progress=(lambda s, n, loss: progress("predictor", s, n, loss)) if progress else None))
+    fit = fit_rollouts if not model.proprio_dim else _fit_proprio_rollouts
+    metrics.update(fit(model, z_all, a_all, config, progress=(lambda s, n, loss: progress("predictor", s, n, loss)) if progress else None))
     model.eval()
     model.requires_grad_(False)
     metrics["val_mse_after"] = one_step_mse(model, v_z_t, v_a_t) if val else None
-    metrics.update(latent_dim=model_config.latent_dim, latent_shape=list(model_config.latent_shape),
+    metrics.update(latent_dim=model_config.latent_dim, latent_shape=list(model_config.latent_shape), proprio_dim=model.proprio_dim,
                    train_frames=len(train_frames), total_seconds=time.perf_counter() - t_start)
     return model, metrics
+
+
+def _fit_proprio_rollouts(model: VisualWorldModel, z_all: torch.Tensor, a_all: torch.Tensor, config: VisualTrainConfig, *,
+                          progress: Callable[[int, int, float], None] | None = None) -> dict[str, Any]:
+    """Stage 3 for a model with proprio: open-loop unrolls of windows ``z_all [N, k+1, D + P]`` under
+    ``a_all [N, k, A]``, each step's error :func:`~wmplan.platform.models.visual.state_mse` (latent
+    MSE plus proprio MSE); the batch order as :func:`~wmplan.platform.models.training.fit_rollouts`'s."""
+    device = z_all.device
+    k, n = a_all.shape[1], len(z_all)
+    gen = torch.Generator().manual_seed(config.seed + 1)
+    batch = min(config.batch_size, n)
+    perm, pos = torch.randperm(n, generator=gen), 0
+
+    def batch_loss(step: int) -> torch.Tensor:
+        nonlocal perm, pos
+        if pos + batch > n:
+            perm, pos = torch.randperm(n, generator=gen), 0
+        idx = perm[pos : pos + batch].to(device)
+        pos += batch
+        z_true, a = z_all[idx], a_all[idx]
+        z = z_true[:, 0]
+        loss = torch.zeros((), device=device)
+        for j in range(k):
+            z = model.step(z, a[:, j])
+            loss = loss + state_mse(model, z, z_true[:, j + 1])
+        return loss / k
+
+    model.train()
+    first, last, seconds = descend([p for p in model.parameters() if p.requires_grad], batch_loss, steps=config.steps, lr=config.lr,
+                                   weight_decay=config.weight_decay, grad_clip=config.grad_clip, schedule=config.lr_schedule,
+                                   device=device, progress=progress)
+    model.eval()
+    return {"train_loss": last, "train_loss_first": first, "train_seconds": seconds, "train_windows": n, "steps": config.steps,
+            "rollout_steps": k}
 
 
 def _without_decoder(model: VisualWorldModel) -> VisualWorldModel:
