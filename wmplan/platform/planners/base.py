@@ -16,6 +16,13 @@ initial guess; the final rollout that :meth:`Planner.plan` makes to report ``sta
 is the same ``H`` forward transitions for every planner and no part of the search).
 :meth:`Planner.transitions` predicts the count of a call from the options alone.
 
+Speed options (:class:`PlannerOptions`): ``compile`` runs each iteration's model work through
+:func:`torch.compile` with fixed shapes (GD, GRASP and LatCo compile the whole iteration's loss,
+forward and backward, as one graph, replayed as a CUDA graph on a GPU; every other model call
+compiles the model's step); ``precision='bfloat16'`` evaluates the world model under bf16
+autocast. Nothing inside a planner's iteration loop waits for the device: failures are kept as a
+device mask, and snapshot times are CUDA events read after the loop.
+
 Batch semantics: ``B`` planning problems are solved at once; each problem's loss enters the total
 as a sum (never a mean over problems) and no operation mixes problems, so a problem's plan does
 not depend on which other problems share its batch, and a problem whose model output turns NaN or
@@ -31,7 +38,7 @@ import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, TypeVar, cast
+from typing import Any, ClassVar, Generic, Literal, TypeVar, cast
 
 import torch
 from torch import Tensor
@@ -41,8 +48,11 @@ from wmplan.platform.world_model import CostModel, WorldModel, check_world_model
 
 __all__ = [
     "PlannerOptions", "PlanTrace", "PlanResult", "Planner", "Problem", "Optimized", "CountedModel", "rollout",
-    "terminal_cost", "randn",
+    "terminal_cost", "randn", "model_step", "planning_cost", "shooting_terms", "Compiled",
 ]
+
+Precision = Literal["float32", "bfloat16"]
+"""The precision a planner evaluates the world model in."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,10 +63,23 @@ class PlannerOptions:
     """Planning horizon H, in model steps (one model step may pack several environment steps)."""
     iterations: int = 100
     """Number of optimisation iterations (a fixed budget: no early stopping)."""
+    compile: bool = False
+    """Run each iteration's model work through torch.compile, fixed shapes, one graph (mode
+    'reduce-overhead', i.e. CUDA graphs, on a GPU; 'default' elsewhere). GD, GRASP and LatCo compile
+    the iteration's whole loss, forward and backward; other model calls compile the model's step.
+    The first call per shape compiles (seconds to minutes); a model whose step does not compile to
+    one graph stops the plan with an error naming this option. Plans match the default path up to
+    float rounding."""
+    precision: Precision = "float32"
+    """'bfloat16': evaluate the world model under bf16 autocast during the search (its matmuls in
+    bf16, its outputs returned in float32), for large latents; the planner's variables, its costs
+    and the reported rollout stay float32."""
 
     def __post_init__(self) -> None:
         require(self.horizon >= 1, f"horizon must be >= 1, got {self.horizon}")
         require(self.iterations >= 1, f"iterations must be >= 1, got {self.iterations}")
+        require(isinstance(self.compile, bool), f"compile must be True or False, got {self.compile!r}")
+        require(self.precision in ("float32", "bfloat16"), f"precision must be 'float32' or 'bfloat16', got {self.precision!r}")
 
 
 @dataclass(frozen=True)
@@ -129,6 +152,73 @@ def terminal_cost(final_state: Tensor, goal: Tensor) -> Tensor:
     return (final_state - goal).pow(2).mean(-1)
 
 
+def model_step(model: WorldModel, state: Tensor, action: Tensor, bf16: bool = False) -> Tensor:
+    """``model.step(state, action)``; with ``bf16``, under bf16 autocast, the output returned in the state's dtype."""
+    if not bf16:
+        return model.step(state, action)
+    with torch.autocast(state.device.type, dtype=torch.bfloat16):
+        out = model.step(state, action)
+    return out.to(state.dtype)
+
+
+def planning_cost(model: WorldModel | None, states: Tensor, goal: Tensor) -> Tensor:
+    """The planning cost of ``states [B, ..., D]`` for ``goal`` (broadcastable to them): ``model.cost(states,
+    goal expanded)`` for a model given here (one with its own cost), else :func:`terminal_cost`; ``[B, ...]``.
+
+    Raises:
+        ValueError: the model's cost does not return one value per state.
+    """
+    if model is None:
+        return terminal_cost(states, goal)
+    value = cast(CostModel, model).cost(states, goal.expand_as(states))
+    if not isinstance(value, Tensor) or tuple(value.shape) != tuple(states.shape[:-1]):
+        got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        raise ValueError(f"{type(model).__name__}.cost must return one value per state, shape {tuple(states.shape[:-1])}, got {got}")
+    return value
+
+
+@functools.cache
+def _compile(fn: Callable[..., Any], mode: str) -> Callable[..., Any]:
+    # One compiled wrapper per function and mode: torch's compile cache is keyed on the function, so
+    # a new plan() call with the same shapes and model reuses the compiled graphs.
+    return torch.compile(fn, fullgraph=True, dynamic=False, mode=mode)
+
+
+class Compiled:
+    """``fn`` through :func:`torch.compile` (one graph, fixed shapes), for one :meth:`Planner.plan` call.
+
+    ``fn`` must be a module-level function whose arguments are tensors, the (uncounted) model and
+    plain values, so that compiled graphs are reused across calls. With ``graphs`` on a CUDA device
+    the mode is 'reduce-overhead' (the graph is replayed as a CUDA graph; each call starts a new
+    step, so outputs of the previous call must be consumed by then), else 'default'. The first call
+    compiles; if that fails, a RuntimeError names the planner option ``compile``.
+    """
+
+    def __init__(self, fn: Callable[..., Any], *, device: torch.device, graphs: bool = True) -> None:
+        self.cuda_graphs = graphs and device.type == "cuda"
+        self.fn = _compile(fn, "reduce-overhead" if self.cuda_graphs else "default")
+        self.name = fn.__name__
+        self.checked = False
+
+    def __call__(self, *args: Any) -> Any:
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        if self.checked:
+            return self.fn(*args)
+        try:
+            out = self.fn(*args)
+        except Exception as exc:
+            model = next((type(a).__name__ for a in args if hasattr(a, "step")), "the model")
+            raise RuntimeError(
+                f"planner option compile=True: torch.compile could not compile {self.name} with {model} "
+                f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); "
+                "plan with compile=False, or make the model's step compile to one graph "
+                "(no Python branching on tensor values, no calls torch cannot trace)"
+            ) from exc
+        self.checked = True
+        return out
+
+
 class CountedModel:
     """A world model that counts the transitions evaluated through it, for ``batch`` problems.
 
@@ -137,14 +227,23 @@ class CountedModel:
     each time a gradient flows back through it. Everything else (``action_low``, ``cost``,
     ``encode``, ...) is the wrapped model's.
 
+    Work evaluated past :meth:`step` (a planner's compiled iteration calls the inner model
+    directly) is added with :meth:`count`.
+
     Args:
         model: the world model to count.
         batch: ``B``, the problems that share the calls (the counts per problem divide by it).
+        bf16: evaluate the model under bf16 autocast (:func:`model_step`).
+        compiled: device to compile the model's step for (:class:`Compiled`, without CUDA graphs);
+            None evaluates it eagerly.
     """
 
-    def __init__(self, model: WorldModel, *, batch: int) -> None:
+    def __init__(self, model: WorldModel, *, batch: int, bf16: bool = False, compiled: torch.device | None = None) -> None:
         self.inner = model
         """The wrapped model."""
+        self.bf16 = bf16
+        """Whether the model is evaluated under bf16 autocast."""
+        self._step: Callable[..., Tensor] = model_step if compiled is None else Compiled(model_step, device=compiled, graphs=False)
         self.batch = batch
         self.state_dim = model.state_dim
         self.action_dim = model.action_dim
@@ -163,12 +262,17 @@ class CountedModel:
 
     def step(self, state: Tensor, action: Tensor) -> Tensor:
         """The wrapped model's step, counted."""
-        out = self.inner.step(state, action)
+        out = self._step(self.inner, state, action, self.bf16)
         n = torch.broadcast_shapes(state.shape[:-1], action.shape[:-1]).numel()
         self.forward_total += n
         if isinstance(out, Tensor) and out.requires_grad:
             out.register_hook(functools.partial(self._backward, n))
         return out
+
+    def count(self, *, forward: int, backward: int) -> None:
+        """Add transitions over all problems that were evaluated past :meth:`step`."""
+        self.forward_total += forward
+        self.backward_total += backward
 
     def _backward(self, n: int, grad: Tensor) -> None:
         self.backward_total += n
@@ -197,11 +301,17 @@ class Problem:
         goal: ``[B, D]`` goal states.
         horizon: ``H`` model steps.
         clock_start: the :func:`time.perf_counter` reading snapshot times count from (None: now).
+        bf16: evaluate the model under bf16 autocast (the option ``precision='bfloat16'``).
+        compile: compile the model's work (the option ``compile``): :meth:`shooting` as one graph,
+            every other model call's step.
     """
 
-    def __init__(self, model: WorldModel, start: Tensor, goal: Tensor, horizon: int, *, clock_start: float | None = None) -> None:
+    def __init__(self, model: WorldModel, start: Tensor, goal: Tensor, horizon: int, *, clock_start: float | None = None,
+                 bf16: bool = False, compile: bool = False) -> None:
         self.batch, self.state_dim = start.shape
-        self.model = CountedModel(model, batch=self.batch)
+        self.compile = compile
+        """Whether the planner's model work is compiled (planners compile their own iteration with :class:`Compiled`)."""
+        self.model = CountedModel(model, batch=self.batch, bf16=bf16, compiled=start.device if compile else None)
         """The model, counting the transitions evaluated through it."""
         self.model_cost: Callable[[Tensor, Tensor], Tensor] | None = model.cost if isinstance(model, CostModel) else None
         """The model's own planning cost, or None (terminal MSE)."""
@@ -219,6 +329,14 @@ class Problem:
         self.snapshot_seconds: dict[int, float] = {}
         self.snapshot_transitions: dict[int, int] = {}
         self.clock_start = time.perf_counter() if clock_start is None else clock_start
+        # On CUDA a snapshot's time is an event on the stream, read after the loop (no host sync inside it).
+        self._clock_events: dict[int, torch.cuda.Event] = {}
+        self._clock_zero: tuple[float, torch.cuda.Event] | None = None
+        if start.device.type == "cuda":
+            zero = torch.cuda.Event(enable_timing=True)
+            zero.record()
+            self._clock_zero = (time.perf_counter() - self.clock_start, zero)
+        self._shooting = Compiled(shooting_terms, device=start.device) if compile else shooting_terms
 
     @property
     def transitions(self) -> int:
@@ -257,6 +375,11 @@ class Problem:
         with torch.no_grad():
             return rollout(self.model, self.start, self.to_action(init_u))[:, 1:]
 
+    @property
+    def cost_model(self) -> WorldModel | None:
+        """The (uncounted) model when it has its own planning cost, else None: the first argument of :func:`planning_cost`."""
+        return None if self.model_cost is None else self.model.inner
+
     def cost(self, states: Tensor, goal: Tensor) -> Tensor:
         """The planning cost of ``states [B, ..., D]`` for ``goal`` (``[B, ..., D]``, or broadcastable to it).
 
@@ -267,21 +390,28 @@ class Problem:
         Raises:
             ValueError: the model's cost does not return one value per state.
         """
-        if self.model_cost is None:
-            return terminal_cost(states, goal)
-        value = self.model_cost(states, goal.expand_as(states))
-        if not isinstance(value, Tensor) or tuple(value.shape) != tuple(states.shape[:-1]):
-            got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-            raise ValueError(
-                f"{type(self.model.inner).__name__}.cost must return one value per state, shape {tuple(states.shape[:-1])}, got {got}"
-            )
-        return value
+        return planning_cost(self.cost_model, states, goal)
 
     def final_states(self, u: Tensor) -> Tensor:
         """The model's final states ``[B, ..., D]`` after rolling out unit actions ``u [B, ..., H, A]`` from the starts."""
         extra = u.ndim - 3
-        start = self.start.view(self.batch, *([1] * extra), self.state_dim).expand(*u.shape[:-2], self.state_dim)
-        return rollout(self.model, start, self.to_action(u))[..., -1, :]
+        s = self.start.view(self.batch, *([1] * extra), self.state_dim).expand(*u.shape[:-2], self.state_dim)
+        actions = self.to_action(u)
+        for t in range(actions.shape[-2]):  # only the last state is kept: no stack, no zero gradients flowing back into it
+            s = self.model.step(s, actions[..., t, :])
+        return s
+
+    def shooting(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        """``(cost [B], final states [B, D])`` of unit actions ``u [B, H, A]``, for a loss the caller
+        backpropagates once (a GD step, a GRASP sync step): one graph under ``compile``.
+
+        Counted as ``H`` forward and ``H`` backward transitions per problem at the call.
+        """
+        cost, final = self._shooting(self.model.inner, self.start, self.goal, u, self.mid, self.half, self.model.bf16,
+                                     self.model_cost is not None)
+        n = self.batch * u.shape[-2]
+        self.model.count(forward=n, backward=n)
+        return cost, final
 
     def goal_like(self, states: Tensor) -> Tensor:
         """The goals ``[B, 1.., D]`` shaped to broadcast against ``states [B, ..., D]``."""
@@ -304,10 +434,21 @@ class Problem:
         after the last iteration, like GRASP's end options, snapshots the returned plan again)."""
         if iteration in self.snapshot_at:
             self.snapshots[iteration] = u.detach().clamp(-1.0, 1.0).clone()
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            self.snapshot_seconds[iteration] = time.perf_counter() - self.clock_start
+            if self._clock_zero is not None:
+                event = torch.cuda.Event(enable_timing=True)
+                event.record()
+                self._clock_events[iteration] = event
+            else:
+                self.snapshot_seconds[iteration] = time.perf_counter() - self.clock_start
             self.snapshot_transitions[iteration] = self.transitions
+
+    def read_clock(self, limit: float) -> None:
+        """After the loop, with the device synchronised: turn the snapshots' CUDA events into seconds (at most ``limit``)."""
+        if self._clock_zero is None:
+            return
+        offset, zero = self._clock_zero
+        for iteration, event in self._clock_events.items():
+            self.snapshot_seconds[iteration] = min(offset + zero.elapsed_time(event) / 1000.0, limit)
 
     def record_failures(self, loss: Tensor) -> None:
         """Mark the problems whose per-problem ``loss [B]`` is not finite as failed (no host sync)."""
@@ -316,7 +457,8 @@ class Problem:
     def set_grads(self, loss: Tensor, params: list[Tensor]) -> None:
         """Backpropagate ``loss [B]`` into ``params`` (each ``[B, ...]``), zeroing failed problems' gradients.
 
-        Uses ``torch.autograd.grad`` so that nothing accumulates in the model's own parameters.
+        Uses ``torch.autograd.grad`` so that nothing accumulates in the model's own parameters. The
+        failures stay a device mask (no host sync).
         """
         self.record_failures(loss.detach())
         ok = ~self.failed
@@ -326,6 +468,17 @@ class Problem:
                 g = torch.zeros_like(p)
             mask = ok.view(-1, *([1] * (p.ndim - 1)))
             p.grad = torch.where(mask, g, 0.0)
+
+
+def shooting_terms(model: WorldModel, start: Tensor, goal: Tensor, u: Tensor, mid: Tensor, half: Tensor, bf16: bool,
+                   own_cost: bool) -> tuple[Tensor, Tensor]:
+    """``(cost [B], final [B, D])`` of rolling unit actions ``u [B, H, A]`` out of ``model`` (uncounted) from
+    ``start`` for ``goal`` (:meth:`Problem.shooting`; a module-level function, so that it compiles once per shape)."""
+    actions = mid + half * u
+    s = start
+    for t in range(actions.shape[-2]):
+        s = model_step(model, s, actions[..., t, :], bf16)
+    return planning_cost(model if own_cost else None, s, goal), s
 
 
 @dataclass
@@ -435,7 +588,7 @@ class Planner(abc.ABC, Generic[OptionsT]):
         generator.manual_seed(seed)
 
         t0 = time.perf_counter()
-        problem = Problem(model, start, goal, h, clock_start=t0)
+        problem = Problem(model, start, goal, h, clock_start=t0, bf16=self.options.precision == "bfloat16", compile=self.options.compile)
         bad = [i for i in snapshot_iterations if not 1 <= i <= self.options.iterations]
         if bad:
             raise ValueError(f"snapshot_iterations must lie in [1, {self.options.iterations}], got {bad}")
@@ -453,6 +606,7 @@ class Planner(abc.ABC, Generic[OptionsT]):
         if start.device.type == "cuda":
             torch.cuda.synchronize(start.device)
         wall = time.perf_counter() - t0
+        problem.read_clock(wall)
 
         def cpu(x: Tensor | None) -> Tensor | None:
             return None if x is None else x.detach().cpu()

@@ -59,8 +59,7 @@ class GD(Planner[GDOptions]):
         loss_trace = torch.empty(o.iterations, problem.batch, device=problem.device)
         dist_trace = torch.empty_like(loss_trace)
         for i in range(o.iterations):
-            final = problem.final_states(u)
-            cost = problem.cost(final, problem.goal)
+            cost, final = problem.shooting(u)  # one graph under the option compile
             problem.set_grads(cost, [u])
             opt.step()
             with torch.no_grad():

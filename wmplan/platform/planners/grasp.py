@@ -14,7 +14,18 @@ import torch
 from torch import Tensor
 
 from wmplan.platform.options import require
-from wmplan.platform.planners.base import Optimized, Planner, PlannerOptions, Problem, randn, rollout, terminal_cost
+from wmplan.platform.planners.base import (
+    Compiled,
+    Optimized,
+    Planner,
+    PlannerOptions,
+    Problem,
+    model_step,
+    planning_cost,
+    randn,
+    rollout,
+    terminal_cost,
+)
 from wmplan.platform.planners.sampling import SamplingSchedule, refine_by_sampling
 from wmplan.platform.world_model import WorldModel
 
@@ -102,14 +113,52 @@ def lifted_loss(
         default cost, ``sum_t mean_d (F(s_t, a_t) - s_{t+1})^2`` with ``s_H = g``) and
         ``residual`` is the Euclidean norm of ``F(s_t, a_t) - s_{t+1}`` (detached).
     """
+    return _lifted(model.step, start, goal, states, actions, goal_weight=goal_weight, stop_state_grad=stop_state_grad, cost=cost)
+
+
+def _lifted(
+    step: Callable[[Tensor, Tensor], Tensor],
+    start: Tensor,
+    goal: Tensor,
+    states: Tensor,
+    actions: Tensor,
+    *,
+    goal_weight: float,
+    stop_state_grad: bool,
+    cost: Callable[[Tensor, Tensor], Tensor],
+) -> tuple[Tensor, Tensor, Tensor]:
     inputs = torch.cat([start[:, None], states], dim=1)
     if stop_state_grad:
         inputs = inputs.detach()
-    pred = model.step(inputs, actions)
+    pred = step(inputs, actions)
     diff = pred - torch.cat([states, goal[:, None]], dim=1)
     to_goal = cost(pred, goal[:, None])  # [B, H]
     loss = diff[:, :-1].pow(2).mean(-1).sum(-1) + to_goal[:, -1] + goal_weight * to_goal.sum(-1)
     return loss, diff.detach().norm(dim=-1), pred.detach()
+
+
+def lifted_terms(model: WorldModel, start: Tensor, goal: Tensor, states: Tensor, u: Tensor, mid: Tensor, half: Tensor,
+                 goal_weight: float, stop_state_grad: bool, bf16: bool, own_cost: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`lifted_loss` of unit actions ``u [B, H, A]`` (mapped by ``mid + half * u``) on the uncounted
+    ``model``, evaluated as :class:`~wmplan.platform.planners.base.Problem` does (``bf16``, the model's own cost
+    with ``own_cost``): a module-level function, so that GRASP's iteration compiles once per shape."""
+
+    def step(state: Tensor, action: Tensor) -> Tensor:
+        return model_step(model, state, action, bf16)
+
+    def cost(states: Tensor, target: Tensor) -> Tensor:
+        return planning_cost(model if own_cost else None, states, target)
+
+    return _lifted(step, start, goal, states, mid + half * u, goal_weight=goal_weight, stop_state_grad=stop_state_grad, cost=cost)
+
+
+def reset_adam(optimizer: torch.optim.Optimizer) -> None:
+    """Forget an Adam optimizer's moments and step count in place: the same as a new one on the same
+    parameters, without rebuilding it (its state tensors keep their memory)."""
+    for state in optimizer.state.values():
+        for value in state.values():
+            if isinstance(value, Tensor):
+                value.zero_()
 
 
 class GRASP(Planner[GRASPOptions]):
@@ -121,6 +170,8 @@ class GRASP(Planner[GRASPOptions]):
     improves the actions on the full-rollout terminal loss (and, with ``rollout_states``, the
     virtual states are reset to the rollout of the synced actions) and the main optimizer is
     rebuilt. The goal term and the sync phase use the planning cost (:meth:`Problem.cost`).
+    (Rebuilt means reset in place: moments and step counts start again from zero.) Each iteration's
+    lifted loss and each sync step's rollout are one compiled graph under the option ``compile``.
     ``end`` chooses what is returned: the last iterate, the last iterate after a final sync phase,
     or the best synced iterate by full-rollout cost. The snapshot of the last iteration is the
     returned plan; ``trace.synced`` marks the loop's sync phases only (not a final one).
@@ -179,10 +230,10 @@ class GRASP(Planner[GRASPOptions]):
         states.requires_grad_(True)
         u = (problem.zeros() if init_u is None else init_u.clone()).requires_grad_(True)
 
-        def main_optimizer() -> torch.optim.Adam:
-            return torch.optim.Adam([{"params": [states], "lr": o.state_lr}, {"params": [u], "lr": o.action_lr}])
-
-        opt = main_optimizer()
+        opt = torch.optim.Adam([{"params": [states], "lr": o.state_lr}, {"params": [u], "lr": o.action_lr}])
+        sync_opt = torch.optim.Adam([u], lr=o.sync_lr)
+        lifted = Compiled(lifted_terms, device=dev) if problem.compile else lifted_terms
+        own_cost = problem.model_cost is not None
         iters = o.iterations
         loss_trace = torch.empty(iters, b, device=dev)
         dist_trace = torch.empty(iters, b, device=dev)
@@ -212,10 +263,9 @@ class GRASP(Planner[GRASPOptions]):
             best_u.copy_(torch.where(better[:, None, None], u.detach(), best_u))
 
         for i in range(iters):
-            loss, residual, pred = lifted_loss(
-                problem.model, problem.start, problem.goal, states, problem.to_action(u),
-                goal_weight=o.goal_weight, stop_state_grad=o.stop_state_grad, cost=problem.cost,
-            )
+            loss, residual, pred = lifted(problem.model.inner, problem.start, problem.goal, states, u, problem.mid, problem.half,
+                                          o.goal_weight, o.stop_state_grad, problem.model.bf16, own_cost)
+            problem.model.count(forward=b * h, backward=b * h)  # one call over all B x H transitions, and its backward
             problem.set_grads(loss, [states, u])
             opt.step()
             with torch.no_grad():
@@ -227,14 +277,14 @@ class GRASP(Planner[GRASPOptions]):
             dist_trace[i] = (pred[:, -1] - problem.goal).norm(dim=-1)
             residual_trace[i] = residual
             if o.sync_interval > 0 and (i + 1) % o.sync_interval == 0:
-                self._sync(problem, u, generator)
+                self._sync(problem, u, generator, sync_opt)
                 after_sync()
-                opt = main_optimizer()
+                reset_adam(opt)
                 synced[i] = True
             problem.snapshot(i + 1, u)
         final = u.detach()
         if o.end == "sync" and not self._last_synced():
-            self._sync(problem, u, generator)
+            self._sync(problem, u, generator, sync_opt)
             after_sync()
             final = u.detach()
         elif o.end == "best" and best:
@@ -251,8 +301,8 @@ class GRASP(Planner[GRASPOptions]):
             virtual_states=virtual,
         )
 
-    def _sync(self, problem: Problem, u: Tensor, generator: torch.Generator) -> None:
-        """Improve the actions ``u`` in place on the full-rollout terminal loss."""
+    def _sync(self, problem: Problem, u: Tensor, generator: torch.Generator, sync_opt: torch.optim.Optimizer) -> None:
+        """Improve the actions ``u`` in place on the full-rollout terminal loss (``sync_opt``: the sync's Adam on ``u``, reset here)."""
         o = self.options
         if o.sync_mode == "cem":
             schedule = SamplingSchedule(samples=o.sync_samples, elites=o.sync_elites, iterations=o.sync_steps)
@@ -260,9 +310,10 @@ class GRASP(Planner[GRASPOptions]):
             with torch.no_grad():
                 u.copy_(refined.mean)
             return
-        sync_opt = torch.optim.Adam([u], lr=o.sync_lr)
+        reset_adam(sync_opt)  # a fresh Adam for every sync phase
         for _ in range(o.sync_steps):
-            problem.set_grads(problem.shooting_cost(u), [u])
+            cost, _ = problem.shooting(u)  # one graph under the option compile
+            problem.set_grads(cost, [u])
             sync_opt.step()
             with torch.no_grad():
                 u.clamp_(-1.0, 1.0)

@@ -13,7 +13,8 @@ import torch
 from torch import Tensor
 
 from wmplan.platform.options import require
-from wmplan.platform.planners.base import Optimized, Planner, PlannerOptions, Problem
+from wmplan.platform.planners.base import Compiled, Optimized, Planner, PlannerOptions, Problem, model_step, planning_cost
+from wmplan.platform.world_model import WorldModel
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,6 +38,28 @@ class LatCoOptions(PlannerOptions):
         super().__post_init__()
         for name in ("lr", "multiplier_init", "multiplier_lr", "threshold", "multiplier_max"):
             require(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
+
+
+def latco_terms(model: WorldModel, start: Tensor, goal: Tensor, states: Tensor, u: Tensor, mid: Tensor, half: Tensor,
+                lam_dyn: Tensor, lam_act: Tensor, bf16: bool, own_cost: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One LatCo iteration's objective on the uncounted ``model`` (module level, so that it compiles once per shape).
+
+    Args:
+        states: ``[B, H, D]`` the states ``s_1 .. s_H``.
+        u: ``[B, H, A]`` unit actions, mapped to the model's by ``mid + half * u``.
+        lam_dyn: ``[B, H]`` dynamics multipliers.
+        lam_act: ``[B, H]`` action-bound multipliers.
+
+    Returns:
+        ``(loss [B], dynamics violation [B, H], action violation [B, H], residual F(s_{t-1}, a_{t-1}) - s_t [B, H, D])``.
+    """
+    inputs = torch.cat([start[:, None], states[:, :-1]], dim=1)
+    diff = model_step(model, inputs, mid + half * u, bf16) - states
+    dyn_viol = diff.pow(2).mean(-1)
+    act_viol = torch.relu(u.abs() - 1.0).pow(2).mean(-1)
+    goal_term = planning_cost(model if own_cost else None, states[:, -1], goal)
+    loss = goal_term + (lam_dyn * dyn_viol).sum(-1) + (lam_act * act_viol).sum(-1)
+    return loss, dyn_viol, act_viol, diff
 
 
 class LatCo(Planner[LatCoOptions]):
@@ -72,13 +95,12 @@ class LatCo(Planner[LatCoOptions]):
         loss_trace = torch.empty(o.iterations, b, device=dev)
         dist_trace = torch.empty(o.iterations, b, device=dev)
         residual_trace = torch.empty(o.iterations, b, h, device=dev)
+        terms = Compiled(latco_terms, device=dev) if problem.compile else latco_terms
+        own_cost = problem.model_cost is not None
         for i in range(o.iterations):
-            inputs = torch.cat([problem.start[:, None], states[:, :-1]], dim=1)
-            diff = problem.model.step(inputs, problem.to_action(u)) - states
-            dyn_viol = diff.pow(2).mean(-1)  # [B, H]
-            act_viol = torch.relu(u.abs() - 1.0).pow(2).mean(-1)  # [B, H]
-            goal_term = problem.cost(states[:, -1], problem.goal)
-            loss = goal_term + (lam_dyn * dyn_viol).sum(-1) + (lam_act * act_viol).sum(-1)
+            loss, dyn_viol, act_viol, diff = terms(problem.model.inner, problem.start, problem.goal, states, u, problem.mid, problem.half,
+                                                   lam_dyn, lam_act, problem.model.bf16, own_cost)
+            problem.model.count(forward=b * h, backward=b * h)  # the step of all H transitions, forward and backward
             problem.set_grads(loss, [states, u])
             opt.step()
             with torch.no_grad():
