@@ -27,6 +27,9 @@ class MPPIOptions(PlannerOptions):
     """Lower clamp of the refitted standard deviation."""
     max_std: float = 2.0
     """Upper clamp of the refitted standard deviation."""
+    rows_per_call: int = 0
+    """Most (problem, sample) pairs rolled out in one model call; 0: automatic (all at once on a GPU,
+    1024 on a CPU, where a smaller working set is faster). Plans do not depend on it beyond float rounding."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -34,6 +37,7 @@ class MPPIOptions(PlannerOptions):
         require(1 <= self.elites <= self.samples, f"elites must be in [1, samples={self.samples}], got {self.elites}")
         require(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
         require(self.init_std > 0, f"init_std must be > 0, got {self.init_std}")
+        require(self.rows_per_call >= 0, f"rows_per_call must be >= 0 (0: automatic), got {self.rows_per_call}")
         require(0 <= self.min_std <= self.max_std, f"need 0 <= min_std <= max_std, got {self.min_std}, {self.max_std}")
 
 
@@ -52,5 +56,5 @@ class MPPI(SamplingPlanner[MPPIOptions]):
         o = self.options
         return SamplingSchedule(
             samples=o.samples, elites=o.elites, iterations=o.iterations, init_std=o.init_std,
-            temperature=o.temperature, min_std=o.min_std, max_std=o.max_std,
+            temperature=o.temperature, min_std=o.min_std, max_std=o.max_std, rows_per_call=o.rows_per_call,
         )
