@@ -63,3 +63,46 @@ def test_a_warm_pool_takes_new_work_while_running(ray_cluster, tmp_path):
         second = [pool.next_result() for _ in [pool.submit(x) for x in (4, 5)]]
         assert {r[0] for _, r in second} == {16, 25}
         assert len(made) == 3  # the second batch ran on the same warm actors: none was made for it
+        # When each actor answered that it had started (the replacement may not have yet: it was not needed).
+        assert 2 <= len(pool.ready_s) <= 3 and pool.ready_s == sorted(pool.ready_s) and pool.ready_s[0] > 0
+
+
+def test_plan_actors_take_the_model_from_the_object_store_and_threads_from_their_share(ray_cluster, tiny_wall_model, tmp_path):
+    from wmplan.jobs.actor import PlanActor, WorkItem
+    from wmplan.jobs.experiment import load_config
+    from wmplan.jobs.runner import actor_arguments, shared_model
+    from wmplan.platform.registry import make_task
+    from wmplan.platform.workflow import episode_specs
+
+    ckpt, data = tiny_wall_model
+    config = load_config(None, [f"model={ckpt}", f"data={data}", f"output={tmp_path}", "tracking=false"])
+    assert shared_model(ray_cluster, config, device="cuda") is None  # a GPU actor loads straight onto its device
+    ref = shared_model(ray_cluster, config, device="cpu")
+    assert isinstance(ref, ray_cluster.ObjectRef)
+    remote = ray_cluster.remote(num_cpus=0.5)(PlanActor)
+    arguments = actor_arguments(config, device="cpu", threads=1)
+    given, loading = remote.remote(**arguments, loaded=ref), remote.remote(**arguments)
+    try:
+        assert ray_cluster.get(given.torch_threads.remote()) == (1, 1)  # intra-op and inter-op, from its CPU share
+        specs = episode_specs(make_task("wall"), horizon=2, count=3, seed=0, dataset=None)
+        item = WorkItem(planner="grasp", options={"iterations": 20}, horizon=2, specs=specs, mode="open_loop",
+                        replan_every=1, plan_seed=7)
+        ours, theirs = ray_cluster.get([given.run.remote(item), loading.run.remote(item)])
+        assert [r.final_distance for r in ours] == [r.final_distance for r in theirs]  # the same model either way
+        assert [r.episode_id for r in ours] == [s.episode_id for s in specs]
+    finally:
+        for actor in (given, loading):
+            ray_cluster.kill(actor)
+
+
+def test_a_run_says_when_its_actors_were_ready_and_each_batch_stored(ray_cluster, tiny_wall_model, tmp_path):
+    from wmplan.jobs.experiment import load_config
+    from wmplan.jobs.runner import run_experiment
+
+    ckpt, data = tiny_wall_model
+    config = load_config(None, [f"model={ckpt}", f"data={data}", f"output={tmp_path}", "tracking=false", "planners=grasp",
+                                "planners.grasp.iterations=20", "horizons=2", "episodes=6", "batch_size=2", "actors=2"])
+    result = run_experiment(config, run_id="timed", say=lambda m: None)
+    assert result.planned == 6 and result.failed_batches == 0
+    assert len(result.stored_s) == 3 and list(result.stored_s) == sorted(result.stored_s)
+    assert 0 < result.ready_s < result.stored_s[-1] <= result.seconds  # the actors start before the last batch is stored

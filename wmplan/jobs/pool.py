@@ -63,6 +63,10 @@ class ActorPool:
         max_attempts: tries per item when actors die under it.
         stall_timeout_s: :meth:`next_result` raises :class:`PoolStalled` when no call finishes for this long.
         on_actor_lost: told (ticket, reason) when an actor died under an item.
+
+    Attributes:
+        ready_s: seconds after the pool was made at which each actor answered that it had started (its
+            process up and its constructor, the model's load, done), in that order, replacements included.
     """
 
     def __init__(
@@ -87,6 +91,8 @@ class ActorPool:
         self._attempts: dict[int, int] = {}
         self._running: dict[ray.ObjectRef, tuple[int, int]] = {}
         self._next_ticket = 0
+        self._made = time.monotonic()
+        self.ready_s: list[float] = []
         for slot in range(len(self._actors)):
             self._start(slot)
 
@@ -134,6 +140,7 @@ class ActorPool:
                 self._given_up[slot] = f"actor could not start ({self._start_failures[slot]} tries): {_first_line(exc)}"
             return
         self._start_failures[slot] = 0
+        self.ready_s.append(time.monotonic() - self._made)
         self._idle.append(slot)
 
     def _dispatch(self) -> None:

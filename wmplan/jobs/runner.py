@@ -7,9 +7,11 @@ before Ray starts, prepares the world model (training it when the config says ``
 none exists), cuts the episodes into batches (work items), has an
 executor plan them, writes each batch's records the moment they arrive, and shows progress with the
 running success rate and the time left. The executor is the config's ``executor``: ``ray`` hands
-the batches to a pool of actors (an idle actor takes the next batch, so faster actors do more);
-``local`` plans them one after another in this process with the same actor class (``wmplan plan``),
-so both give the same records for the same config. If the driver dies, ``resume`` plans only the
+the batches to a pool of actors (an idle actor takes the next batch, so faster actors do more;
+each runs the torch threads of its CPU share, and CPU actors take a checkpoint's model from Ray's
+object store, where the driver puts it once); ``local`` plans them one after another in this
+process with the same actor class (``wmplan plan``), so both give the same records for the same
+config (up to float rounding where their torch thread counts differ). If the driver dies, ``resume`` plans only the
 episodes the run directory does not hold yet.
 """
 
@@ -22,7 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -31,17 +33,18 @@ import numpy as np
 from wmplan.jobs.actor import PlanActor, WorkItem
 from wmplan.jobs.cluster import LOG_FILE, actor_resources, check_services, log_to_file, start_ray, stop_logging_to_file
 from wmplan.jobs.experiment import ExperimentConfig
-from wmplan.jobs.pool import Failure, run_on_actors
+from wmplan.jobs.pool import ActorPool, Failure
 from wmplan.platform.data import read_dataset
 from wmplan.platform.episode import EpisodeRecord, EpisodeSpec, summarize_rows
 from wmplan.platform.errors import ConfigError, RunInterrupted
 from wmplan.platform.options import build_options
 from wmplan.platform.progress import Progress
-from wmplan.platform.registry import make_task
+from wmplan.platform.registry import load_model, make_task
 from wmplan.platform.workflow import episode_specs
 from wmplan.storage.parquet import SET_ASIDE_SUFFIX, completed_episodes, read_table, set_aside_unreadable, write_records
 
-__all__ = ["RunResult", "RunInterrupted", "run_experiment", "new_run_id", "code_version", "failed_records", "actor_arguments"]
+__all__ = ["RunResult", "RunInterrupted", "run_experiment", "new_run_id", "code_version", "failed_records", "actor_arguments",
+           "shared_model"]
 
 RUN_FILE = "run.json"
 
@@ -78,6 +81,11 @@ class RunResult:
     failed_batches: int
     tracking_error: str | None = None
     """Why recording in MLflow failed (the Parquet results are complete regardless); None if it did not."""
+    ready_s: float = 0.0
+    """Seconds from the start of planning until every actor had started and loaded the model (Ray's start
+    included where this run started Ray); the local executor: until its model was loaded."""
+    stored_s: tuple[float, ...] = ()
+    """Seconds from the start of planning at which each batch was stored, in the order they were."""
 
 
 def failed_records(*, item: WorkItem, reason: str) -> list[EpisodeRecord]:
@@ -126,23 +134,58 @@ def actor_arguments(config: ExperimentConfig, *, device: str, threads: int) -> d
     return {"task": config.task, **config.model_arguments(), "device": device, "threads": threads}
 
 
-def _on_ray(config: ExperimentConfig, run_id: str, items: list[WorkItem],
-            say: Callable[[str], None]) -> Iterator[tuple[int, list[EpisodeRecord] | Failure]]:
-    """The Ray executor: every item on a pool of actors, results as they arrive."""
+def shared_model(ray: Any, config: ExperimentConfig, *, device: str) -> Any:
+    """The config's checkpoint loaded once, here, and put in Ray's object store: the reference to give
+    every :class:`PlanActor` as ``loaded`` (a replacement actor too), so no actor reads the checkpoint.
+
+    None, each actor loading its own, for actors that plan on a GPU (each loads straight onto its
+    device), plug-in models (their factory runs in each actor) and the task's exact dynamics.
+    """
+    if device != "cpu" or config.model_is_plugin or config.model_is_exact:
+        return None
+    arguments = config.model_arguments()
+    model = load_model(arguments["model"], device="cpu", options=arguments["model_options"], task=make_task(config.task))
+    return ray.put(model)
+
+
+@dataclass
+class _Timing:
+    """When planning got going and when each batch was stored, in seconds from ``start``."""
+
+    start: float = field(default_factory=time.monotonic)
+    ready_s: float = 0.0
+    stored_s: list[float] = field(default_factory=list)
+
+    def now(self) -> float:
+        return time.monotonic() - self.start
+
+
+def _on_ray(config: ExperimentConfig, run_id: str, items: list[WorkItem], say: Callable[[str], None],
+            timing: _Timing) -> Iterator[tuple[int, list[EpisodeRecord] | Failure]]:
+    """The Ray executor: every item on a pool of warm actors (an idle one takes the next queued item), results as they arrive."""
     ray = start_ray(config)
     resources, device, threads = actor_resources(ray, config)
     remote = ray.remote(max_restarts=0, max_task_retries=0, **resources)(PlanActor)
+    arguments = {**actor_arguments(config, device=device, threads=threads), "loaded": shared_model(ray, config, device=device)}
     names = (f"wmplan-{run_id}-actor-{n}" for n in range(1_000_000))
 
     def make() -> Any:
-        return remote.options(name=next(names)).remote(**actor_arguments(config, device=device, threads=threads))
+        return remote.options(name=next(names)).remote(**arguments)
 
-    yield from run_on_actors(make, lambda actor, item: actor.run.remote(item), items,
-                             actors=config.actors, max_attempts=config.max_attempts,
-                             on_actor_lost=lambda i, why: say(f"\nactor lost during batch {i} ({why}); re-running it"))
+    made = timing.now()
+    with ActorPool(make, lambda actor, item: actor.run.remote(item), size=min(config.actors, len(items)),
+                   max_attempts=config.max_attempts,
+                   on_actor_lost=lambda i, why: say(f"\nactor lost during batch {i} ({why}); re-running it")) as pool:
+        for item in items:
+            pool.submit(item)
+        while pool.pending:
+            result = pool.next_result()
+            if pool.ready_s:  # the last of the pool's first actors to answer (or the last so far)
+                timing.ready_s = made + pool.ready_s[min(pool.size, len(pool.ready_s)) - 1]
+            yield result
 
 
-def _in_process(config: ExperimentConfig, items: list[WorkItem]) -> Iterator[tuple[int, list[EpisodeRecord] | Failure]]:
+def _in_process(config: ExperimentConfig, items: list[WorkItem], timing: _Timing) -> Iterator[tuple[int, list[EpisodeRecord] | Failure]]:
     """The local executor: every item in this process, one after another, by one :class:`PlanActor`.
 
     As on Ray, an error raised by a batch's own code fails that batch (with its message), not the run.
@@ -153,6 +196,7 @@ def _in_process(config: ExperimentConfig, items: list[WorkItem]) -> Iterator[tup
         raise ConfigError("device: cuda was asked for, but this machine has no CUDA device")
     device = "cuda" if config.device != "cpu" and torch.cuda.is_available() else "cpu"
     actor = PlanActor(**actor_arguments(config, device=device, threads=torch.get_num_threads()))
+    timing.ready_s = timing.now()
     for index, item in enumerate(items):
         try:
             yield index, actor.run(item)
@@ -161,12 +205,13 @@ def _in_process(config: ExperimentConfig, items: list[WorkItem]) -> Iterator[tup
 
 
 def _plan(config: ExperimentConfig, run_id: str, directory: Path, items: list[WorkItem], total: int,
-          say: Callable[[str], None]) -> int:
-    """Plan every item with the config's executor, storing each batch as it arrives; returns the failed batches."""
+          say: Callable[[str], None], timing: _Timing) -> int:
+    """Plan every item with the config's executor, storing each batch as it arrives (and when, in ``timing``);
+    returns the failed batches."""
     if not items:
         return 0
     failed_batches = 0
-    results = _in_process(config, items) if config.executor == "local" else _on_ray(config, run_id, items, say)
+    results = _in_process(config, items, timing) if config.executor == "local" else _on_ray(config, run_id, items, say, timing)
     progress = _PlanningProgress(total)
     try:
         for index, result in results:
@@ -174,6 +219,7 @@ def _plan(config: ExperimentConfig, run_id: str, directory: Path, items: list[Wo
                 failed_batches += 1
                 result = failed_records(item=items[index], reason=f"batch failed after {result.attempts} attempt(s): {result.reason}")
             write_records(directory, run_id, result)
+            timing.stored_s.append(timing.now())
             progress.add(result)
     finally:
         progress.close()
@@ -273,13 +319,13 @@ def run_experiment(
     say(f"run {run_id}: {total} episodes to plan ({len(done)} already stored) in {len(items)} batches -> {directory}")
 
     tracker = _start_tracking(config, run_id, meta, checkpoint_info) if config.tracking else None
-    t0 = time.monotonic()
+    timing = _Timing()
     failed_batches = 0
     status = "FAILED"
     tracking_error = None
     interrupted = False
     try:
-        failed_batches = _plan(config, run_id, directory, items, total, say)
+        failed_batches = _plan(config, run_id, directory, items, total, say, timing)
         status = "FINISHED"
     except KeyboardInterrupt:
         # Every finished batch is already stored; a resumed run plans the rest and records all of it.
@@ -296,7 +342,7 @@ def run_experiment(
                 status = "FAILED"
             tracker.finish(status=status)
         stop_logging_to_file()
-    seconds = time.monotonic() - t0
+    seconds = timing.now()
     if interrupted:
         resume_command = f"wmplan run --resume {run_id}" + (f" --set output={config.output}" if config.output != "runs" else "")
         raise RunInterrupted(f"interrupted: {len(completed_episodes(directory))} episodes of run {run_id} are stored in "
@@ -316,4 +362,5 @@ def run_experiment(
             rows = [r for r in table if r["planner"] == name and r["horizon"] == h]
             summaries[name, h] = summarize_rows(rows)
     return RunResult(run_id=run_id, directory=directory, summaries=summaries, planned=total, seconds=seconds,
-                     failed_batches=failed_batches, tracking_error=tracking_error)
+                     failed_batches=failed_batches, tracking_error=tracking_error, ready_s=timing.ready_s,
+                     stored_s=tuple(timing.stored_s))

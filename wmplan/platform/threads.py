@@ -6,7 +6,8 @@ depth 3, 3-step unrolls): with the cores lightly shared, 1 thread ran 49-86 step
 1.0-23 steps/s. Two threads gain at most 1.6x on idle cores, and lose up to 14x on busy ones
 (torch's worker threads spin-wait for a core they do not get). Training therefore uses one thread
 unless told otherwise, which also keeps its result independent of the machine's core count; Ray
-actors get the threads of their CPU share.
+actors get the threads of their CPU share, intra-op and inter-op (:func:`set_process_threads`, once,
+as the actor starts).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-__all__ = ["available_cores", "resolve_threads", "torch_threads"]
+__all__ = ["available_cores", "resolve_threads", "set_process_threads", "torch_threads"]
 
 
 def available_cores() -> int:
@@ -29,6 +30,26 @@ def available_cores() -> int:
 def resolve_threads(threads: int) -> int:
     """``threads``, or with 0 one per available core."""
     return threads if threads > 0 else available_cores()
+
+
+def set_process_threads(threads: int) -> tuple[int, int]:
+    """Give this whole process ``resolve_threads(threads)`` torch threads, intra-op and inter-op alike.
+
+    For a process that plans, such as a Ray actor holding a CPU share, called as it starts: torch's
+    inter-op pool can only be sized before the process's first parallel work, after which it keeps
+    the size it has (a process that ran torch work already gets only its intra-op threads set).
+
+    Returns:
+        The intra-op and inter-op thread counts the process now has.
+    """
+    import torch
+
+    n = resolve_threads(threads)
+    torch.set_num_threads(n)
+    if torch.get_num_interop_threads() != n:
+        with contextlib.suppress(RuntimeError):  # parallel work has started, or the pool was sized already
+            torch.set_num_interop_threads(n)
+    return torch.get_num_threads(), torch.get_num_interop_threads()
 
 
 @contextlib.contextmanager
