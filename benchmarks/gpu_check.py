@@ -85,7 +85,32 @@ def part_planners(args: argparse.Namespace, device: torch.device) -> None:
             lines.append(f"| {h} | {b} | {b * h} | {cells} | {1000 * lifted:.2f} | {lifted / per_it['gd']:.2f} | "
                          f"{rate / 1e9:.1f} | {100 * rate / peak:.1f}% |")
             print(lines[-1], file=sys.stderr, flush=True)  # progress
+    lines += lever_lines(args, device, model)
     emit(args.out, "planners", "Planner time per iteration against horizon and batch", lines)
+
+
+def lever_lines(args: argparse.Namespace, device: torch.device, model: torch.nn.Module) -> list[str]:
+    """GD and GRASP with the speed options compile and precision='bfloat16' against their default path, at
+    the longest horizon and batch 16 (compile is skipped with --quick: compiling takes minutes on a CPU)."""
+    from wmplan.platform.problems import reachable_problems
+
+    h, b = (10, 4) if args.quick else (80, 16)
+    start, goal = reachable_problems(model, b, h, seed=0, device=device)
+    levers = {"default": {}, "bf16": {"precision": "bfloat16"}} | ({} if args.quick else {"compile": {"compile": True}})
+    lines = ["", f"Speed options at H = {h}, B = {b}: ms per iteration, best of two runs after a warm-up call that compiles; "
+             "in brackets the whole cell's seconds, compiling included" + ("; compile skipped with --quick" if args.quick else ""),
+             "", "| planner | " + " | ".join(levers) + " |", "|---|" + "---|" * len(levers)]
+    for name in ("gd", "grasp"):
+        iterations = 50 if args.quick and name == "grasp" else BUDGET[name]
+        cells = []
+        for options in levers.values():
+            sync(device)
+            t0 = time.perf_counter()
+            per_it = time_per_iteration(name, model, start, goal, h, iterations=iterations, **options)
+            cells.append(f"{1000 * per_it:.2f} ({time.perf_counter() - t0:.0f} s)")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        print(lines[-1], file=sys.stderr, flush=True)  # progress
+    return lines
 
 
 def part_visual(args: argparse.Namespace, device: torch.device) -> None:

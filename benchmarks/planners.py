@@ -17,6 +17,7 @@ For a small residual-MLP world model and a batch of problems, prints Markdown ta
     python benchmarks/planners.py --tables sync --batch 16         # GRASP's sync share only
     python benchmarks/planners.py --tables levers --horizons 10,40 --planners gd,grasp
     python benchmarks/planners.py --device cuda --horizons 10,20,40,80,160
+    OMP_NUM_THREADS=1 python benchmarks/planners.py --clock process   # on a busy CPU machine
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ from wmplan.platform.problems import reachable_problems
 # A short budget per planner: enough iterations for a stable per-iteration time. GRASP's includes
 # two sync phases at its default cadence (every 50 iterations), as a real run would.
 BUDGET = {"grasp": 100, "gd": 20, "cem": 3, "latco": 20, "mppi": 2}
+CLOCK = {"wall": time.perf_counter, "process": time.process_time}
+"""'wall': wall seconds (device synchronised); 'process': this process's CPU seconds, which other
+processes on a busy machine disturb much less (a CPU-only measure: a GPU's work is not in it)."""
+clock = CLOCK["wall"]
 
 
 def sync(device: torch.device) -> None:
@@ -74,8 +79,16 @@ def time_per_iteration(name: str, model, start, goal, horizon: int, *, runs: int
     """Best of ``runs`` wall times per iteration of ``name`` with ``options``, after a one-iteration warm-up."""
     planner = make_planner(name, horizon=horizon, **options)
     planner.replace(iterations=1).plan(model, start, goal, seed=0)  # warm-up
-    results = [planner.plan(model, start, goal, seed=0) for _ in range(runs)]
-    return min(r.wall_time_s for r in results) / planner.options.iterations
+    return min(timed(planner, model, start, goal)[0] for _ in range(runs)) / planner.options.iterations
+
+
+def timed(planner, model, start, goal) -> tuple[float, Any]:
+    """Seconds of one plan call on :data:`clock`, and its result."""
+    sync(start.device)
+    t0 = clock()
+    result = planner.plan(model, start, goal, seed=0)
+    sync(start.device)
+    return clock() - t0, result
 
 
 def table_time(names: list[str], model, horizons: list[int], args: argparse.Namespace, device: torch.device, peak: float) -> None:
@@ -130,9 +143,9 @@ def table_levers(names: list[str], model, horizons: list[int], args: argparse.Na
                 t0 = time.perf_counter()
                 planner.replace(iterations=1).plan(model, start, goal, seed=0)  # warm-up (compiles)
                 cells[lever + "_warm"] = time.perf_counter() - t0
-                results = [planner.plan(model, start, goal, seed=0) for _ in range(args.runs)]
-                cells[lever] = min(r.wall_time_s for r in results) / iterations
-                dist[lever] = results[0].final_distance.mean().item()
+                results = [timed(planner, model, start, goal) for _ in range(args.runs)]
+                cells[lever] = min(seconds for seconds, _ in results) / iterations
+                dist[lever] = results[0][1].final_distance.mean().item()
             print(f"| {name} | {h} | {1000 * cells['default']:.2f} | {1000 * cells['compile']:.2f} "
                   f"({cells['compile'] / cells['default']:.2f}) | {cells['compile_warm']:.1f} | {1000 * cells['bf16']:.2f} "
                   f"({cells['bf16'] / cells['default']:.2f}) | {dist['default']:.4f} / {dist['compile']:.4f} / {dist['bf16']:.4f} |",
@@ -151,7 +164,10 @@ def main() -> None:
     parser.add_argument("--planners", default=",".join(PLANNERS), help="planners of the time and levers tables")
     parser.add_argument("--tables", default="time,sync,levers", help="which tables: time, sync, levers")
     parser.add_argument("--runs", type=int, default=2, help="timed runs per cell (the best counts)")
+    parser.add_argument("--clock", choices=list(CLOCK), default="wall", help="what a time is (see CLOCK)")
     args = parser.parse_args()
+    global clock
+    clock = CLOCK[args.clock]
     device = resolve_device(args.device)
     horizons = [int(h) for h in args.horizons.split(",")]
     names = [n for n in args.planners.split(",") if n]
@@ -164,7 +180,8 @@ def main() -> None:
     cpu = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
     print(f"device: {device} ({where}); torch {torch.__version__}; matmul peak {peak / 1e9:.1f} GFLOP/s (float32, 2048^3)")
-    print(f"model: residual MLP, D={args.state_dim}, A={args.action_dim}, 3x{args.hidden} hidden; batch {args.batch}\n")
+    print(f"model: residual MLP, D={args.state_dim}, A={args.action_dim}, 3x{args.hidden} hidden; batch {args.batch}; "
+          f"clock: {args.clock} seconds\n")
     if "time" in tables:
         table_time(names, model, horizons, args, device, peak)
     if "sync" in tables:
