@@ -99,7 +99,8 @@ def lever_lines(args: argparse.Namespace, device: torch.device, model: torch.nn.
     levers = {"default": {}, "bf16": {"precision": "bfloat16"}} | ({} if args.quick else {"compile": {"compile": True}})
     lines = ["", f"Speed options at H = {h}, B = {b}: ms per iteration, best of two runs after a warm-up call that compiles; "
              "in brackets the whole cell's seconds, compiling included" + ("; compile skipped with --quick" if args.quick else ""),
-             "", "| planner | " + " | ".join(levers) + " |", "|---|" + "---|" * len(levers)]
+             "", f"| planner, H = {h}, B = {b} | " + " | ".join(f"{lever} ms/it" for lever in levers) + " |",
+             "|---|" + "---|" * len(levers)]
     for name in ("gd", "grasp"):
         iterations = 50 if args.quick and name == "grasp" else BUDGET[name]
         cells = []
