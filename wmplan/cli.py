@@ -164,6 +164,9 @@ def _add_train(sub: argparse._SubParsersAction, full: bool) -> None:
     g.add_argument("--no-decoder", action="store_true", help="visual: drop the decoder after training the encoder")
     g.add_argument("--encoder", default="builtin", help="visual: a frozen encoder of your own, package.module:factory (default: %(default)s)")
     g.add_argument("--encoder-weights", default="", help="visual: safetensors weights of --encoder")
+    g.add_argument("--proprio", action="store_true",
+                   help="carry the simulator's proprioceptive state beside the latent and predict it (DINO-WM), so that runs may "
+                   "weigh it in the planning cost (--set proprio_weight=1; 0 by default)")
     j = p.add_argument_group("jepa (--obs pixels --kind jepa)")
     j.add_argument("--preset", choices=["cpu", "gpu"], default="cpu",
                    help="recipe: cpu (minutes on two cores) or gpu (wider, longer; the flags below override it) (default: %(default)s)")
@@ -175,7 +178,47 @@ def _add_train(sub: argparse._SubParsersAction, full: bool) -> None:
     j.add_argument("--env-step-predictor", action="store_true",
                    help="the predictor takes one env action at a time (default: the packed model action)")
     _add_ensemble_flags(p)
+    _add_rounds_flags(p)
     p.set_defaults(func=_run_train)
+
+
+def _add_rounds_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "rounds of plan / execute / retrain (--obs state)",
+        "After training, each round plans problems of the task (a seed stream no evaluation draws from) with each "
+        "planner on the current model, executes the plans in the simulator, adds the executed transitions to the data "
+        "and fine-tunes the model on it (data aggregation). The aggregated data are written beside the data set with a "
+        "'round' column (the data set is not changed); the checkpoint records the rounds and their cost.")
+    g.add_argument("--rounds", type=int, default=0, help="rounds (default: %(default)s, none)")
+    g.add_argument("--round-episodes", type=int, default=None, help="problems per planner per round (default: 100)")
+    g.add_argument("--round-planners", default=None, help="planners of the rounds, comma-separated (default: cem,gd,grasp)")
+    g.add_argument("--round-steps", type=int, default=None, help="fine-tuning gradient steps after each round (default: 2000)")
+    g.add_argument("--round-lr", type=float, default=None, help="peak learning rate of the fine-tuning (default: 0.0003)")
+    g.add_argument("--round-repeat", type=int, default=None,
+                   help="times each executed trajectory counts in the fine-tuning data (default: 4)")
+    g.add_argument("--round-horizon", type=int, default=None, help="H of the rounds' problems in model steps (default: 5)")
+    g.add_argument("--round-data", default=None,
+                   help="where the aggregated data go (default: beside the data set, DATA_STEM.CHECKPOINT_NAME-rounds.parquet)")
+    g.add_argument("--init", default=None, metavar="CHECKPOINT",
+                   help="with --rounds: start the rounds from this trained state checkpoint instead of training a new model "
+                   "(its training metrics are kept; the training flags then set only the fine-tuning's batch, rollout and threads)")
+
+
+def _rounds_config(args: argparse.Namespace) -> Any:
+    """The RoundsConfig of the --round-* flags (None without --rounds)."""
+    given = {k: v for k, v in dict(episodes=args.round_episodes, steps=args.round_steps, lr=args.round_lr, repeat=args.round_repeat,
+                                    horizon=args.round_horizon).items() if v is not None}
+    if args.round_planners is not None:
+        given["planners"] = tuple(x.strip() for x in args.round_planners.split(",") if x.strip())
+    if args.rounds == 0:
+        if given or args.round_data or args.init:
+            raise ConfigError("--round-*, --init and --round-data are for rounds: add --rounds N (N >= 1)")
+        return None
+    if args.obs != "state":
+        raise ConfigError("--rounds trains state models: use --obs state")
+    from wmplan.platform.models.rounds import RoundsConfig
+
+    return RoundsConfig(rounds=args.rounds, seed=args.seed, **given)
 
 
 def _add_ensemble_flags(p: argparse.ArgumentParser) -> None:
@@ -231,6 +274,10 @@ def _run_train(args: argparse.Namespace) -> int:
     kind = args.kind if pixels else None
     if args.kind is not None and not pixels:
         raise ConfigError(f"--kind {args.kind} trains a model of pictures: add --obs pixels")
+    if args.proprio and not pixels:
+        raise ConfigError("--proprio trains a model of pictures with proprio: add --obs pixels (a state model sees the whole state)")
+    if args.proprio:
+        options["proprio"] = True
     if kind != "jepa" and (jepa or args.preset != "cpu"):
         raise ConfigError("--preset, --keypoints, --latent-dim, --sigreg-weight, --predictor-steps and --env-step-predictor "
                           "are for --obs pixels --kind jepa")
@@ -255,13 +302,25 @@ def _run_train(args: argparse.Namespace) -> int:
     if dataset.env != args.env:
         raise ConfigError(f"data set {str(data)!r} is for task {dataset.env!r}, not {args.env!r}")
 
+    rounds = _rounds_config(args)
     from wmplan.platform.progress import StageProgress
 
-    progress = StageProgress()  # each stage on stderr: redrawn on a terminal, a line every 10 s in a file
-    try:
-        model, metrics = train_model(dataset, config, out, progress=progress)
-    finally:
-        progress.close()
+    if rounds is not None and args.init:
+        model, metrics = _initial_model(args.init, dataset)
+    else:
+        progress = StageProgress()  # each stage on stderr: redrawn on a terminal, a line every 10 s in a file
+        try:
+            model, metrics = train_model(dataset, config, out, progress=progress)
+        finally:
+            progress.close()
+    if rounds is not None:
+        from wmplan.platform.models.rounds import aggregated_data_path, train_rounds
+        from wmplan.platform.registry import make_task
+
+        model, metrics = train_rounds(dataset, model, metrics, config, rounds, checkpoint=out,
+                                      data_out=Path(args.round_data) if args.round_data else aggregated_data_path(data, out),
+                                      env=make_task(args.env), device=config.device,
+                                      progress=lambda msg: print(msg, file=sys.stderr, flush=True))
     evaluation = metrics["evaluation"]
     seconds = metrics.get("total_seconds", metrics["train_seconds"])
     summary = f"saved {out}: trained in {seconds:.1f} s"
@@ -284,7 +343,40 @@ def _run_train(args: argparse.Namespace) -> int:
                     f"{evaluation['k_step_error']:.4g} (env units{via})")
     print(summary)
     _print_ensemble_record(metrics)
+    _print_rounds_record(metrics)
     return 0
+
+
+def _initial_model(checkpoint: str, dataset: Any) -> tuple[Any, dict[str, Any]]:
+    """--init: a trained state checkpoint (one MLP or an ensemble) for the data set's task, and its metrics."""
+    from wmplan.platform.models import StateWorldModel, load_world_model, read_checkpoint_info
+
+    model = load_world_model(checkpoint)
+    if not isinstance(model, StateWorldModel):
+        raise ConfigError(f"--init {checkpoint!r} is a {type(model).__name__}: rounds fine-tune state models")
+    if model.config.env != dataset.env:
+        raise ConfigError(f"--init {checkpoint!r} was trained on {model.config.env!r}, the data set is for {dataset.env!r}")
+    metrics = dict(read_checkpoint_info(checkpoint).get("metrics") or {})
+    metrics.setdefault("train_seconds", 0.0)
+    return model, {**metrics, "initial_checkpoint": str(checkpoint)}
+
+
+def _print_rounds_record(metrics: dict[str, Any]) -> None:
+    """The rounds of plan / execute / retrain, as the checkpoint records them."""
+    record = metrics.get("rounds")
+    if not record:
+        return
+    print(f"rounds: {record['count']} x {record['episodes']} problems per planner ({', '.join(record['planners'])}, H = "
+          f"{record['horizon']}), {record['added_trajectories']} executed trajectories added ({metrics['rounds_data']}); "
+          f"{record['seconds']:.1f} s of planning and fine-tuning after {metrics['first_train_seconds']:.1f} s of training")
+    print("| round | " + " | ".join(f"{p} real / in-model" for p in record["planners"]) + " | one-step MSE on its data, before -> after |")
+    print("|---" * (len(record["planners"]) + 2) + "|")
+    for r in record["per_round"]:
+        cells = " | ".join(f"{100 * r['planners'][p]['success']:.0f}% / {100 * r['planners'][p]['model_success']:.0f}%"
+                           for p in record["planners"])
+        before, after = (r["mse_round_data_before"], r["mse_round_data_after"])
+        mse = "-" if before is None or after is None else f"{before:.4g} -> {after:.4g}"
+        print(f"| {r['round']} | {cells} | {mse} |")
 
 
 def _print_ensemble_record(metrics: dict[str, Any]) -> None:
