@@ -432,6 +432,12 @@ def _run_eval_model(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     space, via = ("latent", " (state probe)") if pixels else ("normalised", "")
+    if (Path(args.model) / "config.json").is_file():
+        from wmplan.platform.models import describe_training, read_checkpoint_info, training_summary
+
+        training = training_summary(read_checkpoint_info(args.model))
+        result = {**result, "model_training": training}
+        print(f"model {args.model}: {describe_training(training)}")
     print("| metric | value |\n|---|---|")
     for key in ("one_step_error", "k_step_error", "one_step_mse", "k_step_mse", "wall_crossing_rate", "transitions", "windows"):
         value = result.get(key)

@@ -224,6 +224,15 @@ class Settings:
         sha: str | None = read_checkpoint_info(self.checkpoint).get("sha256")
         return sha
 
+    def model_training(self) -> dict[str, Any] | None:
+        """What the checkpoint cost to build (:func:`wmplan.platform.models.training_summary`: kind, training
+        seconds including any rounds, rounds, members); None for a plug-in model or the task's exact dynamics."""
+        if self.model_is_exact or self.model_is_plugin:
+            return None
+        from wmplan.platform.models import read_checkpoint_info, training_summary
+
+        return training_summary(read_checkpoint_info(self.checkpoint))
+
     def model_label(self) -> str:
         """The model in one line for tables: the checkpoint's path (with ' (auto)'), the plug-in's spec and options, or
         the task's exact dynamics."""

@@ -48,6 +48,8 @@ def test_two_actors_plan_every_episode_once(ray_cluster, tmp_path, tiny_wall_mod
     assert all(not r["failed"] and r["executed_steps"] == 10 for r in rows)
     meta = json.loads((result.directory / "run.json").read_text())
     assert meta["config"]["episodes"] == 12 and meta["checkpoint_sha256"] and meta["code_version"]
+    training = meta["model_training"]  # what the model cost to build, from the checkpoint
+    assert training["kind"] == "state_mlp" and training["training_seconds"] > 0 and training["rounds"] == 0
     assert result.summaries["grasp", 2]["count"] == 12
     assert len(read_table(result.directory, "residuals")) == 12 * 40 * 2  # GRASP's residual trace, long form
 
@@ -61,6 +63,8 @@ def test_two_actors_plan_every_episode_once(ray_cluster, tmp_path, tiny_wall_mod
     children = {r.data.tags["wmplan.planner"]: r for r in runs if "mlflow.parentRunId" in r.data.tags}
     assert len(parent) == 1 and parent[0].info.run_name == "two-actors" and parent[0].info.status == "FINISHED"
     assert parent[0].data.params["episodes"] == "12"
+    assert parent[0].data.tags["wmplan.model.kind"] == "state_mlp" and parent[0].data.tags["wmplan.model.rounds"] == "0"
+    assert float(parent[0].data.tags["wmplan.model.training_seconds"]) == pytest.approx(training["training_seconds"], abs=0.05)
     assert set(children) == {"cem", "gd", "grasp"}
     for name, child in children.items():
         assert child.data.tags["mlflow.parentRunId"] == parent[0].info.run_id

@@ -329,3 +329,16 @@ def test_evaluation_on_another_task_has_no_wall_metric(tmp_path):
     assert math.isfinite(result["k_step_error"]) and len(result["k_step_rmse_per_dim"]) == 4
     with pytest.raises(ValueError, match="too short"):
         evaluate_model(model, data, k=5)
+
+
+def test_training_summary_reads_what_a_checkpoint_records():
+    from wmplan.platform.models import describe_training, training_summary
+
+    ensemble = training_summary({"kind": "state_ensemble", "config": {"members": 5}, "metrics": {"train_seconds": 3.0}})
+    assert ensemble == {"kind": "state_ensemble", "training_seconds": 3.0, "first_training_seconds": 3.0, "rounds": 0,
+                        "round_transitions": 0, "members": 5}
+    assert describe_training(ensemble) == "state_ensemble of 5 members, trained in 3 s"
+    jepa = training_summary({"kind": "jepa", "config": {}, "metrics": {"train_seconds": 100.0, "total_seconds": 130.0}})
+    assert jepa["training_seconds"] == 130.0 and jepa["members"] == 1  # the whole cost, probe and predictor included
+    bare = training_summary({"kind": "state_mlp", "config": {}, "metrics": None})
+    assert bare["training_seconds"] is None and describe_training(bare) == "state_mlp, training time not recorded"

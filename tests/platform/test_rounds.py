@@ -14,7 +14,15 @@ from wmplan.cli import main
 from wmplan.platform.data import DataConfig, Trajectory, generate_dataset, read_dataset, write_trajectories
 from wmplan.platform.episode import make_episode_specs
 from wmplan.platform.errors import ConfigError
-from wmplan.platform.models import EnsembleTrainConfig, TrainConfig, read_checkpoint_info, train_ensemble_model, train_state_model
+from wmplan.platform.models import (
+    EnsembleTrainConfig,
+    TrainConfig,
+    describe_training,
+    read_checkpoint_info,
+    train_ensemble_model,
+    train_state_model,
+    training_summary,
+)
 from wmplan.platform.models.rounds import (
     RoundsConfig,
     aggregated_data_path,
@@ -156,6 +164,11 @@ def test_rounds_write_labelled_data_beside_the_untouched_original_and_record_the
     assert record["total_seconds"] == pytest.approx(1.5 + rounds["seconds"])
     assert record["rounds_data"] == str(out)
     assert record["evaluation"] is not None
+    summary = training_summary(read_checkpoint_info(checkpoint))  # what eval-model and run records show
+    assert summary["kind"] == "state_mlp" and summary["rounds"] == 2 and summary["first_training_seconds"] == 1.5
+    assert summary["training_seconds"] == pytest.approx(1.5 + rounds["seconds"])
+    assert summary["round_transitions"] == rounds["added_transitions"] > 0
+    assert describe_training(summary).startswith("state_mlp, trained in ") and "(2 s, then 2 rounds adding " in describe_training(summary)
 
 
 def test_write_trajectories_refuses_bad_input(tmp_path, wall_data):

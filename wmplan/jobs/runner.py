@@ -37,6 +37,7 @@ from wmplan.jobs.pool import ActorPool, Failure
 from wmplan.platform.data import read_dataset
 from wmplan.platform.episode import EpisodeRecord, EpisodeSpec, summarize_rows
 from wmplan.platform.errors import ConfigError, RunInterrupted
+from wmplan.platform.models.checkpoint import describe_training
 from wmplan.platform.options import build_options
 from wmplan.platform.progress import Progress
 from wmplan.platform.registry import load_model, make_task
@@ -234,7 +235,8 @@ def _start_tracking(config: ExperimentConfig, run_id: str, meta: dict[str, Any],
     tracker = ExperimentTracker(tracking_uri=uri, experiment=config.name, artifact_location=artifact_root(uri))
     # The config as the run was started (a resumed run may run elsewhere, but it is the same run).
     tracker.start_run(run_id=run_id, task=config.task, code_version=meta.get("code_version", code_version()),
-                      checkpoint_sha256=checkpoint_info.get("sha256"), config=meta["config"])
+                      checkpoint_sha256=checkpoint_info.get("sha256"), config=meta["config"],
+                      model_training=checkpoint_info.get("training"))
     return tracker
 
 
@@ -298,7 +300,8 @@ def run_experiment(
     env = make_task(config.task)
     check_services(config, ray=config.executor == "ray")  # a Ray head or tracking store that does not answer: one line in seconds
     config.prepare_model(say)
-    checkpoint_info = {"sha256": config.model_sha256()}  # a plug-in model: of the files its options name
+    # sha256: a plug-in model's is of the files its options name; training: what the checkpoint cost to build.
+    checkpoint_info: dict[str, Any] = {"sha256": config.model_sha256(), "training": config.model_training()}
     goal_mode = config.goal_mode_used
     dataset = read_dataset(config.data_path) if env.needs_dataset_for_goals(goal_mode) else None
     specs = {h: episode_specs(env, horizon=h, count=config.episodes, seed=config.seed, dataset=dataset, goal_mode=goal_mode)
@@ -308,7 +311,8 @@ def run_experiment(
     log_to_file(directory / LOG_FILE, mlflow=config.tracking)  # Ray's and MLflow's messages, not the terminal's
     if not resume:
         meta = {"run_id": run_id, "config": config.to_dict(), "code_version": code_version(),
-                "checkpoint_sha256": checkpoint_info.get("sha256"), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                "checkpoint_sha256": checkpoint_info.get("sha256"), "model_training": checkpoint_info["training"],
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         (directory / RUN_FILE).write_text(json.dumps(meta, indent=2))
     if resume:
         for part, reason in set_aside_unreadable(directory).items():
@@ -317,6 +321,8 @@ def run_experiment(
     items = _work(config, specs, done)
     total = sum(len(i.specs) for i in items)
     say(f"run {run_id}: {total} episodes to plan ({len(done)} already stored) in {len(items)} batches -> {directory}")
+    if checkpoint_info["training"] is not None:
+        say(f"model {config.model_label()}: {describe_training(checkpoint_info['training'])}")
 
     tracker = _start_tracking(config, run_id, meta, checkpoint_info) if config.tracking else None
     timing = _Timing()

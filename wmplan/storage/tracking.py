@@ -78,6 +78,8 @@ TAG_RUN_ID = "wmplan.run_id"
 TAG_TASK = "wmplan.task"
 TAG_CODE = "wmplan.code_version"
 TAG_CHECKPOINT = "wmplan.checkpoint_sha256"
+TAG_MODEL = "wmplan.model."
+"""Prefix of the tags that say what the run's world model cost to build (kind, training_seconds, rounds, members)."""
 TAG_PLANNER = "wmplan.planner"
 TAG_HORIZON = "wmplan.horizon"
 
@@ -195,6 +197,7 @@ class ExperimentTracker(MlflowRecorder):
         code_version: str,
         checkpoint_sha256: str | None,
         config: Mapping[str, Any],
+        model_training: Mapping[str, Any] | None = None,
     ) -> str:
         """Start (or continue) the parent run of wmplan run ``run_id``; returns its MLflow run id.
 
@@ -204,6 +207,9 @@ class ExperimentTracker(MlflowRecorder):
             code_version: e.g. the git commit the run's code came from.
             checkpoint_sha256: the world-model checkpoint's SHA-256 (None when there is none).
             config: the resolved config; logged flattened (:func:`flatten_params`).
+            model_training: what the checkpoint cost to build
+                (:func:`wmplan.platform.models.training_summary`), tagged ``wmplan.model.*`` (kind,
+                training_seconds including rounds, rounds, members); None for none.
 
         Raises:
             TrackingError: a parameter of a continued run already holds another value.
@@ -212,6 +218,10 @@ class ExperimentTracker(MlflowRecorder):
         tags = {TAG_TASK: task, TAG_CODE: code_version}
         if checkpoint_sha256:
             tags[TAG_CHECKPOINT] = checkpoint_sha256
+        for name in ("kind", "training_seconds", "rounds", "members"):
+            value = (model_training or {}).get(name)
+            if value is not None:
+                tags[f"{TAG_MODEL}{name}"] = f"{value:.1f}" if isinstance(value, float) else str(value)
         if _HEX.fullmatch(code_version or ""):
             tags["mlflow.source.git.commit"] = code_version
         key = {TAG_RUN_ID: run_id, TAG_ROLE: "parent"}

@@ -8,10 +8,12 @@ from wmplan.platform.models.checkpoint import (
     check_checkpoint_task,
     checkpoint_code,
     checkpoint_obs,
+    describe_training,
     load_world_model,
     read_checkpoint_info,
     register_model_kind,
     save_checkpoint,
+    training_summary,
 )
 from wmplan.platform.models.ensemble import (
     DisagreementPenalty,
@@ -40,7 +42,7 @@ __all__ = [
     "JepaModelConfig", "JepaWorldModel", "JepaTrainConfig", "JEPA_PRESETS", "jepa_train_config", "train_jepa_model",
     "evaluate_model",
     "CheckpointError", "ModelKind", "MODEL_KINDS", "register_model_kind", "save_checkpoint",
-    "load_world_model", "read_checkpoint_info", "checkpoint_code", "check_checkpoint_code", "checkpoint_obs",
+    "load_world_model", "read_checkpoint_info", "training_summary", "describe_training", "checkpoint_code", "check_checkpoint_code", "checkpoint_obs",
     "check_checkpoint_task",
 ]
 

@@ -41,7 +41,7 @@ from wmplan.platform.options import build_options
 
 __all__ = [
     "CheckpointError", "ModelKind", "MODEL_KINDS", "register_model_kind", "save_checkpoint",
-    "load_world_model", "read_checkpoint_info", "checkpoint_code", "check_checkpoint_code", "checkpoint_obs",
+    "load_world_model", "read_checkpoint_info", "training_summary", "describe_training", "checkpoint_code", "check_checkpoint_code", "checkpoint_obs",
     "check_checkpoint_task", "FORMAT_VERSION", "WEIGHTS_FILE", "CONFIG_FILE",
 ]
 
@@ -235,6 +235,46 @@ def read_checkpoint_info(path: str | os.PathLike[str]) -> dict:
         if not isinstance(info.get(key), typ):
             raise CheckpointError(f"corrupt checkpoint {str(directory)!r}: {CONFIG_FILE} lacks a valid {key!r} entry")
     return info
+
+
+def training_summary(info: dict) -> dict[str, Any]:
+    """What a model cost to build, from a checkpoint's parsed ``config.json`` (:func:`read_checkpoint_info`).
+
+    Returns ``kind`` (the model kind), ``training_seconds`` (the whole cost: first training plus any
+    rounds of plan / execute / retrain; None when the checkpoint records no metrics),
+    ``first_training_seconds`` (without the rounds), ``rounds`` (0 without), ``round_transitions``
+    (executed transitions the rounds added) and ``members`` (an ensemble's size, 1 for one model).
+    """
+    metrics = info.get("metrics") or {}
+    first = metrics.get("first_train_seconds", metrics.get("total_seconds", metrics.get("train_seconds")))
+    total = metrics.get("total_seconds", first)
+    record: dict[str, Any] = metrics["rounds"] if isinstance(metrics.get("rounds"), dict) else {}
+    config = info.get("config") or {}
+
+    def seconds(value: Any) -> float | None:
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    return {
+        "kind": info.get("kind"),
+        "training_seconds": seconds(total),
+        "first_training_seconds": seconds(first),
+        "rounds": int(record.get("count", 0)),
+        "round_transitions": int(record.get("added_transitions", 0)),
+        "members": int(config.get("members", 1)) if isinstance(config.get("members", 1), int) else 1,
+    }
+
+
+def describe_training(summary: dict[str, Any]) -> str:
+    """:func:`training_summary` in a few words, e.g. ``state_mlp, trained in 67 s`` or ``state_mlp, trained in
+    1247 s (130 s, then 2 rounds adding 7,500 executed transitions)``."""
+    kind = summary["kind"] + (f" of {summary['members']} members" if summary.get("members", 1) > 1 else "")
+    total, first = summary.get("training_seconds"), summary.get("first_training_seconds")
+    text = f"{kind}, trained in {total:.0f} s" if total is not None else f"{kind}, training time not recorded"
+    if summary.get("rounds"):
+        before = f"{first:.0f} s, then " if first is not None else ""
+        rounds = f"{summary['rounds']} round{'s' if summary['rounds'] > 1 else ''}"
+        text += f" ({before}{rounds} adding {summary['round_transitions']:,} executed transitions)"
+    return text
 
 
 def _build_config(kind: ModelKind, values: dict, where: str) -> Any:
