@@ -451,14 +451,15 @@ def _execute(ep: _Episode, model_actions: np.ndarray, frameskip: int) -> None:
     ep.actions.extend(env_actions)
 
 
-def _succeeds(sim: Env, spec: EpisodeSpec, model_actions: np.ndarray, frameskip: int) -> bool:
-    """Whether ``model_actions`` reach the goal from the spec's exact start in ``sim`` (a scratch simulator)."""
-    try:
-        sim.reset(state=spec.start)
-        final = sim.rollout(unpack_actions(model_actions, frameskip))[-1]
-    except Exception:  # noqa: BLE001 - a snapshot that cannot be executed did not succeed
-        return False
-    return bool(sim.is_success(final, spec.goal))
+def _snapshot_successes(sim: Env, specs: Sequence[EpisodeSpec], model_actions: np.ndarray, frameskip: int) -> np.ndarray:
+    """Whether each row of ``model_actions [N, H, A]`` reaches its spec's goal from the spec's exact start,
+    all executed in one :meth:`Env.final_states` call on ``sim`` (a scratch simulator); ``[N]`` bool.
+    A row that cannot be executed did not succeed."""
+    starts = np.stack([spec.start for spec in specs])
+    goals = np.stack([spec.goal for spec in specs])
+    finals, ok = sim.final_states(starts, unpack_actions(model_actions, frameskip))
+    hits: np.ndarray = ok & np.asarray(sim.is_success(finals, goals), dtype=bool)
+    return hits
 
 
 def run_episodes(
@@ -578,6 +579,7 @@ def run_episodes(
         if result.trace.residual is not None:
             residual = np.full((*result.trace.residual.shape[:2], h), np.nan, dtype=np.float32)
             residual[:, :, :remaining] = result.trace.residual.float().numpy()
+        executing: list[int] = []  # the episodes whose plan snapshots are judged: those that reached _execute
         for b, (spec, ep) in enumerate(zip(specs, episodes)):
             if not ep.active:
                 continue
@@ -594,10 +596,16 @@ def run_episodes(
                     continue
             _execute(ep, plan[b, :n], fs)
             ep.model_final = predicted[b]
+            executing.append(b)
+        if result.action_snapshots and executing:
+            if scratch is None:
+                scratch = copy.deepcopy(env)
+            rows = torch.as_tensor(executing)
             for snap in result.action_snapshots.values():
-                if scratch is None:
-                    scratch = copy.deepcopy(env)
-                ep.curve.append(_succeeds(scratch, spec, snap[b].detach().cpu().double().numpy(), fs))
+                hits = _snapshot_successes(scratch, [specs[b] for b in executing],
+                                           snap.detach()[rows.to(snap.device)].cpu().double().numpy(), fs)
+                for b, hit in zip(executing, hits):
+                    episodes[b].curve.append(bool(hit))
         executed += n
         if k + 1 < calls:
             init_actions = result.actions[:, n:].detach()

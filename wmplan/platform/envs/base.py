@@ -282,6 +282,48 @@ class Env(abc.ABC):
             states.append(self.step(a))
         return np.stack(states)
 
+    def final_states(self, starts: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Execute many env action sequences, each from its own start; where each ends, and which ran.
+
+        Row ``i`` is ``reset(state=starts[i])`` then ``rollout(actions[i])``: ``starts [N, D]``, env
+        actions ``[N, T, action_dim]`` (model actions go through :func:`unpack_actions` first), each
+        action clipped to the bounds as :meth:`step` clips it. Returns ``finals [N, D]`` float64, the
+        last state of each row, and ``ok [N]`` bool. A row whose reset or rollout raises (an invalid
+        start, a non-finite action) gets ``ok`` False and its start as its final; the other rows are
+        not affected.
+
+        A scratch operation: it resets and steps this env and leaves its current state unspecified,
+        so call it on a copy of an env whose episode matters. The default loops over the rows; a task
+        may override it with a vectorised version that gives the same ``finals`` and ``ok`` bit for
+        bit (Wall does).
+
+        Raises:
+            ValueError: ``starts`` is not ``[N, state_dim]`` or ``actions`` not ``[N, T, action_dim]``.
+        """
+        starts, actions = self._final_states_inputs(starts, actions)
+        finals = starts.copy()
+        ok = np.zeros(len(starts), dtype=bool)
+        for i, (start, row) in enumerate(zip(starts, actions)):
+            try:
+                self.reset(state=start)
+                finals[i] = self.rollout(row)[-1]
+            except Exception:  # noqa: BLE001 - a row that cannot be executed is not ok; the others go on
+                continue
+            ok[i] = True
+        return finals, ok
+
+    def _final_states_inputs(self, starts: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`final_states`' inputs as float64 ``[N, state_dim]`` and ``[N, T, action_dim]`` (or a ``ValueError``)."""
+        s = np.asarray(starts, dtype=np.float64)
+        a = np.asarray(actions, dtype=np.float64)
+        if s.ndim != 2 or s.shape[1] != self.state_dim:
+            raise ValueError(f"{self.name}: final_states needs starts [N, {self.state_dim}]; got {s.shape}")
+        if a.ndim != 3 or a.shape[0] != s.shape[0] or a.shape[2] != self.action_dim:
+            raise ValueError(
+                f"{self.name}: final_states needs env actions [{s.shape[0]}, T, {self.action_dim}]; got {a.shape}"
+            )
+        return s, a
+
     @abc.abstractmethod
     def render(self, size: int = 64) -> np.ndarray:
         """A top-down RGB image ``[size, size, 3]`` uint8 of the current state (no display, no GL).
