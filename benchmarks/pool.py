@@ -108,6 +108,12 @@ def main() -> None:
         result = run_experiment(config(executor="local", actors=1, batch=one_batch, out=out), run_id="one", say=lambda m: None)
         rows.append(Row(f"one process, no Ray, {cores} torch threads", one_batch, result))
         print(f"  one process done ({result.seconds:.1f} s), load {load()}", file=sys.stderr, flush=True)
+        if cores > 1:  # the reference for the pool's scaling: what one core does on its own
+            torch.set_num_threads(1)
+            result = run_experiment(config(executor="local", actors=1, batch=one_batch, out=out), run_id="one-1", say=lambda m: None)
+            rows.append(Row("one process, no Ray, 1 torch thread", one_batch, result))
+            print(f"  one process at 1 thread done ({result.seconds:.1f} s), load {load()}", file=sys.stderr, flush=True)
+            torch.set_num_threads(cores)
 
         import ray
 
