@@ -164,9 +164,10 @@ def _add_train(sub: argparse._SubParsersAction, full: bool) -> None:
     g.add_argument("--no-decoder", action="store_true", help="visual: drop the decoder after training the encoder")
     g.add_argument("--encoder", default="builtin", help="visual: a frozen encoder of your own, package.module:factory (default: %(default)s)")
     g.add_argument("--encoder-weights", default="", help="visual: safetensors weights of --encoder")
-    g.add_argument("--proprio", action="store_true",
+    g.add_argument("--proprio", action=argparse.BooleanOptionalAction, default=None,
                    help="carry the simulator's proprioceptive state beside the latent and predict it (DINO-WM), so that runs may "
-                   "weigh it in the planning cost (--set proprio_weight=1; 0 by default)")
+                   "weigh it in the planning cost (--set proprio_weight=1; 0 by default) (default: as the task's visual "
+                   "recipe says where --kind is not given, else off)")
     j = p.add_argument_group("jepa (--obs pixels --kind jepa)")
     j.add_argument("--preset", choices=["cpu", "gpu"], default="cpu",
                    help="recipe: cpu (minutes on two cores) or gpu (wider, longer; the flags below override it) (default: %(default)s)")
@@ -256,7 +257,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from wmplan.platform.data import read_dataset
     from wmplan.platform.demo import resolve_device
     from wmplan.platform.registry import task_class
-    from wmplan.platform.workflow import default_checkpoint, default_data_path, default_train_config, train_model
+    from wmplan.platform.workflow import DEFAULT_PIXEL_KIND, default_checkpoint, default_data_path, default_train_config, train_model
 
     task_class(args.env)  # an unknown task fails here
     pixels = args.obs == "pixels"
@@ -271,13 +272,13 @@ def _run_train(args: argparse.Namespace) -> int:
     options.update(_ensemble_options(args))
     jepa = given(keypoints=args.keypoints, latent_dim=args.latent_dim, sigreg_weight=args.sigreg_weight,
                  predictor_steps=args.predictor_steps, env_step_predictor=args.env_step_predictor or None)
-    kind = args.kind if pixels else None
     if args.kind is not None and not pixels:
         raise ConfigError(f"--kind {args.kind} trains a model of pictures: add --obs pixels")
     if args.proprio and not pixels:
         raise ConfigError("--proprio trains a model of pictures with proprio: add --obs pixels (a state model sees the whole state)")
-    if args.proprio:
-        options["proprio"] = True
+    if args.proprio is not None and pixels:  # else the task's visual recipe decides (default_train_config)
+        options["proprio"] = args.proprio
+    kind = (args.kind or task_class(args.env).pixel_recipe.kind or DEFAULT_PIXEL_KIND) if pixels else None
     if kind != "jepa" and (jepa or args.preset != "cpu"):
         raise ConfigError("--preset, --keypoints, --latent-dim, --sigreg-weight, --predictor-steps and --env-step-predictor "
                           "are for --obs pixels --kind jepa")
@@ -293,7 +294,7 @@ def _run_train(args: argparse.Namespace) -> int:
                              latent_channels=args.latent_channels),
                        decoder=not args.no_decoder and args.encoder == "builtin", encoder=args.encoder,
                        encoder_weights=args.encoder_weights)
-    config = default_train_config(args.env, obs=args.obs, kind=kind, preset=args.preset, device=str(resolve_device(args.device)),
+    config = default_train_config(args.env, obs=args.obs, kind=args.kind, preset=args.preset, device=str(resolve_device(args.device)),
                                   **options)
     if not data.exists():
         raise ConfigError(f"data set {str(data)!r} does not exist; generate it with "

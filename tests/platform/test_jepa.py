@@ -208,18 +208,26 @@ def test_latent_distance_grows_with_true_distance_after_training(trained, wall_f
 
 
 def test_default_train_config_picks_the_kind_from_the_flag_or_the_tasks_recipe(monkeypatch):
-    from types import SimpleNamespace
-
+    from wmplan.platform.envs import PixelRecipe
     from wmplan.platform.envs.wall import WallEnv
     from wmplan.platform.models import VisualTrainConfig
     from wmplan.platform.workflow import default_train_config
 
-    assert type(default_train_config("wall", obs="pixels")) is VisualTrainConfig  # today's default
+    assert type(default_train_config("wall", obs="pixels")) is VisualTrainConfig  # Wall's recipe names no kind
     jepa = default_train_config("wall", obs="pixels", kind="jepa", preset="gpu", steps=7)
     assert isinstance(jepa, JepaTrainConfig) and jepa.steps == 7 and jepa.batch_size == JEPA_PRESETS["gpu"]["batch_size"]
-    monkeypatch.setattr(WallEnv, "pixel_recipe", SimpleNamespace(trajectories=50, predictor_steps=4000, kind="jepa"))
+    assert not jepa.proprio  # a kind given: no proprio unless asked
+    # PointMaze's recipe: the JEPA kind with the ball's position and velocity beside the latent
+    maze = default_train_config("pointmaze", obs="pixels")
+    assert isinstance(maze, JepaTrainConfig) and maze.proprio
+    assert not default_train_config("pointmaze", obs="pixels", proprio=False).proprio  # the options win
+    assert type(default_train_config("pointmaze", obs="pixels", kind="visual")) is VisualTrainConfig
+    monkeypatch.setattr(WallEnv, "pixel_recipe", PixelRecipe(trajectories=50, predictor_steps=4000, kind="jepa"))
     assert isinstance(default_train_config("wall", obs="pixels"), JepaTrainConfig)  # a recipe that names its kind
+    assert not default_train_config("wall", obs="pixels").proprio
     assert type(default_train_config("wall", obs="pixels", kind="visual")) is VisualTrainConfig
+    with pytest.raises(ValueError, match="kind is 'visual', 'jepa' or None"):
+        PixelRecipe(trajectories=50, predictor_steps=4000, kind="dino")
     with pytest.raises(ConfigError, match="obs pixels"):
         default_train_config("wall", kind="jepa")
     with pytest.raises(ConfigError, match="kind 'jepa'"):

@@ -75,15 +75,16 @@ def models(wall_frames, tmp_path_factory):
 # -- the env's proprio -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("task", ["wall", "pointmaze", "pusht"])
-def test_env_proprio_is_the_agents_own_position(task):
+@pytest.mark.parametrize(("task", "dim"), [("wall", 2), ("pointmaze", 4), ("pusht", 2)])
+def test_env_proprio_is_the_agents_own_state(task, dim):
     env = make_env(task)
     rng = np.random.default_rng(0)
     states = np.stack([env.sample_start_goal(rng)[0] for _ in range(3)])
     p = env.proprio(states)
-    assert env.has_proprio() and env.proprio_dim() == 2 and p.shape == (3, 2)
-    np.testing.assert_array_equal(p, states[:, :2])  # Wall the dot, PointMaze the ball, Push-T the pusher (x, y)
-    np.testing.assert_array_equal(env.proprio(states[0]), states[0, :2])
+    assert env.has_proprio() and env.proprio_dim() == dim and p.shape == (3, dim)
+    # Wall the dot (x, y); PointMaze the ball's position and velocity, DINO-WM's whole state; Push-T the pusher (x, y)
+    np.testing.assert_array_equal(p, states[:, :dim])
+    np.testing.assert_array_equal(env.proprio(states[0]), states[0, :dim])
     p[0, 0] += 1.0
     assert states[0, 0] != p[0, 0]  # a copy
     with pytest.raises(ValueError, match=f"must be \\[..., {env.state_dim}\\]"):

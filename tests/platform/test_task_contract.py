@@ -84,7 +84,11 @@ def test_every_task_provides_every_piece(spec: str) -> None:
 
     recipe = env.pixel_recipe
     assert default_data_config(spec, obs="pixels").episodes == recipe.trajectories
-    assert default_train_config(spec, obs="pixels").steps == recipe.predictor_steps
+    pixels = default_train_config(spec, obs="pixels")
+    if recipe.kind == "jepa":  # the JEPA preset's steps, the recipe's proprio
+        assert getattr(pixels, "proprio", None) is recipe.proprio
+    else:
+        assert pixels.steps == recipe.predictor_steps
 
 
 def test_built_in_tasks_keep_their_values() -> None:
@@ -97,6 +101,8 @@ def test_built_in_tasks_keep_their_values() -> None:
     assert [c.needs_dataset_for_goals() for c in (wall, maze, pusht)] == [False, False, True]
     assert [(c.pixel_recipe.trajectories, c.pixel_recipe.predictor_steps) for c in (wall, maze, pusht)] == [
         (50, 4000), (250, 4000), (1000, 12000)]  # as many frames as before, in 400-step trajectories on wall and pointmaze
+    assert [(c.pixel_recipe.kind, c.pixel_recipe.proprio) for c in (wall, maze, pusht)] == [
+        (None, False), ("jepa", True), (None, False)]  # PointMaze: the JEPA kind seeing the ball's velocity (84% against 25% without)
     assert [c.default_trajectory_steps for c in (wall, maze, pusht)] == [400, 400, 100]  # replayed goals up to H = 80 / 20
     assert [c.default_trajectories for c in (wall, maze, pusht)] == [250, 250, 1000]
 

@@ -102,7 +102,8 @@ def default_train_config(env: str, *, obs: str = "state", kind: str | None = Non
     config). An option ``members`` (state models) makes it an ensemble's (:class:`EnsembleTrainConfig`).
 
     For ``obs='pixels'``, ``kind`` (None: the ``kind`` of the task's ``pixel_recipe`` where it has
-    one, else :data:`DEFAULT_PIXEL_KIND`) picks the model of
+    one, with the recipe's ``proprio`` unless ``options`` say otherwise, else
+    :data:`DEFAULT_PIXEL_KIND`) picks the model of
     pictures: ``visual`` with the predictor steps of the task's ``pixel_recipe``, or ``jepa`` with
     the recipe ``preset`` (``cpu`` or ``gpu``, :data:`~wmplan.platform.models.JEPA_PRESETS`).
 
@@ -113,7 +114,10 @@ def default_train_config(env: str, *, obs: str = "state", kind: str | None = Non
     if obs == "state" and (kind is not None or preset != "cpu"):
         raise ConfigError(f"kind {kind!r} and preset {preset!r} are for models of pictures: add --obs pixels")
     if obs == "pixels" and kind is None:
-        kind = str(getattr(task_class(env).pixel_recipe, "kind", None) or DEFAULT_PIXEL_KIND)
+        recipe = task_class(env).pixel_recipe
+        kind = recipe.kind or DEFAULT_PIXEL_KIND
+        if recipe.proprio and "proprio" not in options:  # the recipe's own kind comes with its proprio
+            options = {**options, "proprio": True}
     if obs == "pixels" and kind not in PIXEL_KINDS:
         raise unknown_name_error("kind", str(kind), PIXEL_KINDS)
     if obs == "pixels" and kind == "jepa":

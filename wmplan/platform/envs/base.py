@@ -74,11 +74,17 @@ class PixelRecipe:
     trajectories: int
     """Trajectories of the task's default length, each step stored with a 64x64 frame."""
     predictor_steps: int
-    """Gradient steps of the visual model's predictor."""
+    """Gradient steps of the visual model's predictor (kind ``visual``; ``jepa`` takes its preset's)."""
+    kind: str | None = None
+    """The model kind (``visual`` or ``jepa``); None: wmplan's default kind of pictures."""
+    proprio: bool = False
+    """Whether the default model carries the simulator's proprio beside its latent (``--proprio``)."""
 
     def __post_init__(self) -> None:
         if self.trajectories < 2 or self.predictor_steps < 1:
             raise ValueError(f"a pixel recipe needs >= 2 trajectories and >= 1 predictor step, got {self}")
+        if self.kind not in (None, "visual", "jepa"):
+            raise ValueError(f"a pixel recipe's kind is 'visual', 'jepa' or None, got {self.kind!r}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -209,7 +215,8 @@ class Env(abc.ABC):
 
     proprio_coords: ClassVar[slice | None] = None
     """The state coordinates that are the agent's own (proprioceptive) state, as DINO-WM's ``proprio``
-    (Wall: the dot's position; PointMaze: the ball's; Push-T: the pusher's), read by :meth:`proprio`.
+    (Wall: the dot's position; PointMaze: the ball's position and velocity; Push-T: the pusher's
+    position), read by :meth:`proprio`.
     None: the task has no proprioceptive part."""
 
     action_low: np.ndarray

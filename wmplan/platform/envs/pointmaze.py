@@ -117,8 +117,13 @@ class PointMazeEnv(Env):
     success_coords: ClassVar[slice] = slice(0, 2)
     """Success and goal distances look at the ball's position, not its velocity."""
     success_threshold: ClassVar[float] = SUCCESS_THRESHOLD
-    proprio_coords: ClassVar[slice | None] = slice(0, 2)
-    """The ball's position ``qpos`` (DINO-WM's PointMaze proprio; its velocity is not included)."""
+    proprio_coords: ClassVar[slice | None] = slice(0, 4)
+    """The ball's position and velocity ``[qpos, qvel]``: DINO-WM's PointMaze proprio is the whole
+    4-D state (``datasets/point_maze_dset.py``: ``proprios = states.clone()``), given to its predictor
+    beside the frames. A single frame shows no velocity, and the ball's random start velocity (up to
+    5.23 per axis) moves it about 0.26 per env step; DINO-WM plans PointMaze with ``alpha = 0``, so
+    the velocity informs the prediction, not the cost (with ``alpha > 0`` the cost also asks for the
+    goal state's velocity)."""
     world_extent: ClassVar[tuple[float, float]] = (-0.7, 4.3)
     """:meth:`render` shows qpos ``[-0.7, 4.3]^2``: the whole 5x5 layout including its outer walls."""
     y_up: ClassVar[bool] = True
@@ -127,7 +132,9 @@ class PointMazeEnv(Env):
     held-out trajectory (a 200-step trajectory would hold exactly one such segment)."""
     default_trajectories: ClassVar[int] = 250
     """250 x 400 steps: the 100,000 transitions of the earlier 1000 x 100 default."""
-    pixel_recipe: ClassVar[PixelRecipe] = PixelRecipe(trajectories=250, predictor_steps=4000)
+    pixel_recipe: ClassVar[PixelRecipe] = PixelRecipe(trajectories=250, predictor_steps=4000, kind="jepa", proprio=True)
+    """The JEPA kind with the ball's position and velocity beside the latent: open-loop CEM 84% at
+    H = 5 (DINO-WM 80%), where the same model without the velocity reached 25% (docs/RESULTS.md)."""
     """Not measured (Wall's budget with Push-T's 100,000 frames)."""
     # Random states (start, goal: Env.sample_start_goal) and the data policy (uniform random
     # actions: Env.data_policy) are the defaults of Env.
