@@ -20,6 +20,7 @@ from wmplan.platform.models import (
     EnsembleTrainConfig,
     EnsembleWorldModel,
     TrainConfig,
+    WorstMember,
     load_ensemble,
     load_world_model,
     read_checkpoint_info,
@@ -30,6 +31,7 @@ from wmplan.platform.models import (
 from wmplan.platform.models.training import data_action_bounds
 from wmplan.platform.planners import make_planner
 from wmplan.platform.workflow import default_train_config, format_summaries
+from wmplan.platform.world_model import rollout
 from wmplan.storage.tracking import group_metrics
 
 FS = 5
@@ -175,6 +177,51 @@ def test_penalty_cost_looks_at_the_given_coordinates_only():
     view = DisagreementPenalty(model, weight=0.0, coords=slice(0, 1))
     final, goal = torch.tensor([[1.0, 5.0, 0.3]]), torch.tensor([[0.0, -5.0, 0.0]])
     assert float(view.cost(final, goal)) == pytest.approx(1.0)
+
+
+# -- the worst member ----------------------------------------------------------------------------------------------
+
+
+def test_worst_member_view_rolls_each_member_out_and_costs_the_worst():
+    model = randomised(EnsembleWorldModel(config(members=4, planning="worst"), seed=4))  # 3 planning members + the judge
+    view = model.planning_model(coords=slice(0, 2))
+    assert isinstance(view, WorstMember) and view.state_dim == 3 * 2
+    start = torch.tensor([[10.0, 20.0], [30.0, 40.0]])
+    s = view.encode(start)
+    assert s.shape == (2, 6) and torch.allclose(view.decode(s), start, atol=1e-4)
+    actions = torch.rand(2, 3, 2 * FS) - 0.5
+    own = [model.encode(start)] * 3  # each planning member from its own state, never the mean
+    for t in range(3):
+        own = [model.predictions(z, actions[:, t], slice(m, m + 1))[0] for m, z in enumerate(own)]
+        s = view.step(s, actions[:, t])
+    expected = torch.stack(own, dim=-2)  # [2, P, D]
+    torch.testing.assert_close(s.reshape(2, 3, 2), expected)
+    mean_path = model.encode(start)
+    for t in range(3):
+        mean_path = model.step(mean_path, actions[:, t])
+    assert not torch.allclose(expected.mean(-2), mean_path, atol=1e-3)  # not the mean model's rollout
+    goal = view.encode(torch.tensor([[12.0, 22.0], [28.0, 38.0]]))
+    per_member = (expected - goal.reshape(2, 3, 2)).pow(2).mean(-1)  # [2, P]
+    torch.testing.assert_close(view.cost(s, goal), per_member.amax(-1))
+    assert (view.cost(s, goal) > per_member.mean(-1)).all()  # members disagree: the worst costs more than their mean
+    judged = view.judge_rollout(view.encode(start), actions)  # the held-out member, repeated for every member
+    torch.testing.assert_close(view.decode(judged), model.decode(model.judge_rollout(model.encode(start), actions)))
+    with pytest.raises(ConfigError, match="unknown ensemble planning 'best'"):
+        config(planning="best")
+
+
+def test_gradient_planners_work_on_the_worst_member_view():
+    model = randomised(EnsembleWorldModel(config(planning="worst"), seed=5))
+    view = model.planning_model()
+    start = view.encode(torch.zeros(4, 2))
+    goal = view.encode(torch.full((4, 2), 3.0))
+    for name, options in [("gd", dict(iterations=30, lr=0.5)), ("grasp", dict(iterations=12, sync_interval=4, sync_steps=2))]:
+        planner = make_planner(name, horizon=3, **options)
+        result = planner.plan(view, start, goal, seed=0)
+        assert torch.isfinite(result.actions).all()
+        first = view.cost(rollout(view, start, torch.zeros_like(result.actions))[..., -1, :], goal)
+        final = view.cost(rollout(view, start, result.actions)[..., -1, :], goal)
+        assert (final < first).all(), name  # the worst member's distance fell from doing nothing
 
 
 # -- data-support bounds ---------------------------------------------------------------------------------------

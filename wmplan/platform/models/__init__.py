@@ -20,6 +20,7 @@ from wmplan.platform.models.ensemble import (
     EnsembleModelConfig,
     EnsembleTrainConfig,
     EnsembleWorldModel,
+    WorstMember,
     load_ensemble,
     train_ensemble_model,
 )
@@ -36,7 +37,7 @@ __all__ = [
     "ResidualMLP",
     "StateModelConfig", "StateWorldModel",
     "TrainConfig", "train_state_model", "transition_windows",
-    "EnsembleModelConfig", "EnsembleWorldModel", "EnsembleTrainConfig", "DisagreementPenalty", "train_ensemble_model",
+    "EnsembleModelConfig", "EnsembleWorldModel", "EnsembleTrainConfig", "DisagreementPenalty", "WorstMember", "train_ensemble_model",
     "load_ensemble",
     "VisualModelConfig", "VisualWorldModel", "VisualTrainConfig", "train_visual_model", "is_pixel_model", "render_states",
     "JepaModelConfig", "JepaWorldModel", "JepaTrainConfig", "JEPA_PRESETS", "jepa_train_config", "train_jepa_model",

@@ -14,6 +14,9 @@ arXiv:2005.13239), are here:
   carries one extra coordinate that accumulates the members' disagreement along the rollout, and
   the cost adds ``disagreement_weight`` times it, which works with every planner (shooting and
   lifted alike: a lifted planner's dynamics residual keeps the coordinate honest);
+- or, with ``planning='worst'``, every planning member rolling out its own trajectory (PETS's
+  "TS-inf" particles) and the cost of the worst of them (:class:`WorstMember`): a plan is cheap only
+  where every planning member agrees it reaches the goal, so a leak one member draws does not pay;
 - in-model success judged on a member that planning did not use (:meth:`EnsembleWorldModel.judge_rollout`,
   which :func:`wmplan.platform.episode.run_episodes` calls when a model has it): a plan that only
   fools the planning members does not fool the judge;
@@ -61,8 +64,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_DISAGREEMENT_WEIGHT", "EnsembleModelConfig", "EnsembleWorldModel", "EnsembleTrainConfig",
-    "DisagreementPenalty", "train_ensemble_model", "load_ensemble", "member_seed",
+    "DisagreementPenalty", "WorstMember", "ENSEMBLE_PLANNING", "train_ensemble_model", "load_ensemble", "member_seed",
 ]
+
+ENSEMBLE_PLANNING = ("mean", "worst")
+"""How planners search an ensemble: ``mean``, the planning members' mean (with the disagreement
+penalty); ``worst``, each planning member's own rollout, costed by the worst member."""
 
 DEFAULT_DISAGREEMENT_WEIGHT = 1.0
 """The default weight of the disagreement penalty (cost units: squared normalised state units per unit
@@ -87,12 +94,18 @@ class EnsembleModelConfig(StateModelConfig):
     """Weight of the disagreement penalty in the planning cost (0: plan on the mean alone). The
     penalty is the planning members' variance about their mean (summed over state coordinates,
     normalised units) accumulated over the rollout's steps."""
+    planning: str = "mean"
+    """How planners search the ensemble (:data:`ENSEMBLE_PLANNING`): ``mean`` (the planning members'
+    mean, with the disagreement penalty) or ``worst`` (every planning member rolls out its own
+    trajectory and the cost is the worst member's; the disagreement weight is then unused)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         require(self.members >= 2, f"members must be >= 2 (one model is the state_mlp kind), got {self.members}")
         require(math.isfinite(self.disagreement_weight) and self.disagreement_weight >= 0,
                 f"disagreement_weight must be finite and >= 0, got {self.disagreement_weight}")
+        if self.planning not in ENSEMBLE_PLANNING:
+            raise ConfigError(f"unknown ensemble planning {self.planning!r}; valid: {', '.join(ENSEMBLE_PLANNING)}")
 
     @property
     def planning_members(self) -> int:
@@ -204,9 +217,13 @@ class EnsembleWorldModel(StateWorldModel):
         return torch.stack(states, dim=-2)
 
     def planning_model(self, *, coords: slice | None = None) -> WorldModel:
-        """The model planners search: this one (the planning mean) when ``disagreement_weight`` is 0,
-        else a :class:`DisagreementPenalty` view whose cost looks at state coordinates ``coords``
-        (None: all) plus the weighted accumulated disagreement."""
+        """The model planners search: with ``planning='worst'`` a :class:`WorstMember` view (every
+        planning member's own rollout, the worst member's cost over state coordinates ``coords``,
+        None: all); else this one (the planning mean) when ``disagreement_weight`` is 0, or a
+        :class:`DisagreementPenalty` view whose cost looks at ``coords`` plus the weighted
+        accumulated disagreement."""
+        if self.config.planning == "worst":
+            return cast("WorldModel", WorstMember(self, coords=coords))
         if self.config.disagreement_weight == 0:
             return self
         # The view's action bounds are read-only properties (the ensemble's), which the protocol's plain attributes accept at run time.
@@ -215,10 +232,31 @@ class EnsembleWorldModel(StateWorldModel):
     def extra_repr(self) -> str:
         c = self.config
         return (f"{super().extra_repr()}, members={c.members}, judge={c.judge}, "
-                f"disagreement_weight={c.disagreement_weight}")
+                f"disagreement_weight={c.disagreement_weight}, planning={c.planning!r}")
 
 
-class DisagreementPenalty(nn.Module):
+class _EnsembleView(nn.Module):
+    """What every planning view of an ensemble shares: the ensemble (a submodule, so ``.to`` reaches
+    it), its action bounds and config, and the cost's coordinates."""
+
+    def __init__(self, ensemble: EnsembleWorldModel, *, coords: slice | None) -> None:
+        super().__init__()
+        self.inner = ensemble
+        self.coords = coords if coords is not None else slice(None)
+        self.env_dim = ensemble.state_dim
+        self.action_dim = ensemble.action_dim
+        self.config = ensemble.config
+
+    @property
+    def action_low(self) -> Tensor:
+        return self.inner.action_low
+
+    @property
+    def action_high(self) -> Tensor:
+        return self.inner.action_high
+
+
+class DisagreementPenalty(_EnsembleView):
     """The planning view of an ensemble: its state ``[z (D), u]`` carries the disagreement ``u``
     accumulated along the rollout, and its cost adds ``weight * u``.
 
@@ -234,23 +272,10 @@ class DisagreementPenalty(nn.Module):
     """
 
     def __init__(self, ensemble: EnsembleWorldModel, *, weight: float, coords: slice | None = None) -> None:
-        super().__init__()
         require(math.isfinite(weight) and weight >= 0, f"weight must be finite and >= 0, got {weight}")
-        self.inner = ensemble
+        super().__init__(ensemble, coords=coords)
         self.weight = float(weight)
-        self.coords = coords if coords is not None else slice(None)
-        self.env_dim = ensemble.state_dim
         self.state_dim = ensemble.state_dim + 1
-        self.action_dim = ensemble.action_dim
-        self.config = ensemble.config
-
-    @property
-    def action_low(self) -> Tensor:
-        return self.inner.action_low
-
-    @property
-    def action_high(self) -> Tensor:
-        return self.inner.action_high
 
     def encode(self, env_state: Any) -> Tensor:
         """Env states ``[..., D]`` to planning states ``[..., D+1]`` (no disagreement yet)."""
@@ -285,6 +310,68 @@ class DisagreementPenalty(nn.Module):
 
     def extra_repr(self) -> str:
         return f"weight={self.weight}, coords={self.coords}"
+
+
+class WorstMember(_EnsembleView):
+    """The pessimistic planning view of an ensemble: its state ``[z_1, ..., z_P]`` (``P x D``) holds
+    every planning member's own rollout from the same start, and its cost is the worst member's.
+
+    ``step`` advances member ``p`` from its own ``z_p`` (PETS's "TS-inf" particles, one per member);
+    ``cost(final, goal) = max_p mean over coords of (z_p - z_goal)^2``; ``encode`` repeats the start
+    for every member; ``decode`` reads the members' mean; ``judge_rollout`` rolls the held-out member
+    out from the start and repeats it, so ``decode`` of it is the judge's state. A plan is cheap only
+    where every planning member agrees that it reaches the goal.
+
+    Args:
+        ensemble: the ensemble (a submodule, so ``.to`` reaches it).
+        coords: the state coordinates the cost compares with the goal (None: all ``D``).
+    """
+
+    def __init__(self, ensemble: EnsembleWorldModel, *, coords: slice | None = None) -> None:
+        super().__init__(ensemble, coords=coords)
+        self.planning_members = ensemble.config.planning_members
+        self.state_dim = self.planning_members * ensemble.state_dim
+
+    def _split(self, state: Tensor) -> Tensor:
+        """``[..., P*D]`` to ``[..., P, D]``."""
+        return state.reshape(*state.shape[:-1], self.planning_members, self.env_dim)
+
+    def encode(self, env_state: Any) -> Tensor:
+        """Env states ``[..., D]`` to planning states ``[..., P*D]`` (the start, once per member)."""
+        z = self.inner.encode(env_state)
+        return z.repeat(*([1] * (z.dim() - 1)), self.planning_members)
+
+    def decode(self, state: Tensor) -> Tensor:
+        """Planning states ``[..., P*D]`` to env states ``[..., D]``: the members' mean."""
+        return self.inner.decode(self._split(state).mean(-2))
+
+    def step(self, state: Tensor, action: Tensor) -> Tensor:
+        """``[..., P*D]``, ``[..., A]`` to ``[..., P*D]``: member ``p`` from its own state."""
+        z = self._split(state)  # [..., P, D]
+        lead = torch.broadcast_shapes(z.shape[:-2], action.shape[:-1])
+        z = z.expand(*lead, self.planning_members, self.env_dim)
+        a = action.expand(*lead, self.action_dim).unsqueeze(-2).expand(*lead, self.planning_members, self.action_dim)
+        x = self.inner._inputs(z, a).movedim(-2, 0).reshape(self.planning_members, -1, self.env_dim + self.action_dim)
+        out = self.inner.members(x, slice(0, self.planning_members))  # [P, K, D]
+        nxt = z + out.reshape(self.planning_members, *lead, self.env_dim).movedim(0, -2)
+        return nxt.reshape(*lead, self.state_dim)
+
+    def forward(self, state: Tensor, action: Tensor) -> Tensor:
+        return self.step(state, action)
+
+    def cost(self, final_states: Tensor, goal_states: Tensor) -> Tensor:
+        """``[..., P*D]``, ``[..., P*D]`` to ``[...]``: the largest member's MSE to the goal over ``coords``."""
+        miss = (self._split(final_states)[..., self.coords] - self._split(goal_states)[..., self.coords]).pow(2).mean(-1)
+        return miss.amax(-1)
+
+    def judge_rollout(self, start: Tensor, actions: Tensor) -> Tensor:
+        """The held-out member's rollout from ``start [..., P*D]`` (its first member's state), repeated
+        for every member: ``[..., n+1, P*D]``."""
+        states = self.inner.judge_rollout(self._split(start)[..., 0, :], actions)
+        return states.repeat(*([1] * (states.dim() - 1)), self.planning_members)
+
+    def extra_repr(self) -> str:
+        return f"members={self.planning_members}, coords={self.coords}"
 
 
 register_model_kind("state_ensemble", EnsembleWorldModel, EnsembleModelConfig)
@@ -468,9 +555,10 @@ def _mean_disagreement(model: EnsembleWorldModel, z: Tensor, a: Tensor, batch: i
 
 
 def load_ensemble(*, checkpoint: str, device: str | torch.device = "cpu", disagreement_weight: float | None = None,
-                  judge: bool | None = None) -> EnsembleWorldModel:
+                  judge: bool | None = None, planning: str | None = None) -> EnsembleWorldModel:
     """A plug-in model factory: the ensemble checkpoint at ``checkpoint``, planned with another
-    ``disagreement_weight`` and/or ``judge`` than it was trained with (None: its own).
+    ``disagreement_weight``, ``judge`` and/or ``planning`` (``mean`` or ``worst``) than it was
+    trained with (None: its own).
 
     Use it as ``--model wmplan.platform.models.ensemble:load_ensemble --model-options
     '{checkpoint: DIR, disagreement_weight: 2.0}'``; the options are recorded with the run.
@@ -486,6 +574,8 @@ def load_ensemble(*, checkpoint: str, device: str | torch.device = "cpu", disagr
         changes["disagreement_weight"] = float(disagreement_weight)
     if judge is not None:
         changes["judge"] = bool(judge)
+    if planning is not None:
+        changes["planning"] = str(planning)
     if changes:
         try:
             model.config = dataclasses.replace(model.config, **changes)
