@@ -257,7 +257,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from wmplan.platform.data import read_dataset
     from wmplan.platform.demo import resolve_device
     from wmplan.platform.registry import task_class
-    from wmplan.platform.workflow import DEFAULT_PIXEL_KIND, default_checkpoint, default_data_path, default_train_config, train_model
+    from wmplan.platform.workflow import default_checkpoint, default_data_path, default_train_config, pixel_kind, train_model
 
     task_class(args.env)  # an unknown task fails here
     pixels = args.obs == "pixels"
@@ -278,7 +278,7 @@ def _run_train(args: argparse.Namespace) -> int:
         raise ConfigError("--proprio trains a model of pictures with proprio: add --obs pixels (a state model sees the whole state)")
     if args.proprio is not None and pixels:  # else the task's visual recipe decides (default_train_config)
         options["proprio"] = args.proprio
-    kind = (args.kind or task_class(args.env).pixel_recipe.kind or DEFAULT_PIXEL_KIND) if pixels else None
+    kind = pixel_kind(args.env, args.kind) if pixels else None
     if kind != "jepa" and (jepa or args.preset != "cpu"):
         raise ConfigError("--preset, --keypoints, --latent-dim, --sigreg-weight, --predictor-steps and --env-step-predictor "
                           "are for --obs pixels --kind jepa")

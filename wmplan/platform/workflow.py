@@ -73,6 +73,12 @@ def _check_obs(obs: str) -> None:
         raise unknown_name_error("obs", obs, OBS)
 
 
+def pixel_kind(env: str, kind: str | None = None) -> str:
+    """The kind of a model of pictures for task ``env``: ``kind`` when given, else the task's
+    ``pixel_recipe.kind``, else :data:`DEFAULT_PIXEL_KIND` (not checked against :data:`PIXEL_KINDS`)."""
+    return kind or task_class(env).pixel_recipe.kind or DEFAULT_PIXEL_KIND
+
+
 def default_data_path(env: str, root: str | Path = ".", *, obs: str = "state") -> Path:
     """Where ``wmplan data`` writes a task's data set by default (``data/ENV-pixels.parquet`` with frames)."""
     _check_obs(obs)
@@ -114,10 +120,9 @@ def default_train_config(env: str, *, obs: str = "state", kind: str | None = Non
     if obs == "state" and (kind is not None or preset != "cpu"):
         raise ConfigError(f"kind {kind!r} and preset {preset!r} are for models of pictures: add --obs pixels")
     if obs == "pixels" and kind is None:
-        recipe = task_class(env).pixel_recipe
-        kind = recipe.kind or DEFAULT_PIXEL_KIND
-        if recipe.proprio and "proprio" not in options:  # the recipe's own kind comes with its proprio
+        if task_class(env).pixel_recipe.proprio and "proprio" not in options:  # the recipe's own kind comes with its proprio
             options = {**options, "proprio": True}
+        kind = pixel_kind(env)
     if obs == "pixels" and kind not in PIXEL_KINDS:
         raise unknown_name_error("kind", str(kind), PIXEL_KINDS)
     if obs == "pixels" and kind == "jepa":

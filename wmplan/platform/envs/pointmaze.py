@@ -135,7 +135,6 @@ class PointMazeEnv(Env):
     pixel_recipe: ClassVar[PixelRecipe] = PixelRecipe(trajectories=250, predictor_steps=4000, kind="jepa", proprio=True)
     """The JEPA kind with the ball's position and velocity beside the latent: open-loop CEM 84% at
     H = 5 (DINO-WM 80%), where the same model without the velocity reached 25% (docs/RESULTS.md)."""
-    """Not measured (Wall's budget with Push-T's 100,000 frames)."""
     # Random states (start, goal: Env.sample_start_goal) and the data policy (uniform random
     # actions: Env.data_policy) are the defaults of Env.
 

@@ -193,9 +193,10 @@ class EnsembleWorldModel(StateWorldModel):
         """:meth:`predictions` of the planning members: ``[P, ..., D]``."""
         return self.predictions(z, action, slice(0, self.config.planning_members))
 
-    def step_each(self, z: Tensor, action: Tensor) -> Tensor:
-        """Every member's next state from its own input: ``z [N, K, D]``, ``action [N, K, A]`` to ``[N, K, D]`` (training)."""
-        return z + self.members(self._inputs(z, action))
+    def step_each(self, z: Tensor, action: Tensor, members: slice = slice(None)) -> Tensor:
+        """Each of members ``members`` (``M`` of them; all by default) from its own input: ``z [M, K, D]``,
+        ``action [M, K, A]`` to ``[M, K, D]`` (training, and :class:`WorstMember`'s rollouts)."""
+        return z + self.members(self._inputs(z, action), members)
 
     def step(self, state: Tensor, action: Tensor) -> Tensor:
         """The planning members' mean next state: ``z [..., D]``, packed actions ``[..., A]`` to ``z' [..., D]``."""
@@ -347,14 +348,13 @@ class WorstMember(_EnsembleView):
 
     def step(self, state: Tensor, action: Tensor) -> Tensor:
         """``[..., P*D]``, ``[..., A]`` to ``[..., P*D]``: member ``p`` from its own state."""
+        p = self.planning_members
         z = self._split(state)  # [..., P, D]
         lead = torch.broadcast_shapes(z.shape[:-2], action.shape[:-1])
-        z = z.expand(*lead, self.planning_members, self.env_dim)
-        a = action.expand(*lead, self.action_dim).unsqueeze(-2).expand(*lead, self.planning_members, self.action_dim)
-        x = self.inner._inputs(z, a).movedim(-2, 0).reshape(self.planning_members, -1, self.env_dim + self.action_dim)
-        out = self.inner.members(x, slice(0, self.planning_members))  # [P, K, D]
-        nxt = z + out.reshape(self.planning_members, *lead, self.env_dim).movedim(0, -2)
-        return nxt.reshape(*lead, self.state_dim)
+        z = z.expand(*lead, p, self.env_dim).movedim(-2, 0).reshape(p, -1, self.env_dim)  # [P, K, D]
+        a = action.expand(*lead, self.action_dim).reshape(1, -1, self.action_dim).expand(p, -1, -1)  # [P, K, A]
+        nxt = self.inner.step_each(z, a, slice(0, p))  # [P, K, D]
+        return nxt.reshape(p, *lead, self.env_dim).movedim(0, -2).reshape(*lead, self.state_dim)
 
     def forward(self, state: Tensor, action: Tensor) -> Tensor:
         return self.step(state, action)
