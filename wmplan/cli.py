@@ -149,6 +149,11 @@ def _add_train(sub: argparse._SubParsersAction, full: bool) -> None:
     p.add_argument("--rollout-steps", type=int, default=None, help="model steps unrolled in the loss (default: 3)")
     p.add_argument("--hidden", type=int, default=None, help="predictor hidden width (default: 256)")
     p.add_argument("--depth", type=int, default=None, help="predictor hidden layers (default: 3)")
+    p.add_argument("--env-step-predictor", action="store_true",
+                   help="state models and --kind jepa: the predictor takes one env action at a time and is applied frameskip "
+                   "times per model step (default: one model step from the packed model action)")
+    p.add_argument("--activation", choices=["silu", "relu"], default=None,
+                   help="state models: activation of the hidden layers; relu draws sharp edges such as a wall (default: silu)")
     p.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto: the GPU when there is one (default: %(default)s)")
     p.add_argument("--threads", type=int, default=1,
@@ -176,8 +181,6 @@ def _add_train(sub: argparse._SubParsersAction, full: bool) -> None:
     j.add_argument("--sigreg-weight", type=float, default=None, help="weight of the SIGReg anti-collapse term (default: 1.0)")
     j.add_argument("--predictor-steps", type=int, default=None,
                    help="steps of the last stage, the predictor alone on the frozen encoder's latents (default: 4000)")
-    j.add_argument("--env-step-predictor", action="store_true",
-                   help="the predictor takes one env action at a time (default: the packed model action)")
     _add_ensemble_flags(p)
     _add_rounds_flags(p)
     p.set_defaults(func=_run_train)
@@ -271,7 +274,13 @@ def _run_train(args: argparse.Namespace) -> int:
                          depth=args.depth))
     options.update(_ensemble_options(args))
     jepa = given(keypoints=args.keypoints, latent_dim=args.latent_dim, sigreg_weight=args.sigreg_weight,
-                 predictor_steps=args.predictor_steps, env_step_predictor=args.env_step_predictor or None)
+                 predictor_steps=args.predictor_steps, env_step_predictor=(args.env_step_predictor and pixels) or None)
+    if not pixels:
+        options.update(given(env_step=args.env_step_predictor or None, activation=args.activation))
+        if args.env_step_predictor and args.members > 1:
+            raise ConfigError("--env-step-predictor trains one state model; an ensemble (--members N) predicts whole model steps")
+    elif args.activation is not None:
+        raise ConfigError("--activation is for state models (--obs state)")
     if args.kind is not None and not pixels:
         raise ConfigError(f"--kind {args.kind} trains a model of pictures: add --obs pixels")
     if args.proprio and not pixels:
@@ -281,7 +290,7 @@ def _run_train(args: argparse.Namespace) -> int:
     kind = pixel_kind(args.env, args.kind) if pixels else None
     if kind != "jepa" and (jepa or args.preset != "cpu"):
         raise ConfigError("--preset, --keypoints, --latent-dim, --sigreg-weight, --predictor-steps and --env-step-predictor "
-                          "are for --obs pixels --kind jepa")
+                          "are for --obs pixels --kind jepa (--env-step-predictor also for state models)")
     if kind == "jepa":
         visual_only = given(encoder_steps=args.encoder_steps, latent_channels=args.latent_channels, no_decoder=args.no_decoder or None,
                             encoder=None if args.encoder == "builtin" else args.encoder, encoder_weights=args.encoder_weights or None)

@@ -65,6 +65,25 @@ def test_wall_walk_follows_the_von_mises_policy(tmp_path):
     assert 0.8 < np.median(lengths) < 1.2
 
 
+def test_uniform_policy_covers_the_action_box(tmp_path):
+    """policy='uniform' draws every action over the whole box: Wall's walk never steps longer than 1.8,
+    uniform draws do (the box's corners reach 1.8 * sqrt(2)), and cover each coordinate evenly."""
+    path = generate_dataset(DataConfig(env="wall", episodes=10, steps=50, policy="uniform"), tmp_path / "u.parquet", workers=1)
+    ds = read_dataset(path)
+    actions = np.concatenate([t.actions for t in ds.trajectories])
+    lengths = np.linalg.norm(actions, axis=1)
+    assert lengths.max() > 1.9 and lengths.min() < 0.2
+    assert np.all(np.abs(actions) <= 1.8) and np.all(np.abs(actions.mean(0)) < 0.2)
+    assert np.allclose(actions.std(0), 3.6 / 12**0.5, rtol=0.15)  # a uniform's std over [-1.8, 1.8]
+    assert ds.meta["config"]["policy"] == "uniform"
+    sim = make_env("wall")  # states are what the simulator makes of those actions
+    t = ds.trajectories[0]
+    sim.reset(state=t.states[0])
+    np.testing.assert_allclose(sim.rollout(t.actions)[-1], t.states[-1])
+    with pytest.raises(ConfigError, match="policy must be 'task' or 'uniform'"):
+        DataConfig(env="wall", policy="random")
+
+
 def test_pusht_scripted_pusher_moves_the_block(tmp_path):
     ds = read_dataset(generate_dataset(DataConfig(env="pusht", episodes=4, steps=60), tmp_path / "p.parquet", workers=1))
     moved = np.concatenate([np.linalg.norm(np.diff(t.states[:, 2:4], axis=0), axis=1) > 1e-3 for t in ds.trajectories])

@@ -279,6 +279,82 @@ class WallOracle(torch.nn.Module):
         return torch.as_tensor(p, dtype=state.dtype)
 
 
+# -- a model of one env step, composed frameskip times ------------------------------------------------
+
+
+def test_env_step_model_composes_one_env_step_per_packed_action():
+    config = StateModelConfig(env="wall", state_dim=2, action_dim=10, hidden=16, depth=2, env_step=True, activation="relu",
+                              env_action_low=(-1.8, -1.8), env_action_high=(1.8, 1.8))
+    model = StateWorldModel(config, seed=0)
+    with torch.no_grad():
+        model.net[-1].weight.normal_(0, 0.3, generator=torch.Generator().manual_seed(3))  # the last layer starts at zero
+    assert model.net[0].in_features == 2 + 2 and isinstance(model.net[1], torch.nn.ReLU)
+    z = torch.randn(7, 2, generator=torch.Generator().manual_seed(0))
+    a = torch.rand(7, 10, generator=torch.Generator().manual_seed(1)) * 3.6 - 1.8
+    by_hand = z
+    for k in range(5):
+        by_hand = model.env_step(by_hand, a[:, 2 * k : 2 * k + 2])
+    assert torch.allclose(model.step(z, a), by_hand, atol=1e-6)
+    assert not torch.allclose(model.step(z, a), model.env_step(z, a[:, :2]))  # five steps differ from one
+    packed = StateWorldModel(dataclasses.replace(config, env_step=False), seed=0)
+    assert packed.net[0].in_features == 2 + 10 and isinstance(packed.net[1], torch.nn.ReLU)
+    with pytest.raises(ValueError, match="env_step needs a model with env_step=True"):
+        packed.env_step(z, a[:, :2])
+    with pytest.raises(ConfigError, match="unknown activation 'tanh'"):
+        StateModelConfig(env="wall", state_dim=2, action_dim=10, activation="tanh")
+    with pytest.raises(ConfigError, match="unknown activation"):
+        TrainConfig(activation="gelu")
+
+
+def test_env_step_model_trains_on_every_env_step_and_round_trips(wall_data, tmp_path):
+    config = dataclasses.replace(FAST, env_step=True, activation="relu", rollout_steps=1)
+    model, metrics = train_state_model(wall_data, config)
+    assert model.config.env_step and model.config.activation == "relu"
+    assert metrics["val_mse_after"] < 0.5 * metrics["val_mse_before"]  # judged on whole model steps, as any state model
+    assert metrics["rollout_steps"] == 1 and metrics["env_steps_unrolled"] == 5
+    # the loss sees every env step: the model's one env step is close to the simulator's
+    t = wall_data.split("val")[0]
+    with torch.no_grad():
+        z1 = model.env_step(model.encode(torch.tensor(t.states[:-1], dtype=torch.float32)),
+                            torch.tensor(t.actions, dtype=torch.float32))
+    err = np.linalg.norm(model.decode(z1).numpy() - t.states[1:], axis=1)
+    assert np.median(err) < 1.0  # pixels; an env step moves the dot about 2 px
+    save_checkpoint(model, tmp_path / "ckpt", metrics=metrics)
+    loaded = load_world_model(tmp_path / "ckpt")
+    assert loaded.config == model.config
+    z = torch.randn(16, 2, generator=torch.Generator().manual_seed(0))
+    a = torch.rand(16, 10, generator=torch.Generator().manual_seed(1)) * 3.6 - 1.8
+    with torch.no_grad():
+        assert torch.equal(loaded.step(z, a), model.step(z, a))
+    info = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert info["tensors"]["net.0.weight"]["shape"] == [64, 4]
+
+
+def test_train_command_builds_an_env_step_model_and_names_misuse(wall_data, tmp_path, capsys, monkeypatch):
+    from wmplan.cli import main
+
+    monkeypatch.delenv("WMPLAN_DEBUG", raising=False)
+    data, ckpt = str(wall_data.path), tmp_path / "ckpt"
+    tiny = ["--steps", "20", "--batch-size", "16", "--hidden", "16", "--depth", "1", "--rollout-steps", "1"]
+    assert main(["train", "--env", "wall", "--data", data, "--out", str(ckpt), "--env-step-predictor", "--activation", "relu", *tiny]) == 0
+    config = json.loads((ckpt / "config.json").read_text())["config"]
+    assert config["env_step"] is True and config["activation"] == "relu"
+    capsys.readouterr()
+    assert main(["train", "--env", "wall", "--data", data, "--out", str(tmp_path / "x"), "--env-step-predictor", "--members", "3",
+                 *tiny]) == 2
+    assert "--env-step-predictor trains one state model" in capsys.readouterr().err
+    assert main(["train", "--env", "wall", "--obs", "pixels", "--data", data, "--out", str(tmp_path / "x"), "--activation", "relu"]) == 2
+    assert "--activation is for state models" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_ensemble_refuses_env_step_members(wall_data):
+    from wmplan.platform.models.ensemble import EnsembleTrainConfig
+
+    with pytest.raises(ConfigError, match="env_step is for one state model"):
+        EnsembleTrainConfig(members=3, env_step=True)
+
+
 def test_evaluate_trained_model(trained, wall_data):
     model, _ = trained
     result = evaluate_model(model, wall_data, k=10)

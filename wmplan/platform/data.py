@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -88,6 +89,10 @@ class DataConfig:
     """Store a rendered RGB frame with every step."""
     frame_size: int = 64
     """Side of the stored frames in pixels."""
+    policy: Literal["task", "uniform"] = "task"
+    """Actions of the data: ``task``, the task's own data-collection policy (``Env.data_policy``;
+    Wall's is DINO-WM's smooth random walk); ``uniform``, independent uniform draws over the whole
+    action box, so that a model sees every action a planner may try, at every state the walks reach."""
 
     def __post_init__(self) -> None:
         from wmplan.platform.registry import task_class  # here, not at import: the workers never import torch
@@ -97,6 +102,7 @@ class DataConfig:
         require(self.steps >= 0, f"steps must be >= 0 (0: default), got {self.steps}")
         require(0.0 <= self.val_fraction < 1.0, f"val_fraction must be in [0, 1), got {self.val_fraction}")
         require(8 <= self.frame_size <= 512, f"frame_size must be in [8, 512], got {self.frame_size}")
+        require(self.policy in ("task", "uniform"), f"policy must be 'task' or 'uniform', got {self.policy!r}")
 
     @property
     def steps_per_episode(self) -> int:
@@ -114,7 +120,7 @@ def _trajectory(config: DataConfig, task: Env, steps: int, episode: int) -> tupl
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, episode]))
     env = copy.deepcopy(task)
     state = env.reset(seed=int(rng.integers(2**63)))
-    policy = env.data_policy(rng, steps=steps)
+    policy = env.data_policy(rng, steps=steps) if config.policy == "task" else Env.data_policy(env, rng, steps=steps)
     states, actions = [state], []
     frames = [env.render(config.frame_size).tobytes()] if config.frames else None
     for t in range(steps):

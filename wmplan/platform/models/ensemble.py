@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from wmplan.platform.errors import ConfigError
 from wmplan.platform.models.checkpoint import load_world_model, register_model_kind
-from wmplan.platform.models.mlp import register_normalization
+from wmplan.platform.models.mlp import ACTIVATIONS, register_normalization
 from wmplan.platform.models.state_model import StateModelConfig, StateWorldModel
 from wmplan.platform.models.training import (
     TrainConfig,
@@ -102,6 +102,7 @@ class EnsembleModelConfig(StateModelConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         require(self.members >= 2, f"members must be >= 2 (one model is the state_mlp kind), got {self.members}")
+        require(not self.env_step, "env_step is for one state model (kind state_mlp); an ensemble's members predict whole model steps")
         require(math.isfinite(self.disagreement_weight) and self.disagreement_weight >= 0,
                 f"disagreement_weight must be finite and >= 0, got {self.disagreement_weight}")
         if self.planning not in ENSEMBLE_PLANNING:
@@ -119,15 +120,17 @@ class MemberStack(nn.Module):
     Args:
         members: ``N``.
         width_in, width_out: input and output widths.
-        hidden, depth: width and number of the SiLU hidden layers.
+        hidden, depth: width and number of the hidden layers.
+        activation: their activation (:data:`~wmplan.platform.models.mlp.ACTIVATIONS`).
         seeds: one initialisation seed per member (None: torch's global generator). Hidden layers
             are uniform with the variance of PyTorch's default; the last layer starts at zero, so an
             untrained member predicts "nothing moves" as :class:`StateWorldModel` does.
     """
 
     def __init__(self, members: int, width_in: int, width_out: int, *, hidden: int, depth: int,
-                 seeds: Sequence[int] | None = None) -> None:
+                 seeds: Sequence[int] | None = None, activation: str = "silu") -> None:
         super().__init__()
+        self.activation = ACTIVATIONS[activation]()
         widths = [width_in] + [hidden] * depth + [width_out]
         self.weights = nn.ParameterList([nn.Parameter(torch.zeros(members, i, o)) for i, o in zip(widths[:-1], widths[1:])])
         self.biases = nn.ParameterList([nn.Parameter(torch.zeros(members, o)) for o in widths[1:]])
@@ -144,7 +147,7 @@ class MemberStack(nn.Module):
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             x = torch.baddbmm(b[members].unsqueeze(1), x, w[members])
             if i < last:
-                x = torch.nn.functional.silu(x)
+                x = self.activation(x)
         return x
 
 
@@ -173,7 +176,8 @@ class EnsembleWorldModel(StateWorldModel):
         d, a = config.state_dim, config.action_dim
         register_normalization(self, state_dim=d, action_dim=a, bounds=config.action_bounds())
         seeds = None if seed is None else [member_seed(seed, m) for m in range(config.members)]
-        self.members = MemberStack(config.members, d + a, d, hidden=config.hidden, depth=config.depth, seeds=seeds)
+        self.members = MemberStack(config.members, d + a, d, hidden=config.hidden, depth=config.depth, seeds=seeds,
+                                   activation=config.activation)
 
     def _inputs(self, z: Tensor, action: Tensor) -> Tensor:
         a = (action - self.action_mean) / self.action_std
@@ -397,6 +401,7 @@ class EnsembleTrainConfig(TrainConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         require(self.members >= 2, f"members must be >= 2 (one model: TrainConfig), got {self.members}")
+        require(not self.env_step, "env_step is for one state model; an ensemble's members predict whole model steps")
         require(math.isfinite(self.disagreement_weight) and self.disagreement_weight >= 0,
                 f"disagreement_weight must be finite and >= 0, got {self.disagreement_weight}")
 

@@ -9,15 +9,22 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+ACTIVATIONS: Mapping[str, type[nn.Module]] = {"silu": nn.SiLU, "relu": nn.ReLU}
+"""The hidden layers' activations by name: ``silu`` (smooth, the default) and ``relu`` (piecewise linear: it
+draws a sharp edge such as Wall's, where a smooth MLP blends "blocked" and "passes" into a leaky band)."""
 
-def mlp_layers(width_in: int, width_out: int, *, extra_in: int = 0, hidden: int, depth: int) -> nn.Sequential:
-    """``depth`` SiLU hidden layers of width ``hidden`` from ``width_in + extra_in`` inputs to ``width_out`` outputs."""
+
+def mlp_layers(width_in: int, width_out: int, *, extra_in: int = 0, hidden: int, depth: int, activation: str = "silu") -> nn.Sequential:
+    """``depth`` hidden layers of width ``hidden`` (``activation``, :data:`ACTIVATIONS`) from ``width_in + extra_in``
+    inputs to ``width_out`` outputs."""
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; valid: {', '.join(ACTIVATIONS)}")
     layers: list[nn.Module] = []
     width = width_in + extra_in
     for _ in range(depth):
-        layers += [nn.Linear(width, hidden), nn.SiLU()]
+        layers += [nn.Linear(width, hidden), ACTIVATIONS[activation]()]
         width = hidden
     layers.append(nn.Linear(width, width_out))
     return nn.Sequential(*layers)

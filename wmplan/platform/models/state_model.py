@@ -10,19 +10,24 @@ so planners search ``z`` (where every state dimension has unit scale, which keep
 and learning rates meaningful on every task) while actions stay in env units: a model action is
 ``frameskip`` env actions concatenated (:func:`wmplan.platform.envs.pack_actions`) and its bounds
 are the env's bounds tiled ``frameskip`` times. Action normalisation is internal to ``step``.
+
+With ``env_step`` the MLP predicts one env step from one env action instead, and ``step`` applies it
+``frameskip`` times, one packed env action after the other: a function of ``D + A / frameskip``
+inputs that the data show ``frameskip`` times as often, and that stops at a wall at the env step
+where the simulator does.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from wmplan.platform.models.mlp import mlp_layers, register_normalization
+from wmplan.platform.models.mlp import ACTIVATIONS, mlp_layers, register_normalization
 from wmplan.platform.options import require
 
 __all__ = ["PackedActionConfig", "StateModelConfig", "StateWorldModel"]
@@ -78,6 +83,11 @@ class StateModelConfig(PackedActionConfig):
     """Width of the hidden layers of the residual MLP."""
     depth: int = 3
     """Number of hidden layers of the residual MLP (>= 1)."""
+    activation: Literal["silu", "relu"] = "silu"
+    """Activation of the hidden layers (:data:`~wmplan.platform.models.mlp.ACTIVATIONS`)."""
+    env_step: bool = False
+    """The MLP predicts one env step from one env action, applied ``frameskip`` times per model step
+    (False: one model step from the packed model action)."""
     action_low: tuple[float, ...] = ()
     """Lower bounds of a packed model action (``action_dim`` values, env units) that planners search
     within; empty: the env bounds tiled ``frameskip`` times. Set from the training data's support by
@@ -89,6 +99,7 @@ class StateModelConfig(PackedActionConfig):
         super().__post_init__()
         require(self.hidden >= 1, f"hidden must be >= 1, got {self.hidden}")
         require(self.depth >= 1, f"depth must be >= 1, got {self.depth}")
+        require(self.activation in ACTIVATIONS, f"unknown activation {self.activation!r}; valid: {', '.join(ACTIVATIONS)}")
         given = (len(self.action_low), len(self.action_high))
         require(given in ((0, 0), (self.action_dim, self.action_dim)),
                 f"action_low/high must both be empty (the env bounds) or have action_dim={self.action_dim} values, got {given}")
@@ -138,7 +149,9 @@ class StateWorldModel(nn.Module):
         self.action_dim = config.action_dim
         d, a = config.state_dim, config.action_dim
         register_normalization(self, state_dim=d, action_dim=a, bounds=config.action_bounds())
-        self.net = mlp_layers(d, d, extra_in=a, hidden=config.hidden, depth=config.depth)
+        self.env_action_dim = a // config.frameskip
+        self.net = mlp_layers(d, d, extra_in=self.env_action_dim if config.env_step else a, hidden=config.hidden, depth=config.depth,
+                              activation=config.activation)
         self._init_weights(seed)
 
     def _init_weights(self, seed: int | None) -> None:
@@ -192,12 +205,31 @@ class StateWorldModel(nn.Module):
         Returns:
             ``z' [..., D]``, differentiable with respect to both inputs.
         """
-        a = (action - self.action_mean) / self.action_std
-        return state + self.net(torch.cat([state, a.to(state.dtype)], dim=-1))
+        a = ((action - self.action_mean) / self.action_std).to(state.dtype)
+        if not self.config.env_step:
+            return state + self.net(torch.cat([state, a], dim=-1))
+        z = state
+        for env_action in a.split(self.env_action_dim, dim=-1):
+            z = z + self.net(torch.cat([z, env_action], dim=-1))
+        return z
+
+    def env_step(self, state: Tensor, action: Tensor) -> Tensor:
+        """One env step of an ``env_step`` model: ``z [..., D]`` and one env action ``[..., A / frameskip]``
+        (env units) to ``z' [..., D]``.
+
+        Raises:
+            ValueError: the model predicts whole model steps (``env_step`` is off).
+        """
+        if not self.config.env_step:
+            raise ValueError("env_step needs a model with env_step=True (this one predicts whole model steps)")
+        k = self.env_action_dim
+        a = ((action - self.action_mean[:k]) / self.action_std[:k]).to(state.dtype)
+        return state + self.net(torch.cat([state, a], dim=-1))
 
     def forward(self, state: Tensor, action: Tensor) -> Tensor:
         return self.step(state, action)
 
     def extra_repr(self) -> str:
         c = self.config
-        return f"env={c.env!r}, state_dim={c.state_dim}, action_dim={c.action_dim}, hidden={c.hidden}, depth={c.depth}"
+        return (f"env={c.env!r}, state_dim={c.state_dim}, action_dim={c.action_dim}, hidden={c.hidden}, depth={c.depth}, "
+                f"activation={c.activation!r}, env_step={c.env_step}")

@@ -4,7 +4,9 @@ One model step covers ``frameskip`` env steps: the model learns ``s_t -> s_{t+fr
 ``frameskip`` env actions in between, packed into one model action. Every start offset ``t`` is
 used (sliding windows), so no transition of the data set is wasted. The loss is the mean squared
 error in the normalised state space of an open-loop unroll of ``rollout_steps`` model steps,
-which trains the model on its own predictions as planners will use it.
+which trains the model on its own predictions as planners will use it. A model that predicts one
+env step at a time (``env_step``) is unrolled over the same windows env step by env step, and every
+env step's state is in the loss.
 
 Training is deterministic for a given seed on the CPU: the weight initialisation and the batch
 order come from private generators, never from torch's global one.
@@ -24,6 +26,7 @@ import torch
 
 from wmplan.platform.envs import make_env, pack_actions
 from wmplan.platform.errors import ConfigError
+from wmplan.platform.models.mlp import ACTIVATIONS
 from wmplan.platform.models.state_model import StateModelConfig, StateWorldModel
 from wmplan.platform.options import require
 from wmplan.platform.threads import torch_threads
@@ -63,6 +66,11 @@ class TrainConfig:
     """Width of the model's hidden layers."""
     depth: int = 3
     """Number of hidden layers of the model."""
+    activation: Literal["silu", "relu"] = "silu"
+    """Activation of the model's hidden layers (:data:`~wmplan.platform.models.mlp.ACTIVATIONS`)."""
+    env_step: bool = False
+    """Train a model that predicts one env step from one env action, composed ``frameskip`` times per
+    model step (:class:`~wmplan.platform.models.state_model.StateModelConfig`'s ``env_step``)."""
     device: str = "cpu"
     """Torch device to train on (``cpu``, ``cuda``, ``cuda:1``, ...); the model is returned there."""
     threads: int = 1
@@ -88,6 +96,7 @@ class TrainConfig:
         require(self.rollout_steps >= 1, f"rollout_steps must be >= 1, got {self.rollout_steps}")
         require(self.hidden >= 1, f"hidden must be >= 1, got {self.hidden}")
         require(self.depth >= 1, f"depth must be >= 1, got {self.depth}")
+        require(self.activation in ACTIVATIONS, f"unknown activation {self.activation!r}; valid: {', '.join(ACTIVATIONS)}")
 
 
 class StatesAndActions(Protocol):
@@ -177,6 +186,8 @@ def state_model_config(dataset: Dataset, config: TrainConfig, train: Sequence[Tr
         env_action_high=env_high,
         hidden=config.hidden,
         depth=config.depth,
+        activation=config.activation,
+        env_step=config.env_step,
         action_low=low,
         action_high=high,
     )
@@ -267,13 +278,17 @@ def _train_state_model(dataset: Dataset, config: TrainConfig, *, progress: Calla
     def tensor(x: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(x, dtype=torch.float32, device=device)
 
-    z_all = model.encode(tensor(w_states))  # [N, k+1, D], normalised once
+    if model.config.env_step:  # the same windows, every env step's state in the loss
+        w_states, w_actions = transition_windows(train, 1, k * f)
+    z_all = model.encode(tensor(w_states))  # [N, k+1, D] (env_step: [N, k*f+1, D]), normalised once
     a_all = tensor(w_actions)
     v_states, v_actions = transition_windows(val, f, 1) if val else (np.zeros((0, 2, 1)), np.zeros((0, 1, 1)))
     v_z, v_actions_t = model.encode(tensor(v_states)), tensor(v_actions)
     val_before = one_step_mse(model, v_z, v_actions_t) if len(v_states) else None
 
-    fit = fit_rollouts(model, z_all, a_all, config, progress=progress)
+    fit = fit_rollouts(model, z_all, a_all, config, progress=progress, step=model.env_step if model.config.env_step else None)
+    if model.config.env_step:  # the unroll counted env steps; the record keeps model steps, as the config says
+        fit.update(rollout_steps=k, env_steps_unrolled=k * f)
 
     model.eval()
     model.requires_grad_(False)
@@ -356,6 +371,7 @@ def fit_rollouts(
     config: TrainConfig,
     *,
     progress: Callable[[int, int, float], None] | None = None,
+    step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Fit ``model.step`` to windows of model-space states by open-loop unrolls (the shared training loop).
 
@@ -365,6 +381,8 @@ def fit_rollouts(
         a_all: ``[N, k, A]`` packed actions of the windows.
         config: steps, batch size, learning rate and schedule, weight decay, clipping, seed.
         progress: called after every step with ``(step, total_steps, loss)``.
+        step: the transition the windows are unrolled through (None: ``model.step``; e.g. an
+            ``env_step`` model's ``env_step`` over windows one env step apart).
 
     Returns:
         ``train_loss`` (mean of the last 5% of steps), ``train_loss_first``, ``train_seconds``,
@@ -372,6 +390,7 @@ def fit_rollouts(
     """
     device = z_all.device
     k = a_all.shape[1]
+    advance = step if step is not None else model.step
     gen = torch.Generator().manual_seed(config.seed + 1)  # batch order; init used `seed`
     n = len(z_all)
     batch = min(config.batch_size, n)
@@ -387,7 +406,7 @@ def fit_rollouts(
         z = z_true[:, 0]
         loss = torch.zeros((), device=device)
         for j in range(k):
-            z = model.step(z, a[:, j])
+            z = advance(z, a[:, j])
             loss = loss + (z - z_true[:, j + 1]).pow(2).mean()
         return loss / k
 
