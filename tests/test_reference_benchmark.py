@@ -1,0 +1,43 @@
+"""benchmarks/reference.py at tiny sizes: it runs the README's commands, writes the table it prints, reuses what exists."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _reference(*args: str, out: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    return subprocess.run([sys.executable, "benchmarks/reference.py", "--out", str(out), *args], cwd=ROOT, env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600, check=False)
+
+
+@pytest.mark.integration
+def test_reference_quick_runs_the_readme_commands_and_tabulates(tmp_path):
+    out = tmp_path / "ref"
+    done = _reference("--quick", "--recipes", "wall-state,pointmaze-pixels", out=out)
+    assert done.returncode == 0, done.stdout[-4000:]
+    commands = [line[2:] for line in done.stdout.splitlines() if line.startswith("$ ")]
+    assert any(re.search(r"-m wmplan data --env wall --policy uniform ", c) for c in commands)
+    assert any(re.search(r"-m wmplan train --env wall --obs state .* --env-step-predictor --activation relu", c) for c in commands)
+    assert any(re.search(r"-m wmplan train --env pointmaze --obs pixels .*--predictor-steps 3", c) for c in commands)
+    assert sum("-m wmplan plan " in c for c in commands) == 2
+    table = (out / "reference.md").read_text()
+    assert table.strip() in done.stdout
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| recipe")]
+    assert [r.split(" | ")[0:2] for r in rows] == [["| wall-state", p] for p in ("cem", "gd", "grasp")] + [
+        ["| pointmaze-pixels", p] for p in ("cem", "gd", "grasp")]
+    for row in rows:
+        assert re.search(r"\| \d+\.\d% \[\d+\.\d, \d+\.\d\] \(2\) \| \d+% \| [+-]\d+ \| \d+\.\d s \|", row), row
+    assert "80% (DINO-WM, pixels)" in rows[3] and "90% (issue 14)" in rows[0]
+    again = _reference("--quick", "--recipes", "wall-state", out=out)  # data, model and runs exist: nothing is redone
+    assert again.returncode == 0 and "$ " not in again.stdout and rows[0] in again.stdout
+    bad = _reference("--recipes", "wall-pictures", out=out)
+    assert bad.returncode == 2 and "unknown recipe 'wall-pictures'" in bad.stdout
