@@ -103,9 +103,10 @@ def run(cmd: list[str], log: Path) -> None:
 
 
 def interval(k: int, n: int) -> str:
-    p = k / n
-    half = 1.959964 * (p * (1 - p) / n) ** 0.5
-    return f"{100 * p:.1f}% [{100 * max(0.0, p - half):.1f}, {100 * min(1.0, p + half):.1f}]"
+    from wmplan.platform.stats import wald_interval
+
+    p, low, high = wald_interval(k, n)
+    return f"{100 * p:.1f}% [{100 * low:.1f}, {100 * high:.1f}]"
 
 
 def rows_of(recipe: Recipe, runs: Path, checkpoint: Path) -> list[str]:
