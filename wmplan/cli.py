@@ -153,7 +153,8 @@ def _add_train(sub: argparse._SubParsersAction, full: bool) -> None:
                    help="state models and --kind jepa: the predictor takes one env action at a time and is applied frameskip "
                    "times per model step (default: one model step from the packed model action)")
     p.add_argument("--activation", choices=["silu", "relu"], default=None,
-                   help="state models: activation of the hidden layers; relu draws sharp edges such as a wall (default: silu)")
+                   help="state models and --kind jepa's predictor: activation of the hidden layers; relu draws sharp edges such "
+                   "as a wall (default: silu)")
     p.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto: the GPU when there is one (default: %(default)s)")
     p.add_argument("--threads", type=int, default=1,
@@ -279,8 +280,10 @@ def _run_train(args: argparse.Namespace) -> int:
         options.update(given(env_step=args.env_step_predictor or None, activation=args.activation))
         if args.env_step_predictor and args.members > 1:
             raise ConfigError("--env-step-predictor trains one state model; an ensemble (--members N) predicts whole model steps")
-    elif args.activation is not None:
-        raise ConfigError("--activation is for state models (--obs state)")
+    elif args.activation is not None and pixel_kind(args.env, args.kind) != "jepa":
+        raise ConfigError("--activation is for state models and --kind jepa")
+    else:
+        jepa.update(given(activation=args.activation))
     if args.kind is not None and not pixels:
         raise ConfigError(f"--kind {args.kind} trains a model of pictures: add --obs pixels")
     if args.proprio and not pixels:

@@ -163,6 +163,17 @@ def test_presets_and_config_checks():
         JepaTrainConfig(sigreg_weight=-1)
     with pytest.raises(ConfigError, match="divisible by 4"):
         config(frame_size=18)
+    # the predictor's activation is an option; one env step is env_step_predictor, never the state models' env_step
+    assert isinstance(JepaWorldModel(config(activation="relu"), seed=0).predictor[1], torch.nn.ReLU)
+    assert isinstance(JepaWorldModel(config(), seed=0).predictor[1], torch.nn.SiLU)
+    with pytest.raises(ConfigError, match="unknown activation 'tanh'"):
+        config(activation="tanh")
+    with pytest.raises(ConfigError, match="env_step_predictor"):
+        JepaTrainConfig(env_step=True)
+    from wmplan.platform.models.visual_training import VisualTrainConfig
+
+    with pytest.raises(ConfigError, match="activation and env_step are for state models"):
+        VisualTrainConfig(activation="relu")
 
 
 def test_train_command_with_kind_jepa_end_to_end(wall_frames, tmp_path, capsys, monkeypatch):

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from wmplan.platform.models.mlp import mlp_layers, set_buffers
+from wmplan.platform.models.mlp import ACTIVATIONS, mlp_layers, set_buffers
 from wmplan.platform.models.state_model import PackedActionConfig
 from wmplan.platform.models.visual import append_proprio, check_proprio_weight, frames_to_tensor
 from wmplan.platform.options import require
@@ -80,6 +80,8 @@ class JepaModelConfig(PackedActionConfig):
     env_step_predictor: bool = False
     """Predictor: take one env action and apply it ``frameskip`` times per model step (False: the
     packed model action at once)."""
+    activation: Literal["silu", "relu"] = "silu"
+    """Predictor: activation of its hidden layers (:data:`~wmplan.platform.models.mlp.ACTIVATIONS`)."""
     probe_hidden: int = 256
     """State probe: width of its two hidden layers."""
     proprio_dim: int = 0
@@ -90,6 +92,7 @@ class JepaModelConfig(PackedActionConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         require(self.proprio_dim >= 0, f"proprio_dim must be >= 0, got {self.proprio_dim}")
+        require(self.activation in ACTIVATIONS, f"unknown activation {self.activation!r}; valid: {', '.join(ACTIVATIONS)}")
         require(8 <= self.frame_size <= 512 and self.frame_size % 4 == 0,
                 f"frame_size must be in [8, 512] and divisible by 4, got {self.frame_size}")
         require(self.channels >= 1 and self.keypoints >= 1, "channels and keypoints must be >= 1")
@@ -210,7 +213,7 @@ class JepaWorldModel(nn.Module):
             self.encoder = KeypointEncoder(frame_size=config.frame_size, channels=config.channels, keypoints=config.keypoints,
                                            projector_hidden=config.projector_hidden, latent_dim=d)
             a_in = a // config.frameskip if config.env_step_predictor else a
-            self.predictor = mlp_layers(n, n, extra_in=a_in, hidden=config.hidden, depth=config.depth)
+            self.predictor = mlp_layers(n, n, extra_in=a_in, hidden=config.hidden, depth=config.depth, activation=config.activation)
             self.probe = mlp_layers(n, config.state_dim, hidden=config.probe_hidden, depth=2)
         with torch.no_grad():  # an untrained predictor says "nothing moves"
             for p in self.predictor[-1].parameters():

@@ -100,6 +100,7 @@ class JepaTrainConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        require(not self.env_step, "env_step is for state models; a JEPA's predictor of one env step is env_step_predictor")
         require(self.channels >= 1 and self.keypoints >= 1, "channels and keypoints must be >= 1")
         require(self.projector_hidden >= 1 and self.latent_dim >= 1, "projector_hidden and latent_dim must be >= 1")
         require(self.sigreg_weight >= 0, f"sigreg_weight must be >= 0, got {self.sigreg_weight}")
@@ -305,7 +306,7 @@ def _train(dataset: Dataset, config: JepaTrainConfig, *, progress: Progress | No
         env_action_low=tuple(float(x) for x in env.action_low), env_action_high=tuple(float(x) for x in env.action_high),
         frame_size=int(frames.shape[1]), channels=config.channels, keypoints=config.keypoints,
         projector_hidden=config.projector_hidden, latent_dim=config.latent_dim, hidden=config.hidden, depth=config.depth,
-        env_step_predictor=config.env_step_predictor, proprio_dim=p_dim,
+        env_step_predictor=config.env_step_predictor, proprio_dim=p_dim, activation=config.activation,
     )
     model = JepaWorldModel(model_config, seed=config.seed).to(device)
     actions = np.concatenate([t.actions for t in train])

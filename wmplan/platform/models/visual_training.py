@@ -100,6 +100,8 @@ class VisualTrainConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        require(self.activation == "silu" and not self.env_step,
+                "activation and env_step are for state models (the jepa kind has activation and env_step_predictor)")
         require(self.encoder_steps >= 0, f"encoder_steps must be >= 0, got {self.encoder_steps}")
         require(self.encoder_batch_size >= 1, f"encoder_batch_size must be >= 1, got {self.encoder_batch_size}")
         require(self.encoder_lr > 0, f"encoder_lr must be > 0, got {self.encoder_lr}")
