@@ -97,7 +97,7 @@ def _add_data(sub: argparse._SubParsersAction, full: bool) -> None:
         help="generate a trajectory data set in a real simulator (Parquet)",
         description="Generate trajectories with a task's data-collection policy, in parallel, into one Parquet file "
         "(train/val split by trajectory; the configuration is stored in the file). With --frames and no --episodes, "
-        "as many trajectories as the task's visual recipe says.",
+        "as many trajectories, and with the actions, the task's visual recipe says.",
     )
     p.add_argument("--workers", type=int, default=0, help="processes (default: one per core)")
     p.add_argument("--out", default=None, help="output file (default: data/ENV.parquet, with --frames data/ENV-pixels.parquet)")
@@ -116,7 +116,8 @@ def _run_data(args: argparse.Namespace) -> int:
     from wmplan.platform.workflow import default_data_config, default_data_path
 
     obs = "pixels" if args.field_frames else "state"
-    config = config_from_args(DataConfig, args, defaults={"episodes": default_data_config(args.field_env, obs=obs).episodes})
+    default = default_data_config(args.field_env, obs=obs)
+    config = config_from_args(DataConfig, args, defaults={"episodes": default.episodes, "policy": default.policy})
     out = args.out or default_data_path(config.env, obs=obs)
     t0 = time.perf_counter()
     with Progress(stage="data", total=config.episodes, unit="trajectories") as shown:
@@ -149,9 +150,10 @@ def _add_train(sub: argparse._SubParsersAction, full: bool) -> None:
     p.add_argument("--rollout-steps", type=int, default=None, help="model steps unrolled in the loss (default: 3)")
     p.add_argument("--hidden", type=int, default=None, help="predictor hidden width (default: 256)")
     p.add_argument("--depth", type=int, default=None, help="predictor hidden layers (default: 3)")
-    p.add_argument("--env-step-predictor", action="store_true",
+    p.add_argument("--env-step-predictor", action=argparse.BooleanOptionalAction, default=None,
                    help="state models and --kind jepa: the predictor takes one env action at a time and is applied frameskip "
-                   "times per model step (default: one model step from the packed model action)")
+                   "times per model step (default: as the task's visual recipe says for its own kind, else one model step "
+                   "from the packed model action)")
     p.add_argument("--activation", choices=["silu", "relu"], default=None,
                    help="state models and --kind jepa's predictor: activation of the hidden layers; relu draws sharp edges such "
                    "as a wall (default: silu)")
@@ -275,9 +277,9 @@ def _run_train(args: argparse.Namespace) -> int:
                          depth=args.depth))
     options.update(_ensemble_options(args))
     jepa = given(keypoints=args.keypoints, latent_dim=args.latent_dim, sigreg_weight=args.sigreg_weight,
-                 predictor_steps=args.predictor_steps, env_step_predictor=(args.env_step_predictor and pixels) or None)
+                 predictor_steps=args.predictor_steps, env_step_predictor=args.env_step_predictor if pixels else None)
     if not pixels:
-        options.update(given(env_step=args.env_step_predictor or None, activation=args.activation))
+        options.update(given(env_step=args.env_step_predictor, activation=args.activation))
         if args.env_step_predictor and args.members > 1:
             raise ConfigError("--env-step-predictor trains one state model; an ensemble (--members N) predicts whole model steps")
     elif args.activation is not None and pixel_kind(args.env, args.kind) != "jepa":

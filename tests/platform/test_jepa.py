@@ -202,7 +202,8 @@ def test_train_command_with_kind_jepa_end_to_end(wall_frames, tmp_path, capsys, 
     bad = run("train", "--env", "wall", "--obs", "pixels", "--kind", "jepa", "--data", data, "--out", str(tmp_path / "x"),
               "--encoder-steps", "5")
     assert bad.returncode == 2 and "--encoder-steps is for --kind visual" in bad.stderr and "Traceback" not in bad.stderr
-    bad = run("train", "--env", "wall", "--obs", "pixels", "--data", data, "--out", str(tmp_path / "x"), "--keypoints", "4")
+    bad = run("train", "--env", "wall", "--obs", "pixels", "--kind", "visual", "--data", data, "--out", str(tmp_path / "x"),
+              "--keypoints", "4")
     assert bad.returncode == 2 and "--kind jepa" in bad.stderr
     bad = run("train", "--env", "wall", "--kind", "jepa", "--data", data, "--out", str(tmp_path / "x"))
     assert bad.returncode == 2 and "--obs pixels" in bad.stderr
@@ -222,15 +223,22 @@ def test_default_train_config_picks_the_kind_from_the_flag_or_the_tasks_recipe(m
     from wmplan.platform.envs import PixelRecipe
     from wmplan.platform.envs.wall import WallEnv
     from wmplan.platform.models import VisualTrainConfig
-    from wmplan.platform.workflow import default_train_config
+    from wmplan.platform.workflow import default_data_config, default_train_config
 
-    assert type(default_train_config("wall", obs="pixels")) is VisualTrainConfig  # Wall's recipe names no kind
+    assert type(default_train_config("pusht", obs="pixels")) is VisualTrainConfig  # Push-T's recipe names no kind
+    # Wall's recipe: a JEPA with proprio whose ReLU predictor takes one env action at a time, on uniform actions
+    wall = default_train_config("wall", obs="pixels")
+    assert isinstance(wall, JepaTrainConfig) and wall.proprio and wall.env_step_predictor and wall.activation == "relu"
+    assert default_data_config("wall", obs="pixels").policy == "uniform" and default_data_config("wall").policy == "task"
+    assert default_data_config("pointmaze", obs="pixels").policy == "task"
+    assert not default_train_config("wall", obs="pixels", env_step_predictor=False).env_step_predictor  # the options win
+    assert default_train_config("wall", obs="pixels", activation="silu").activation == "silu"
     jepa = default_train_config("wall", obs="pixels", kind="jepa", preset="gpu", steps=7)
     assert isinstance(jepa, JepaTrainConfig) and jepa.steps == 7 and jepa.batch_size == JEPA_PRESETS["gpu"]["batch_size"]
     assert not jepa.proprio  # a kind given: no proprio unless asked
     # PointMaze's recipe: the JEPA kind with the ball's position and velocity beside the latent
     maze = default_train_config("pointmaze", obs="pixels")
-    assert isinstance(maze, JepaTrainConfig) and maze.proprio
+    assert isinstance(maze, JepaTrainConfig) and maze.proprio and not maze.env_step_predictor and maze.activation == "silu"
     assert not default_train_config("pointmaze", obs="pixels", proprio=False).proprio  # the options win
     assert type(default_train_config("pointmaze", obs="pixels", kind="visual")) is VisualTrainConfig
     monkeypatch.setattr(WallEnv, "pixel_recipe", PixelRecipe(trajectories=50, predictor_steps=4000, kind="jepa"))
@@ -239,6 +247,10 @@ def test_default_train_config_picks_the_kind_from_the_flag_or_the_tasks_recipe(m
     assert type(default_train_config("wall", obs="pixels", kind="visual")) is VisualTrainConfig
     with pytest.raises(ValueError, match="kind is 'visual', 'jepa' or None"):
         PixelRecipe(trajectories=50, predictor_steps=4000, kind="dino")
+    with pytest.raises(ValueError, match="are for kind 'jepa'"):
+        PixelRecipe(trajectories=50, predictor_steps=4000, activation="relu")
+    with pytest.raises(ValueError, match="policy is 'task' or 'uniform'"):
+        PixelRecipe(trajectories=50, predictor_steps=4000, policy="walk")
     with pytest.raises(ConfigError, match="obs pixels"):
         default_train_config("wall", kind="jepa")
     with pytest.raises(ConfigError, match="kind 'jepa'"):

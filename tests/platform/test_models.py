@@ -343,7 +343,8 @@ def test_train_command_builds_an_env_step_model_and_names_misuse(wall_data, tmp_
     assert main(["train", "--env", "wall", "--data", data, "--out", str(tmp_path / "x"), "--env-step-predictor", "--members", "3",
                  *tiny]) == 2
     assert "--env-step-predictor trains one state model" in capsys.readouterr().err
-    assert main(["train", "--env", "wall", "--obs", "pixels", "--data", data, "--out", str(tmp_path / "x"), "--activation", "relu"]) == 2
+    assert main(["train", "--env", "wall", "--obs", "pixels", "--kind", "visual", "--data", data, "--out", str(tmp_path / "x"),
+                 "--activation", "relu"]) == 2
     assert "--activation is for state models and --kind jepa" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 

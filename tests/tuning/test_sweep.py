@@ -194,7 +194,12 @@ def test_the_cpu_sweep_configs_name_a_visual_model_that_the_sweep_trains_when_mi
             (f"checkpoints/{task}-pixels", f"data/{task}-pixels.parquet", "pixels")}
         data, train = default_data_config(task, obs="pixels"), default_train_config(task, obs="pixels")
         recipe = task_class(task).pixel_recipe
-        assert data.frames and (data.episodes, train.steps) == (recipe.trajectories, recipe.predictor_steps)
+        assert data.frames and data.episodes == recipe.trajectories and data.policy == recipe.policy
+        if recipe.kind == "jepa":  # the JEPA preset's steps, the recipe's options
+            assert (train.proprio, train.env_step_predictor, train.activation) == (
+                recipe.proprio, recipe.env_step_predictor, recipe.activation)
+        else:
+            assert train.steps == recipe.predictor_steps
     recipe = task_class("pusht").pixel_recipe
     assert (recipe.trajectories, recipe.predictor_steps) == (1000, 12000)  # the README's Push-T commands
     with pytest.raises(ConfigError, match=r"option 'obs' must be one of \['state', 'pixels'\], got 'pixel'"):

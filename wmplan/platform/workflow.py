@@ -68,6 +68,10 @@ DEFAULT_PIXEL_KIND = "visual"
 ``pixel_recipe`` names none (a recipe may carry a ``kind``, one of :data:`PIXEL_KINDS`)."""
 
 
+_RECIPE_OFF = {"proprio": False, "env_step_predictor": False, "activation": "silu"}
+"""A pixel recipe's options at their kind's defaults: those are not passed on (the visual kind has none of them)."""
+
+
 def _check_obs(obs: str) -> None:
     if obs not in OBS:
         raise unknown_name_error("obs", obs, OBS)
@@ -98,7 +102,7 @@ def default_data_config(env: str, *, obs: str = "state") -> DataConfig:
     _check_obs(obs)
     task = task_class(env)
     if obs == "pixels":
-        return DataConfig(env=env, episodes=task.pixel_recipe.trajectories, frames=True)
+        return DataConfig(env=env, episodes=task.pixel_recipe.trajectories, frames=True, policy=task.pixel_recipe.policy)
     return DataConfig(env=env, episodes=task.default_trajectories)
 
 
@@ -108,7 +112,8 @@ def default_train_config(env: str, *, obs: str = "state", kind: str | None = Non
     config). An option ``members`` (state models) makes it an ensemble's (:class:`EnsembleTrainConfig`).
 
     For ``obs='pixels'``, ``kind`` (None: the ``kind`` of the task's ``pixel_recipe`` where it has
-    one, with the recipe's ``proprio`` unless ``options`` say otherwise, else
+    one, with the recipe's ``proprio``, ``env_step_predictor`` and ``activation`` unless ``options``
+    say otherwise, else
     :data:`DEFAULT_PIXEL_KIND`) picks the model of
     pictures: ``visual`` with the predictor steps of the task's ``pixel_recipe``, or ``jepa`` with
     the recipe ``preset`` (``cpu`` or ``gpu``, :data:`~wmplan.platform.models.JEPA_PRESETS`).
@@ -119,9 +124,10 @@ def default_train_config(env: str, *, obs: str = "state", kind: str | None = Non
     _check_obs(obs)
     if obs == "state" and (kind is not None or preset != "cpu"):
         raise ConfigError(f"kind {kind!r} and preset {preset!r} are for models of pictures: add --obs pixels")
-    if obs == "pixels" and kind is None:
-        if task_class(env).pixel_recipe.proprio and "proprio" not in options:  # the recipe's own kind comes with its proprio
-            options = {**options, "proprio": True}
+    if obs == "pixels" and kind is None:  # the recipe's own kind comes with its proprio, predictor step and activation
+        recipe = task_class(env).pixel_recipe
+        own = {"proprio": recipe.proprio, "env_step_predictor": recipe.env_step_predictor, "activation": recipe.activation}
+        options = {**{k: v for k, v in own.items() if v != _RECIPE_OFF[k]}, **options}
         kind = pixel_kind(env)
     if obs == "pixels" and kind not in PIXEL_KINDS:
         raise unknown_name_error("kind", str(kind), PIXEL_KINDS)

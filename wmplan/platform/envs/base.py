@@ -24,7 +24,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 
@@ -79,12 +79,22 @@ class PixelRecipe:
     """The model kind (``visual`` or ``jepa``); None: wmplan's default kind of pictures."""
     proprio: bool = False
     """Whether the default model carries the simulator's proprio beside its latent (``--proprio``)."""
+    policy: Literal["task", "uniform"] = "task"
+    """The data's actions (``wmplan data --policy``): ``task``, the task's own policy, or ``uniform``."""
+    env_step_predictor: bool = False
+    """Kind ``jepa``: the predictor takes one env action at a time (``--env-step-predictor``)."""
+    activation: Literal["silu", "relu"] = "silu"
+    """Kind ``jepa``: the predictor's activation (``--activation``), ``silu`` or ``relu``."""
 
     def __post_init__(self) -> None:
         if self.trajectories < 2 or self.predictor_steps < 1:
             raise ValueError(f"a pixel recipe needs >= 2 trajectories and >= 1 predictor step, got {self}")
         if self.kind not in (None, "visual", "jepa"):
             raise ValueError(f"a pixel recipe's kind is 'visual', 'jepa' or None, got {self.kind!r}")
+        if self.policy not in ("task", "uniform") or self.activation not in ("silu", "relu"):
+            raise ValueError(f"a pixel recipe's policy is 'task' or 'uniform' and its activation 'silu' or 'relu', got {self}")
+        if (self.env_step_predictor or self.activation != "silu") and self.kind != "jepa":
+            raise ValueError(f"a pixel recipe's env_step_predictor and activation are for kind 'jepa', got {self}")
 
 
 @dataclass(frozen=True, eq=False)

@@ -247,8 +247,11 @@ class WallEnv(Env):
     held-out trajectory (a 200-step trajectory would hold exactly one such segment)."""
     default_trajectories: ClassVar[int] = 250
     """250 x 400 steps: the 100,000 transitions of the earlier 1000 x 100 default."""
-    pixel_recipe: ClassVar[PixelRecipe] = PixelRecipe(trajectories=50, predictor_steps=4000)
-    """The README's measured Wall visual model's 20,000 frames (it had 200 trajectories of 100 steps)."""
+    pixel_recipe: ClassVar[PixelRecipe] = PixelRecipe(trajectories=50, predictor_steps=4000, kind="jepa", proprio=True,
+                                                      policy="uniform", env_step_predictor=True, activation="relu")
+    """20,000 frames of uniform actions; a JEPA whose ReLU predictor takes one env action at a time,
+    with the dot's position as proprio (DINO-WM's): open-loop CEM at H = 5 reaches DINO-WM's 74%
+    (docs/RESULTS.md), where the visual kind on the walk's frames reached 22-52%."""
 
     def __init__(self, wall_x: float = 32.0, door_y: float = 30.0, seed: int | None = None) -> None:
         super().__init__(seed)
