@@ -115,7 +115,8 @@ def test_code_named_in_a_checkpoint_never_runs(home, tiny_wall_model):
     """A checkpoint whose config names an encoder 'module:factory' is refused unless the user names it."""
     ckpt, _ = tiny_wall_model
     trap = "tests.platform.code_trap:make"  # importing it raises: a run that imported it would fail differently
-    named = copy_checkpoint(ckpt, home / "named", _top={"kind": "visual"}, _drop=("action_low", "action_high"), frame_size=64,
+    named = copy_checkpoint(ckpt, home / "named", _top={"kind": "visual"}, _drop=("action_low", "action_high", "activation", "env_step"),
+                            frame_size=64,
                             encoder=trap, encoder_latent_shape=[4, 4, 4], decoder=False)
     for args in (("run", "--set", f"model={named}", "--set", f"output={home}/runs"),
                  ("plan", "--env", "wall", "--model", str(named)),

@@ -250,7 +250,7 @@ def test_pixels_from_the_command_line(datasets, tmp_path, capsys, monkeypatch):
         said = capsys.readouterr()
         return subprocess.CompletedProcess(args, status, said.out, said.err)
 
-    out = run("train", "--env", "wall", "--obs", "pixels", "--data", data, "--out", str(ckpt), "--encoder-steps", "5",
+    out = run("train", "--env", "wall", "--obs", "pixels", "--kind", "visual", "--data", data, "--out", str(ckpt), "--encoder-steps", "5",
               "--probe-steps", "5", "--steps", "5", "--batch-size", "16", "--hidden", "16", "--depth", "1", "--channels", "4")
     assert out.returncode == 0, out.stderr
     assert "latent 32 values" in out.stdout and (ckpt / "model.safetensors").exists()
