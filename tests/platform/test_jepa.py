@@ -225,7 +225,10 @@ def test_default_train_config_picks_the_kind_from_the_flag_or_the_tasks_recipe(m
     from wmplan.platform.models import VisualTrainConfig
     from wmplan.platform.workflow import default_data_config, default_train_config
 
-    assert type(default_train_config("pusht", obs="pixels")) is VisualTrainConfig  # Push-T's recipe names no kind
+    pusht = default_train_config("pusht", obs="pixels")  # Push-T's recipe: the JEPA with the pusher's position
+    assert isinstance(pusht, JepaTrainConfig) and pusht.proprio and not pusht.env_step_predictor
+    visual = default_train_config("pusht", obs="pixels", kind="visual")  # the visual kind takes the recipe's predictor steps
+    assert type(visual) is VisualTrainConfig and visual.steps == 12000
     # Wall's recipe: a JEPA with proprio whose ReLU predictor takes one env action at a time, on uniform actions
     wall = default_train_config("wall", obs="pixels")
     assert isinstance(wall, JepaTrainConfig) and wall.proprio and wall.env_step_predictor and wall.activation == "relu"
@@ -241,6 +244,8 @@ def test_default_train_config_picks_the_kind_from_the_flag_or_the_tasks_recipe(m
     assert isinstance(maze, JepaTrainConfig) and maze.proprio and not maze.env_step_predictor and maze.activation == "silu"
     assert not default_train_config("pointmaze", obs="pixels", proprio=False).proprio  # the options win
     assert type(default_train_config("pointmaze", obs="pixels", kind="visual")) is VisualTrainConfig
+    monkeypatch.setattr(WallEnv, "pixel_recipe", PixelRecipe(trajectories=50, predictor_steps=4000))
+    assert type(default_train_config("wall", obs="pixels")) is VisualTrainConfig  # a recipe that names no kind: visual
     monkeypatch.setattr(WallEnv, "pixel_recipe", PixelRecipe(trajectories=50, predictor_steps=4000, kind="jepa"))
     assert isinstance(default_train_config("wall", obs="pixels"), JepaTrainConfig)  # a recipe that names its kind
     assert not default_train_config("wall", obs="pixels").proprio
