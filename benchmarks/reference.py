@@ -51,6 +51,9 @@ class Recipe:
     """Options of ``wmplan data`` beyond ``--env`` and ``--out``."""
     train: tuple[str, ...]
     """Options of ``wmplan train`` beyond ``--env``, ``--obs``, ``--data`` and ``--out``."""
+    proprio_weight: float = 0.0
+    """``alpha`` of the planning cost's proprio term (``wmplan plan --proprio-weight``): DINO-WM's is 1
+    on Wall and Push-T, 0 on PointMaze (and state models have no such term)."""
 
     @property
     def name(self) -> str:
@@ -66,9 +69,9 @@ def recipes(*, gpu: bool) -> dict[str, Recipe]:
         Recipe("wall", "state", ("--policy", "uniform"), (*ENV_STEP_RELU, *STATE_SIZES["wall"], *cuda)),
         Recipe("pointmaze", "state", (), (*ENV_STEP_RELU, *STATE_SIZES["pointmaze"], *cuda)),
         Recipe("pusht", "state", (), cuda),
-        Recipe("wall", "pixels", ("--frames",), cuda),
+        Recipe("wall", "pixels", ("--frames",), cuda, proprio_weight=1.0),
         Recipe("pointmaze", "pixels", ("--frames",), cuda),
-        Recipe("pusht", "pixels", pusht_pixels_data, pusht_pixels_train),
+        Recipe("pusht", "pixels", pusht_pixels_data, pusht_pixels_train, proprio_weight=1.0),
     )}
 
 
@@ -126,14 +129,16 @@ def rows_of(recipe: Recipe, runs: Path, checkpoint: Path) -> list[str]:
         sel = table.filter(mask)
         n = sel.num_rows
         if n == 0:
-            rows.append(f"| {recipe.name} | {planner} | - | - | - | {cost} | - |")
+            rows.append(f"| {recipe.name} | {planner} | - | - | - | - | {cost} | - |")
             continue
         k = int(pc.sum(sel["success"].cast("int64")).as_py())
         m = int(pc.sum(sel["model_success"].cast("int64")).as_py())
         ref = REFERENCE.get((recipe.task, planner))
         target = f"{100 * ref:.0f}% (DINO-WM, pixels)" if recipe.obs == "pixels" and ref is not None else (
             f"{100 * STATE_TARGET:.0f}% (issue 14)" if recipe.obs == "state" and planner == "cem" else "-")
-        rows.append(f"| {recipe.name} | {planner} | {interval(k, n)} ({n}) | {100 * m / n:.0f}% | {100 * (m - k) / n:+.0f} | {cost} | {target} |")
+        alpha = f"{recipe.proprio_weight:g}" if recipe.obs == "pixels" else "-"
+        rows.append(f"| {recipe.name} | {planner} | {interval(k, n)} ({n}) | {100 * m / n:.0f}% | {100 * (m - k) / n:+.0f} | {alpha} | "
+                    f"{cost} | {target} |")
     return rows
 
 
@@ -171,14 +176,15 @@ def main(argv: list[str] | None = None) -> int:
         if not runs.exists():
             run([*wmplan, "plan", "--task", recipe.task, "--obs", recipe.obs, "--model", str(ckpt), "--data", str(data),
                  "--planners", ",".join(PLANNERS), "--horizons", str(HORIZON), "--episodes", str(episodes),
-                 "--output", str(runs), *(QUICK_PLAN if args.quick else ())], log)
+                 "--output", str(runs), *(("--proprio-weight", f"{recipe.proprio_weight:g}") if recipe.proprio_weight else ()),
+                 *(QUICK_PLAN if args.quick else ())], log)
         rows += rows_of(recipe, runs, ckpt)
     table = "\n".join([
         f"Open loop, H = {HORIZON} model steps of 5 env steps, seed 0; {time.perf_counter() - t0:.0f} s in all"
         + (" (--quick: tiny sizes, the numbers mean nothing)" if args.quick else ""),
         "",
-        "| recipe | planner | real success [95% CI] (episodes) | in-model | gap (points) | training | reference |",
-        "|---|---|---|---|---|---|---|",
+        "| recipe | planner | real success [95% CI] (episodes) | in-model | gap (points) | proprio alpha | training | reference |",
+        "|---|---|---|---|---|---|---|---|",
         *rows,
     ])
     (out / "reference.md").write_text(table + "\n")

@@ -35,9 +35,28 @@ def test_reference_quick_runs_the_readme_commands_and_tabulates(tmp_path):
     assert [r.split(" | ")[0:2] for r in rows] == [["| wall-state", p] for p in ("cem", "gd", "grasp")] + [
         ["| pointmaze-pixels", p] for p in ("cem", "gd", "grasp")]
     for row in rows:
-        assert re.search(r"\| \d+\.\d% \[\d+\.\d, \d+\.\d\] \(2\) \| \d+% \| [+-]\d+ \| \d+\.\d s \|", row), row
+        assert re.search(r"\| \d+\.\d% \[\d+\.\d, \d+\.\d\] \(2\) \| \d+% \| [+-]\d+ \| (-|0) \| \d+\.\d s \|", row), row
     assert "80% (DINO-WM, pixels)" in rows[3] and "90% (issue 14)" in rows[0]
     again = _reference("--quick", "--recipes", "wall-state", out=out)  # data, model and runs exist: nothing is redone
     assert again.returncode == 0 and "$ " not in again.stdout and rows[0] in again.stdout
     bad = _reference("--recipes", "wall-pictures", out=out)
     assert bad.returncode == 2 and "unknown recipe 'wall-pictures'" in bad.stdout
+
+
+def test_reference_recipes_follow_dino_wm_and_the_measured_recipes(monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("reference_benchmark", ROOT / "benchmarks" / "reference.py")
+    assert spec is not None and spec.loader is not None
+    reference = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "reference_benchmark", reference)  # its dataclasses look their module up
+    spec.loader.exec_module(reference)
+    cpu, gpu = reference.recipes(gpu=False), reference.recipes(gpu=True)
+    assert {name: r.proprio_weight for name, r in cpu.items() if r.obs == "pixels"} == {
+        "wall-pixels": 1.0, "pointmaze-pixels": 0.0, "pusht-pixels": 1.0}  # DINO-WM's alpha per task
+    assert "--policy" in cpu["wall-state"].data and "--env-step-predictor" in cpu["pointmaze-state"].train
+    train = gpu["pusht-pixels"].train
+    assert "18500" in gpu["pusht-pixels"].data and train[train.index("--preset") + 1] == "gpu"
+    assert "cuda" in gpu["pusht-pixels"].train and "cuda" not in cpu["pusht-pixels"].train
+    assert reference.quick_train(cpu["wall-pixels"])[:2] == ("--steps", "3")  # Wall's recipe is the JEPA: no encoder steps
+    assert "--encoder-steps" not in reference.quick_train(cpu["wall-pixels"])
