@@ -150,8 +150,9 @@ class PushTEnv(Env):
     """:meth:`render` shows the 512x512 window, row = ``y``."""
     pixel_recipe: ClassVar[PixelRecipe] = PixelRecipe(trajectories=1000, predictor_steps=12000, kind="jepa", proprio=True)
     """1000 trajectories (DINO-WM's 1k point); the JEPA kind with the pusher's position as proprio:
-    open-loop CEM 50% at H = 5 (DINO-WM at 1k trajectories: 48%), against 7% for the visual kind,
-    whose predictor steps (12,000: it needs more than Wall's) ``--kind visual`` still uses."""
+    open-loop CEM 50% at H = 5 with DINO-WM's proprio weight 1 (DINO-WM at 1k trajectories: 48%);
+    from pixels alone (weight 0) 3%, the visual kind 7%. ``--kind visual`` still uses the predictor
+    steps (12,000: it needs more than Wall's)."""
 
     def __init__(self, seed: int | None = None, damping: float = 0.0, draw_target: bool = True) -> None:
         super().__init__(seed)
