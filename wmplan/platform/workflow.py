@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from wmplan.platform.data import DataConfig, Dataset, generate_dataset, read_dataset
-from wmplan.platform.envs import Env
+from wmplan.platform.envs import Env, PixelRecipe
 from wmplan.platform.episode import (
     EpisodeRecord,
     EpisodeSpec,
@@ -68,8 +68,9 @@ DEFAULT_PIXEL_KIND = "visual"
 ``pixel_recipe`` names none (a recipe may carry a ``kind``, one of :data:`PIXEL_KINDS`)."""
 
 
-_RECIPE_OFF = {"proprio": False, "env_step_predictor": False, "activation": "silu"}
-"""A pixel recipe's options at their kind's defaults: those are not passed on (the visual kind has none of them)."""
+_RECIPE_OPTIONS = ("proprio", "env_step_predictor", "activation")
+"""The training options a pixel recipe sets; those left at :class:`PixelRecipe`'s defaults are not passed
+on (the visual kind has none of them)."""
 
 
 def _check_obs(obs: str) -> None:
@@ -126,8 +127,9 @@ def default_train_config(env: str, *, obs: str = "state", kind: str | None = Non
         raise ConfigError(f"kind {kind!r} and preset {preset!r} are for models of pictures: add --obs pixels")
     if obs == "pixels" and kind is None:  # the recipe's own kind comes with its proprio, predictor step and activation
         recipe = task_class(env).pixel_recipe
-        own = {"proprio": recipe.proprio, "env_step_predictor": recipe.env_step_predictor, "activation": recipe.activation}
-        options = {**{k: v for k, v in own.items() if v != _RECIPE_OFF[k]}, **options}
+        off = {f.name: f.default for f in fields(PixelRecipe) if f.name in _RECIPE_OPTIONS}
+        own = {name: getattr(recipe, name) for name in _RECIPE_OPTIONS if getattr(recipe, name) != off[name]}
+        options = {**own, **options}
         kind = pixel_kind(env)
     if obs == "pixels" and kind not in PIXEL_KINDS:
         raise unknown_name_error("kind", str(kind), PIXEL_KINDS)
