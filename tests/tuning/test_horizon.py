@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import yaml
@@ -25,14 +26,24 @@ def write_config(path, **values):
 
 def test_every_horizon_config_loads_and_scales_its_budget_with_the_horizon():
     paths = sorted((ROOT / "benchmarks" / "horizon").glob("*.yaml")) + [ROOT / "benchmarks" / "horizon_gpu.yaml"]
+    references = sorted((ROOT / "benchmarks" / "horizon" / "reference").glob("*.yaml"))
     tasks = set()
-    for path in paths:
+    names = set()
+    for path in paths + references:
         config = load_sweep_config(path)
         tasks.add(config.task)
+        names.add(config.name)
         assert config.budget_per_step > 0 and config.snapshots >= 20
         for h in config.horizons:
             assert config.tune_config(config.planners[0], h).budget == config.budget_per_step * h
     assert {"linear", "pointmass", "obstacles", "wall", "pointmaze", "pusht"} <= tasks
+    assert len(names) == len(paths) + len(references)  # one sweep name each: their studies never mix
+    # the reference configs plan on the checkpoints benchmarks/reference.py trains, named in their headers
+    assert {p.stem for p in references} == {"wall_door_state", "wall_door_pixels", "pointmaze_state", "pusht_pixels"}
+    for path in references:
+        config = load_sweep_config(path)
+        assert config.model.startswith("reference/checkpoints/") and f"--recipes {Path(config.model).name}" in path.read_text()
+        assert config.proprio_weight == (1.0 if config.obs == "pixels" and config.task in ("wall", "pusht") else 0.0)
 
 
 def test_a_typo_in_the_last_config_fails_before_any_sweep(tmp_path, capsys):
