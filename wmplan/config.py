@@ -181,12 +181,12 @@ class Settings:
     @property
     def model_is_exact(self) -> bool:
         """Whether the model is the task's own dynamics: ``model: exact``, or ``model: auto`` with ``obs: state`` on
-        a task that has them (:func:`wmplan.platform.registry.has_exact_model`)."""
-        from wmplan.platform.registry import EXACT_MODEL, has_exact_model, task_class
+        a task that plans with them by default (:func:`wmplan.platform.registry.default_model_is_exact`)."""
+        from wmplan.platform.registry import EXACT_MODEL, default_model_is_exact, task_class
 
         if self.model == EXACT_MODEL:
             return True
-        return self.model == "auto" and self.obs == "state" and has_exact_model(task_class(self.task))
+        return self.model == "auto" and self.obs == "state" and default_model_is_exact(task_class(self.task))
 
     def model_arguments(self) -> dict[str, Any]:
         """What a process that plans needs to load the model (:class:`wmplan.jobs.actor.PlanActor`'s keywords):

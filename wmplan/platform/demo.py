@@ -1,6 +1,7 @@
 """The built-in comparison: every planner on the same batch of reachable problems of an analytic model.
 
-The analytic models are the tasks with exact dynamics (:func:`wmplan.platform.registry.has_exact_model`:
+The analytic models are the tasks that plan with their exact dynamics by default
+(:func:`wmplan.platform.registry.default_model_is_exact`:
 ``linear``, ``pointmass`` and ``obstacles`` of :mod:`wmplan.platform.envs.analytic`, or a user's), built
 with their parameters as task options (``radius``, ``dt``, ``obstacles``, ...). The problems are the
 task's own goal mode ``reachable`` (goals ``H`` steps of correlated random actions away), so the demo
@@ -21,17 +22,18 @@ from wmplan.platform.envs import Env
 from wmplan.platform.errors import ConfigError, unknown_name_error
 from wmplan.platform.planners import make_planner
 from wmplan.platform.problems import far_problems
-from wmplan.platform.registry import has_exact_model, make_task, names, task_class
+from wmplan.platform.registry import default_model_is_exact, make_task, names, task_class
 from wmplan.platform.stats import wald_interval
 from wmplan.platform.world_model import WorldModel
 
 
 def analytic_models() -> tuple[str, ...]:
-    """The names of the tasks that have exact dynamics (the demo's models), sorted."""
+    """The names of the tasks that plan with their exact dynamics by default (the demo's models; not Wall,
+    whose exact dynamics are a ceiling to measure), sorted."""
     found = []
     for name in names("task"):
         try:
-            if has_exact_model(task_class(name)):
+            if default_model_is_exact(task_class(name)):
                 found.append(name)
         except Exception:  # noqa: BLE001 - a task that cannot be resolved here is not an analytic model
             continue

@@ -69,7 +69,7 @@ __all__ = [
     "KINDS", "Kind", "PlannerTable", "PLANNERS", "is_plugin_spec", "names",
     "register_planner", "register_task", "register_model", "unregister",
     "planner_class", "make_task", "task_class", "is_model_factory", "model_factory", "load_model",
-    "EXACT_MODEL", "has_exact_model",
+    "EXACT_MODEL", "has_exact_model", "default_model_is_exact",
 ]
 
 Kind = Literal["planner", "task", "model"]
@@ -413,6 +413,13 @@ def has_exact_model(task: Env | type[Env]) -> bool:
     """Whether a task (its :class:`~wmplan.platform.envs.Env` or its class) offers its own dynamics as a
     world model: a method ``exact_model(*, device) -> WorldModel``, what model :data:`EXACT_MODEL` loads."""
     return callable(getattr(task, "exact_model", None))
+
+
+def default_model_is_exact(task: Env | type[Env]) -> bool:
+    """Whether ``model: auto`` (with ``obs: state``) plans a task with its own dynamics: a task that has them
+    (:func:`has_exact_model`) and does not say otherwise (``exact_model_is_default = False``, as Wall, whose
+    ``auto`` is its learned model and whose dynamics are there to measure planners' ceilings)."""
+    return has_exact_model(task) and bool(getattr(task, "exact_model_is_default", True))
 
 
 def is_model_factory(spec: str | os.PathLike[str]) -> bool:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -48,6 +48,11 @@ from wmplan.platform.envs.base import (
     downsample,
     supersample_grid,
 )
+
+if TYPE_CHECKING:  # torch is imported when Wall's exact dynamics are built, not when envs is imported
+    import torch
+
+    from wmplan.platform.models.wall_dynamics import WallDynamics
 
 __all__ = [
     "WallEnv", "wall_step", "wall_valid", "wall_crossings", "door_pairs", "IMG_SIZE", "SUCCESS_THRESHOLD",
@@ -264,6 +269,16 @@ class WallEnv(Env):
         self.action_low = np.full(2, -ACTION_BOUND)
         self.action_high = np.full(2, ACTION_BOUND)
         self._background: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, int]] = {}
+
+    exact_model_is_default: ClassVar[bool] = False
+    """``model: auto`` is Wall's learned model; its own dynamics only when asked for (``model: exact``)."""
+
+    def exact_model(self, *, device: str | torch.device = "cpu") -> WallDynamics:
+        """This room's own dynamics as a world model
+        (:class:`~wmplan.platform.models.wall_dynamics.WallDynamics`), on ``device``: ``model: exact``."""
+        from wmplan.platform.models.wall_dynamics import WallDynamics
+
+        return WallDynamics(wall_x=self.wall_x, door_y=self.door_y, frameskip=self.frameskip).to(device)
 
     def _sample_state(self, rng: np.random.Generator) -> np.ndarray:
         return self.sample_start_goal(rng)[0]
