@@ -39,10 +39,11 @@ def test_every_horizon_config_loads_and_scales_its_budget_with_the_horizon():
     assert {"linear", "pointmass", "obstacles", "wall", "pointmaze", "pusht"} <= tasks
     assert len(names) == len(paths) + len(references)  # one sweep name each: their studies never mix
     # the reference configs plan on the checkpoints benchmarks/reference.py trains, named in their headers
-    assert {p.stem for p in references} == {"wall_door_state", "wall_door_pixels", "pointmaze_state", "pusht_pixels"}
+    assert {p.stem for p in references} == {"wall_door_state", "wall_door_pixels", "wall_door_exact", "pointmaze_state", "pusht_pixels"}
     for path in references:
         config = load_sweep_config(path)
-        assert config.model.startswith("reference/checkpoints/") and f"--recipes {Path(config.model).name}" in path.read_text()
+        assert config.model_is_exact or (config.model.startswith("reference/checkpoints/")
+                                         and f"--recipes {Path(config.model).name}" in path.read_text())
         assert config.proprio_weight == (1.0 if config.obs == "pixels" and config.task in ("wall", "pusht") else 0.0)
 
 
