@@ -6,6 +6,8 @@ gives (skipped when the file or checkpoint exists), then ``wmplan plan`` CEM, GD
 H = 5 model steps of 5 env steps on ``--episodes`` problems (seed 0), and print one Markdown table:
 real success with its 95% interval, in-model success, the gap, the model's training cost, and the
 reference (DINO-WM's Table 8, open loop; WORLD_MODELS.md). Each command is printed before it runs.
+``wall-exact`` plans on Wall's own dynamics (``--model exact``: no data, no training): each planner's
+ceiling on those episodes, where no model error is left.
 
     python benchmarks/reference.py                                   # every CPU recipe (about 45 min, 2 cores)
     python benchmarks/reference.py --recipes wall-state,pointmaze-state --episodes 100
@@ -47,6 +49,7 @@ STATE_SIZES = {"wall": ("--rollout-steps", "1", "--steps", "10000"), "pointmaze"
 class Recipe:
     task: str
     obs: str
+    """``state`` or ``pixels``; ``exact``: the task's own dynamics (``--model exact``), nothing to train."""
     data: tuple[str, ...]
     """Options of ``wmplan data`` beyond ``--env`` and ``--out``."""
     train: tuple[str, ...]
@@ -72,6 +75,7 @@ def recipes(*, gpu: bool) -> dict[str, Recipe]:
         Recipe("wall", "pixels", ("--frames",), cuda, proprio_weight=1.0),
         Recipe("pointmaze", "pixels", ("--frames",), cuda),
         Recipe("pusht", "pixels", pusht_pixels_data, pusht_pixels_train, proprio_weight=1.0),
+        Recipe("wall", "exact", (), ()),
     )}
 
 
@@ -119,7 +123,7 @@ def rows_of(recipe: Recipe, runs: Path, checkpoint: Path) -> list[str]:
     from wmplan.storage.parquet import read_runs
 
     table = read_runs(sorted(d for d in runs.iterdir() if d.is_dir()))  # runs/RUN_ID/episodes
-    info = json.loads((checkpoint / "config.json").read_text())
+    info = json.loads((checkpoint / "config.json").read_text()) if recipe.obs != "exact" else {}
     metrics = info.get("metrics", {})
     seconds = metrics.get("total_seconds", metrics.get("train_seconds"))
     cost = f"{seconds:.1f} s" if isinstance(seconds, (int, float)) else "-"
@@ -135,7 +139,8 @@ def rows_of(recipe: Recipe, runs: Path, checkpoint: Path) -> list[str]:
         m = int(pc.sum(sel["model_success"].cast("int64")).as_py())
         ref = REFERENCE.get((recipe.task, planner))
         target = f"{100 * ref:.0f}% (DINO-WM, pixels)" if recipe.obs == "pixels" and ref is not None else (
-            f"{100 * STATE_TARGET:.0f}% (issue 14)" if recipe.obs == "state" and planner == "cem" else "-")
+            f"{100 * STATE_TARGET:.0f}% (issue 14)" if recipe.obs == "state" and planner == "cem" else
+            "ceiling (no model error)" if recipe.obs == "exact" else "-")
         alpha = f"{recipe.proprio_weight:g}" if recipe.obs == "pixels" else "-"
         rows.append(f"| {recipe.name} | {planner} | {interval(k, n)} ({n}) | {100 * m / n:.0f}% | {100 * (m - k) / n:+.0f} | {alpha} | "
                     f"{cost} | {target} |")
@@ -144,7 +149,7 @@ def rows_of(recipe: Recipe, runs: Path, checkpoint: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipes", default="wall-state,pointmaze-state,pusht-state,wall-pixels,pointmaze-pixels,pusht-pixels",
+    parser.add_argument("--recipes", default="wall-state,pointmaze-state,pusht-state,wall-pixels,pointmaze-pixels,pusht-pixels,wall-exact",
                         help="TASK-OBS names, comma-separated (default: %(default)s)")
     parser.add_argument("--episodes", type=int, default=100, help="problems per planner (default: %(default)s)")
     parser.add_argument("--out", default="reference", help="data, checkpoints, runs and the table (default: %(default)s)")
@@ -168,13 +173,15 @@ def main(argv: list[str] | None = None) -> int:
         data = out / f"{recipe.task}-{recipe.obs}.parquet"
         ckpt = out / "checkpoints" / name
         runs = out / "runs" / name
-        if not data.exists():
+        exact = recipe.obs == "exact"
+        if not exact and not data.exists():
             run([*wmplan, "data", "--env", recipe.task, *recipe.data, *(QUICK_DATA if args.quick else ()), "--out", str(data)], log)
-        if not (ckpt / "config.json").exists():
+        if not exact and not (ckpt / "config.json").exists():
             train = quick_train(recipe) if args.quick else recipe.train
             run([*wmplan, "train", "--env", recipe.task, "--obs", recipe.obs, "--data", str(data), "--out", str(ckpt), *train], log)
         if not runs.exists():
-            run([*wmplan, "plan", "--task", recipe.task, "--obs", recipe.obs, "--model", str(ckpt), "--data", str(data),
+            model = ("--model", "exact") if exact else ("--obs", recipe.obs, "--model", str(ckpt), "--data", str(data))
+            run([*wmplan, "plan", "--task", recipe.task, *model,
                  "--planners", ",".join(PLANNERS), "--horizons", str(HORIZON), "--episodes", str(episodes),
                  "--output", str(runs), *(("--proprio-weight", f"{recipe.proprio_weight:g}") if recipe.proprio_weight else ()),
                  *(QUICK_PLAN if args.quick else ())], log)

@@ -22,20 +22,24 @@ def _reference(*args: str, out: Path) -> subprocess.CompletedProcess:
 @pytest.mark.integration
 def test_reference_quick_runs_the_readme_commands_and_tabulates(tmp_path):
     out = tmp_path / "ref"
-    done = _reference("--quick", "--recipes", "wall-state,pointmaze-pixels", out=out)
+    done = _reference("--quick", "--recipes", "wall-state,pointmaze-pixels,wall-exact", out=out)
     assert done.returncode == 0, done.stdout[-4000:]
     commands = [line[2:] for line in done.stdout.splitlines() if line.startswith("$ ")]
     assert any(re.search(r"-m wmplan data --env wall --policy uniform ", c) for c in commands)
     assert any(re.search(r"-m wmplan train --env wall --obs state .* --env-step-predictor --activation relu", c) for c in commands)
     assert any(re.search(r"-m wmplan train --env pointmaze --obs pixels .*--predictor-steps 3", c) for c in commands)
-    assert sum("-m wmplan plan " in c for c in commands) == 2
+    assert sum("-m wmplan plan " in c for c in commands) == 3
+    assert any(re.search(r"-m wmplan plan --task wall --model exact --planners cem,gd,grasp ", c) for c in commands)
+    assert not any("--env wall --obs exact" in c for c in commands)  # Wall's own dynamics: no data, no training
     table = (out / "reference.md").read_text()
     assert table.strip() in done.stdout
     rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| recipe")]
     assert [r.split(" | ")[0:2] for r in rows] == [["| wall-state", p] for p in ("cem", "gd", "grasp")] + [
-        ["| pointmaze-pixels", p] for p in ("cem", "gd", "grasp")]
-    for row in rows:
+        ["| pointmaze-pixels", p] for p in ("cem", "gd", "grasp")] + [["| wall-exact", p] for p in ("cem", "gd", "grasp")]
+    for row in rows[:6]:
         assert re.search(r"\| \d+\.\d% \[\d+\.\d, \d+\.\d\] \(2\) \| \d+% \| [+-]\d+ \| (-|0) \| \d+\.\d s \|", row), row
+    for row in rows[6:]:  # the exact dynamics predict what the simulator does: no gap, no training
+        assert re.search(r"\| \d+\.\d% \[\d+\.\d, \d+\.\d\] \(2\) \| \d+% \| \+0 \| - \| - \| ceiling \(no model error\) \|", row), row
     assert "80% (DINO-WM, pixels)" in rows[3] and "90% (issue 14)" in rows[0]
     again = _reference("--quick", "--recipes", "wall-state", out=out)  # data, model and runs exist: nothing is redone
     assert again.returncode == 0 and "$ " not in again.stdout and rows[0] in again.stdout
