@@ -23,6 +23,8 @@ a longer horizon is a harder problem and no data set is needed. ``random`` (two 
 ``exact_model(*, device) -> WorldModel``; these tasks do. A config with ``model: auto`` (and
 ``obs: state``) or ``model: exact`` then plans with that model (a fresh copy of the very model the
 simulator steps), with no checkpoint and no training (:func:`wmplan.platform.registry.load_model`).
+A task whose ``auto`` should stay a learned model sets ``exact_model_is_default = False`` (Wall does:
+its dynamics answer ``model: exact`` only; :func:`wmplan.platform.registry.default_model_is_exact`).
 """
 
 from __future__ import annotations

@@ -257,6 +257,8 @@ class WallEnv(Env):
     """20,000 frames of uniform actions; a JEPA whose ReLU predictor takes one env action at a time,
     with the dot's position as proprio (DINO-WM's): open-loop CEM at H = 5 reaches DINO-WM's 74%
     (docs/RESULTS.md), where the visual kind on the walk's frames reached 22-52%."""
+    exact_model_is_default: ClassVar[bool] = False
+    """``model: auto`` is Wall's learned model; its own dynamics only when asked for (``model: exact``)."""
 
     def __init__(self, wall_x: float = 32.0, door_y: float = 30.0, seed: int | None = None) -> None:
         super().__init__(seed)
@@ -269,9 +271,6 @@ class WallEnv(Env):
         self.action_low = np.full(2, -ACTION_BOUND)
         self.action_high = np.full(2, ACTION_BOUND)
         self._background: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, int]] = {}
-
-    exact_model_is_default: ClassVar[bool] = False
-    """``model: auto`` is Wall's learned model; its own dynamics only when asked for (``model: exact``)."""
 
     def exact_model(self, *, device: str | torch.device = "cpu") -> WallDynamics:
         """This room's own dynamics as a world model
