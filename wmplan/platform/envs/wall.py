@@ -48,11 +48,23 @@ from wmplan.platform.envs.base import (
     downsample,
     supersample_grid,
 )
+from wmplan.platform.envs.wall_geometry import (
+    _BIG,
+    ACTION_BOUND,
+    BORDER_HI,
+    BORDER_LO,
+    DOOR_HALF_HEIGHT,
+    NUDGE,
+    POS_HI,
+    POS_LO,
+    STEP_SCALE,
+    WALL_HALF_WIDTH,
+)
 
 if TYPE_CHECKING:  # torch is imported when Wall's exact dynamics are built, not when envs is imported
     import torch
 
-    from wmplan.platform.models.wall_dynamics import WallDynamics
+    from wmplan.platform.envs.wall_dynamics import WallDynamics
 
 __all__ = [
     "WallEnv", "wall_step", "wall_valid", "wall_crossings", "door_pairs", "IMG_SIZE", "SUCCESS_THRESHOLD",
@@ -61,20 +73,6 @@ __all__ = [
 
 IMG_SIZE = 65
 """Side of DINO-WM's wall image, in pixels; positions are in this image's pixel units."""
-BORDER_LO, BORDER_HI = 4.0, 60.0
-"""Rows/columns of the border walls."""
-NUDGE = 0.5
-"""How far a blocked dot is set back off the face it hit (and off the borders)."""
-POS_LO, POS_HI = BORDER_LO + NUDGE, BORDER_HI - NUDGE
-"""The box the dot is kept in."""
-WALL_HALF_WIDTH = 3.0
-"""The wall covers ``|x - wall_x| <= 3`` (DINO-WM: ``wall_width // 2`` with width 6)."""
-DOOR_HALF_HEIGHT = 4.0
-"""The door covers ``|y - door_y| <= 4`` (DINO-WM: ``door_space``)."""
-STEP_SCALE = 2.0
-"""``p' = p + 2 * action``."""
-ACTION_BOUND = 1.8
-"""Env actions are clipped to ``[-1.8, 1.8]^2`` (the largest step length in DINO-WM's data)."""
 DOT_STD = 1.7
 """Standard deviation of the rendered dot, in pixels."""
 PADDING = 2 * DOT_STD
@@ -87,7 +85,6 @@ DOOR = "door"
 MIN_DOOR_WINDOWS = 10
 """Goal mode ``door`` refuses held-out data with fewer qualifying windows than this at a horizon."""
 
-_BIG = 1e9  # the wall blocks extend to +-_BIG in y; the path never leaves the border box
 
 
 def wall_valid(pos: np.ndarray, wall_x: Any = 32.0, door_y: Any = 30.0) -> np.ndarray:
@@ -274,8 +271,8 @@ class WallEnv(Env):
 
     def exact_model(self, *, device: str | torch.device = "cpu") -> WallDynamics:
         """This room's own dynamics as a world model
-        (:class:`~wmplan.platform.models.wall_dynamics.WallDynamics`), on ``device``: ``model: exact``."""
-        from wmplan.platform.models.wall_dynamics import WallDynamics
+        (:class:`~wmplan.platform.envs.wall_dynamics.WallDynamics`), on ``device``: ``model: exact``."""
+        from wmplan.platform.envs.wall_dynamics import WallDynamics
 
         return WallDynamics(wall_x=self.wall_x, door_y=self.door_y, frameskip=self.frameskip).to(device)
 

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from wmplan.platform.envs.wall import (
+from wmplan.platform.envs.wall_geometry import (
     _BIG,
     ACTION_BOUND,
     DOOR_HALF_HEIGHT,
