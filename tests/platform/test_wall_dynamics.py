@@ -9,8 +9,8 @@ import torch
 from wmplan.jobs.experiment import ExperimentConfig
 from wmplan.platform.envs import make_env, pack_actions
 from wmplan.platform.envs.wall import wall_step, wall_valid
-from wmplan.platform.episode import EpisodeSpec, run_episodes
 from wmplan.platform.envs.wall_dynamics import WallDynamics, wall_step_torch
+from wmplan.platform.episode import EpisodeSpec, run_episodes
 from wmplan.platform.planners import make_planner
 from wmplan.platform.registry import EXACT_MODEL, default_model_is_exact, has_exact_model, load_model, make_task, task_class
 
