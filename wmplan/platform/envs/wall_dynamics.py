@@ -27,7 +27,7 @@ __all__ = ["WallDynamics", "wall_step_torch"]
 
 
 def _slab_torch(p: Tensor, d: Tensor, lo: Tensor | float, hi: Tensor | float) -> tuple[Tensor, Tensor]:
-    """:func:`_slab` in torch (no division by a zero step: its quotient is replaced, not used)."""
+    """:func:`wmplan.platform.envs.wall._slab` in torch (no division by a zero step: its quotient is replaced, not used)."""
     moving = d != 0
     safe = torch.where(moving, d, torch.ones_like(d))
     t1, t2 = (lo - p) / safe, (hi - p) / safe
