@@ -86,7 +86,6 @@ MIN_DOOR_WINDOWS = 10
 """Goal mode ``door`` refuses held-out data with fewer qualifying windows than this at a horizon."""
 
 
-
 def wall_valid(pos: np.ndarray, wall_x: Any = 32.0, door_y: Any = 30.0) -> np.ndarray:
     """Whether positions ``[..., 2]`` are valid: inside ``[4.5, 59.5]^2`` and not in the wall."""
     pos = np.asarray(pos, dtype=np.float64)

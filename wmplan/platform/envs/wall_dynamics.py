@@ -63,9 +63,9 @@ def wall_step_torch(pos: Tensor, action: Tensor, wall_x: float = 32.0, door_y: f
         hit_x_face = torch.where(first, tx_in >= ty_in, hit_x_face)
     blocked = torch.isfinite(t_hit)
     d_perp = torch.where(hit_x_face, d[..., 0], d[..., 1]).abs()
-    moves = blocked & (d_perp > 0)  # a step that hits a face it does not move toward stays at its start
+    moves = blocked & (d_perp > 0)  # a step that hits a face it does not move toward stays at its start (t_back 0)
     t_back = (torch.where(moves, t_hit, 0.0) - NUDGE / torch.where(moves, d_perp, 1.0)).clamp_min(0.0)
-    t = torch.where(blocked, torch.where(moves, t_back, 0.0), 1.0)
+    t = torch.where(blocked, t_back, 1.0)
     return (p + t[..., None] * d).clamp(POS_LO, POS_HI)
 
 
